@@ -1,0 +1,47 @@
+"""Command line: ``fedpilot run [--config FILE] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedpilot.errors import FedpilotError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedpilot.config import load_config
+    from fedpilot.simulation import run_simulation
+
+    config = load_config(args.config)
+    result = run_simulation(config, args.out, progress=not args.quiet)
+    print(f"results: {result.out_dir / 'results.json'}  plot: {result.out_dir / 'accuracy.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedpilot", description="Memory-aware federated LoRA fine-tuning.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    run = verbs.add_parser("run", help="run a federation as an in-process simulation")
+    run.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
+    run.add_argument("--out", type=Path, help="run directory (default: the config's output_dir)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except FedpilotError as err:
+        print(f"fedpilot: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("fedpilot: interrupted; results so far are saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""What one client does in a round: train its assigned LoRA modules on its own shard.
+
+Transport-free: the simulator calls :meth:`Client.train` directly, a Flower ClientApp would call
+the same method with tensors unpacked from its message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fedpilot.config import TrainSettings
+from fedpilot.data import TokenizedSplit
+from fedpilot.models import LoraModel, TensorDict, tensor_bytes
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """What the server tells a client about local training: plain scalars, so they travel in any message."""
+
+    local_steps: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    seed: int
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings, seed: int) -> TrainInstructions:
+        return cls(
+            local_steps=settings.local_steps,
+            batch_size=settings.batch_size,
+            optimizer=settings.optimizer,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            seed=seed,
+        )
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def make_optimizer(params: Sequence[torch.nn.Parameter], config: TrainInstructions) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def batch_indices(num_samples: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """``steps`` batches drawn by walking shuffled epochs of the shard (a batch may span two epochs)."""
+    batch_size = min(batch_size, num_samples)
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(num_samples, generator=generator)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: TokenizedSplit, idx: Tensor) -> float:
+    """One forward, backward and optimiser step on the rows ``idx`` of ``data``; returns the loss."""
+    logits = model.logits(data.input_ids[idx], data.attention_mask[idx])
+    loss = F.cross_entropy(logits, data.labels[idx])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+class Client:
+    """A federation member: its shard of the train split, and a handle on the shared model."""
+
+    def __init__(self, cid: int, model: LoraModel, data: TokenizedSplit) -> None:
+        self.cid = cid
+        self.model = model
+        self.data = data
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.data)
+
+    def train(
+        self, assigned_modules: Sequence[str], global_tensors: TensorDict, config: TrainInstructions
+    ) -> tuple[TensorDict, dict[str, float | int]]:
+        """Load the global adapter, train ``assigned_modules`` (and the head), return only what trained.
+
+        The optimiser state is fresh each round: a client keeps nothing between rounds but its data.
+        """
+        start = time.perf_counter()
+        model = self.model
+        model.load_state(global_tensors)
+        params = model.set_trainable(assigned_modules)
+        optimizer = make_optimizer(params, config)
+        torch.manual_seed(config.seed)  # LoRA dropout
+        generator = torch.Generator().manual_seed(config.seed)
+        model.peft.train()
+        losses = [
+            training_step(model, optimizer, self.data, idx)
+            for idx in batch_indices(self.num_samples, config.batch_size, config.local_steps, generator)
+        ]
+        trained = model.state(model.keys_for(assigned_modules))
+        metrics = {
+            "train_loss": float(np.mean(losses)),
+            "num_samples": self.num_samples,
+            "steps": len(losses),
+            "upload_bytes": tensor_bytes(trained),
+            "seconds": time.perf_counter() - start,
+        }
+        return trained, metrics

@@ -1,0 +1,42 @@
+"""Name -> implementation registries, filled by importing every module of a package.
+
+Adding a strategy or a dataset is adding one file that calls ``REGISTRY.register("name")``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(dict[str, T], Generic[T]):
+    """A dict of named implementations whose entries register themselves on import."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(item: T) -> T:
+            if name in self:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self[name] = item
+            return item
+
+        return add
+
+    def get_or_fail(self, name: str) -> T:
+        if name not in self:
+            raise KeyError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self))}")
+        return self[name]
+
+
+def import_submodules(package_name: str) -> None:
+    """Import every module of a package so that their ``register`` calls run."""
+    package = importlib.import_module(package_name)
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package_name}.{info.name}")

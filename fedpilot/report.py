@@ -1,0 +1,96 @@
+"""Run outputs a person can read: results.json, metrics.csv and accuracy.png, rewritten every round."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ROUND_COLUMNS = (
+    "round",
+    "accuracy",
+    "macro_f1",
+    "loss",
+    "train_loss",
+    "clients",
+    "upload_bytes",
+    "download_bytes",
+    "seconds",
+)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write atomically, so an interrupted run never leaves a half-written file."""
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(payload, indent=2))
+    partial.replace(path)
+
+
+class RunRecorder:
+    """Collects per-round metrics and per-client records, saving them as the run goes."""
+
+    def __init__(self, out_dir: Path, header: dict[str, Any]) -> None:
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.results: dict[str, Any] = {**header, "status": "running", "rounds": []}
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return self.results["rounds"]
+
+    def record_round(self, server_round: int, metrics: dict[str, float], clients: list[dict[str, Any]], seconds: float) -> None:
+        train_losses = [c["train_loss"] for c in clients]
+        self.rounds.append(
+            {
+                "round": server_round,
+                **metrics,
+                "train_loss": sum(train_losses) / len(train_losses) if train_losses else None,
+                "upload_bytes": sum(c["upload_bytes"] for c in clients),
+                "download_bytes": sum(c["download_bytes"] for c in clients),
+                "seconds": seconds,
+                "clients": clients,
+            }
+        )
+        self.save()
+
+    def finish(self, status: str, wall_seconds: float) -> None:
+        self.results["status"] = status
+        self.results["wall_seconds"] = wall_seconds
+        self.save()
+        if self.rounds:
+            plot_accuracy(self.rounds, self.out_dir / "accuracy.png", self.results.get("title", ""))
+
+    def save(self) -> None:
+        write_json(self.out_dir / "results.json", self.results)
+        with open(self.out_dir / "metrics.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=ROUND_COLUMNS)
+            writer.writeheader()
+            for row in self.rounds:
+                writer.writerow({k: (len(row["clients"]) if k == "clients" else row[k]) for k in ROUND_COLUMNS})
+
+
+def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Test accuracy and macro-F1 (left) and test loss (right) against the round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["round"] for r in rounds]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(x, [r["accuracy"] for r in rounds], marker="o", label="accuracy")
+    left.plot(x, [r["macro_f1"] for r in rounds], marker="s", linestyle="--", label="macro-F1")
+    left.set(xlabel="round", ylabel="test score", ylim=(0, 1.02), title="Global model on the test split")
+    left.grid(alpha=0.3)
+    left.legend(loc="lower right")
+    right.plot(x, [r["loss"] for r in rounds], marker="o", color="tab:red")
+    right.set(xlabel="round", ylabel="test cross-entropy", title="Test loss")
+    right.grid(alpha=0.3)
+    for axis in (left, right):
+        axis.set_xticks(x)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real model and a small slice of the real corpus, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from fedpilot.config import Config, parse_config  # noqa: E402
+from fedpilot.data import SplitData, load_split  # noqa: E402
+from fedpilot.models import LoraModel  # noqa: E402
+
+TINY = {
+    "data": {"max_samples": 240, "max_length": 32, "partition": {"kind": "dirichlet", "alpha": 0.5, "min_partition_size": 5}},
+    "federation": {"num_clients": 3, "rounds": 2},
+    "train": {"local_steps": 4, "batch_size": 8, "lr": 0.003},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Config:
+    """A federation small enough for a unit test, on the real model and a slice of the real data."""
+    return parse_config(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_config: Config) -> SplitData:
+    return load_split(tiny_config.data, tiny_config.model.name, tiny_config.seed)
+
+
+@pytest.fixture(scope="session")
+def shared_model(tiny_config: Config, tiny_data: SplitData) -> LoraModel:
+    """One real model for the tests that load their own adapter state into it."""
+    return LoraModel(tiny_config.model, num_labels=len(tiny_data.label_names), seed=0)
