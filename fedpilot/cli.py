@@ -1,4 +1,4 @@
-"""Command line: ``fedpilot run [--config FILE] [--out DIR]``."""
+"""Command line: ``fedpilot run`` and ``fedpilot profile``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    import json
+
+    from fedpilot.config import load_config
+    from fedpilot.memory.profile import profile_memory, render_profile
+
+    config = load_config(args.config)
+    report = profile_memory(config, analytic=args.analytic, progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else render_profile(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpilot", description="Memory-aware federated LoRA fine-tuning.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -28,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default: the config's output_dir)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
+    profile = verbs.add_parser("profile", help="what training each LoRA module costs in memory, per layer")
+    profile.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
+    profile.add_argument("--json", action="store_true", help="print the same as JSON")
+    profile.add_argument("--analytic", action="store_true", help="estimate from the model config alone (no forward pass)")
+    profile.set_defaults(handler=_profile)
     return parser
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from fedpilot.config import TrainSettings
 from fedpilot.data import TokenizedSplit
+from fedpilot.memory.measure import PeakMeter, release_gradients
 from fedpilot.models import LoraModel, TensorDict, tensor_bytes
 
 
@@ -65,21 +66,40 @@ def batch_indices(num_samples: int, batch_size: int, steps: int, generator: torc
 
 def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: TokenizedSplit, idx: Tensor) -> float:
     """One forward, backward and optimiser step on the rows ``idx`` of ``data``; returns the loss."""
-    logits = model.logits(data.input_ids[idx], data.attention_mask[idx])
-    loss = F.cross_entropy(logits, data.labels[idx])
+    device = model.device
+    logits = model.logits(data.input_ids[idx].to(device), data.attention_mask[idx].to(device))
+    loss = F.cross_entropy(logits, data.labels[idx].to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.item()
 
 
+class StepPeaks:
+    """Measured peak bytes of training steps, by (trainable set, batch rows).
+
+    The peak of a step is fixed by what trains and the batch's shape, so each distinct step is
+    profiled once (profiling is slow) and every later client step of the same kind reuses it.
+    """
+
+    def __init__(self) -> None:
+        self._peaks: dict[tuple[frozenset[str], int], int] = {}
+
+    def get(self, modules: Sequence[str], rows: int) -> int | None:
+        return self._peaks.get((frozenset(modules), rows))
+
+    def put(self, modules: Sequence[str], rows: int, peak: int) -> None:
+        self._peaks[(frozenset(modules), rows)] = peak
+
+
 class Client:
     """A federation member: its shard of the train split, and a handle on the shared model."""
 
-    def __init__(self, cid: int, model: LoraModel, data: TokenizedSplit) -> None:
+    def __init__(self, cid: int, model: LoraModel, data: TokenizedSplit, peaks: StepPeaks | None = None) -> None:
         self.cid = cid
         self.model = model
         self.data = data
+        self.peaks = peaks
 
     @property
     def num_samples(self) -> int:
@@ -91,6 +111,8 @@ class Client:
         """Load the global adapter, train ``assigned_modules`` (and the head), return only what trained.
 
         The optimiser state is fresh each round: a client keeps nothing between rounds but its data.
+        With ``peaks`` set, the last local step (optimiser state in place) is measured at the
+        allocator unless an identical step already was, and ``peak_bytes`` joins the metrics.
         """
         start = time.perf_counter()
         model = self.model
@@ -100,16 +122,25 @@ class Client:
         torch.manual_seed(config.seed)  # LoRA dropout
         generator = torch.Generator().manual_seed(config.seed)
         model.peft.train()
-        losses = [
-            training_step(model, optimizer, self.data, idx)
-            for idx in batch_indices(self.num_samples, config.batch_size, config.local_steps, generator)
-        ]
+        batches = list(batch_indices(self.num_samples, config.batch_size, config.local_steps, generator))
+        rows = len(batches[-1])
+        measure = self.peaks is not None and self.peaks.get(assigned_modules, rows) is None
+        losses = [training_step(model, optimizer, self.data, idx) for idx in batches[:-1]]
+        if measure:
+            release_gradients(optimizer)
+            with PeakMeter(model.device) as meter:
+                losses.append(training_step(model, optimizer, self.data, batches[-1]))
+            self.peaks.put(assigned_modules, rows, meter.peak_bytes)
+        else:
+            losses.append(training_step(model, optimizer, self.data, batches[-1]))
         trained = model.state(model.keys_for(assigned_modules))
-        metrics = {
+        metrics: dict[str, float | int] = {
             "train_loss": float(np.mean(losses)),
             "num_samples": self.num_samples,
             "steps": len(losses),
             "upload_bytes": tensor_bytes(trained),
             "seconds": time.perf_counter() - start,
         }
+        if self.peaks is not None:
+            metrics["peak_bytes"] = self.peaks.get(assigned_modules, rows)
         return trained, metrics

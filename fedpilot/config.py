@@ -66,6 +66,9 @@ class LoraSettings(StrictModel):
 
 class ModelSettings(StrictModel):
     name: str = "all-minilm-l6-v2"
+    base_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout inside the frozen base model; 0 halves activation memory"
+    )
     lora: LoraSettings = LoraSettings()
 
     @field_validator("name")

@@ -40,6 +40,7 @@ class ModelSpec:
     layer_prefix: str
     target_paths: Mapping[str, str]
     head_modules: tuple[str, ...]
+    dropout_fields: tuple[str, ...]
 
 
 BERT_TARGETS = {
@@ -58,6 +59,7 @@ MODELS: dict[str, ModelSpec] = {
         layer_prefix="bert.encoder.layer",
         target_paths=BERT_TARGETS,
         head_modules=("classifier",),
+        dropout_fields=("hidden_dropout_prob", "attention_probs_dropout_prob"),
     ),
 }
 
@@ -83,8 +85,11 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(MODELS[name].path())
 
 
-def load_base_model(name: str, num_labels: int) -> nn.Module:
-    """The pretrained encoder with a fresh classification head (initialised from torch's RNG)."""
+def load_base_model(name: str, num_labels: int, base_dropout: float | None = None) -> nn.Module:
+    """The pretrained encoder with a fresh classification head (initialised from torch's RNG).
+
+    ``base_dropout`` overrides the model's own dropout rates (None keeps the pretrained ones).
+    """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -93,7 +98,9 @@ def load_base_model(name: str, num_labels: int) -> nn.Module:
     hf_logging.set_verbosity_error()  # the "head newly initialised" report is expected
     hf_logging.disable_progress_bar()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(MODELS[name].path(), num_labels=num_labels)
+        spec = MODELS[name]
+        overrides = {} if base_dropout is None else {field: base_dropout for field in spec.dropout_fields}
+        return AutoModelForSequenceClassification.from_pretrained(spec.path(), num_labels=num_labels, **overrides)
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -110,7 +117,7 @@ class LoraModel:
 
         spec = MODELS[settings.name]
         torch.manual_seed(seed)  # the head's initial weights and LoRA A matrices
-        base = load_base_model(settings.name, num_labels)
+        base = load_base_model(settings.name, num_labels, settings.base_dropout)
         self.num_layers: int = base.config.num_hidden_layers
         self.settings = settings
         self.modules: list[str] = [
@@ -140,6 +147,10 @@ class LoraModel:
         self.set_trainable(self.modules)
 
     @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    @property
     def head_keys(self) -> list[str]:
         return self.module_keys[HEAD]
 
@@ -158,12 +169,17 @@ class LoraModel:
             self.params[key].copy_(value)
 
     def set_trainable(self, modules: Iterable[str]) -> list[nn.Parameter]:
-        """Freeze every LoRA module outside ``modules``; return the parameters that train."""
-        chosen = set(self.keys_for(modules))
+        """Freeze every LoRA module outside ``modules``; return the parameters that train.
+
+        Gradients left by the previous trainable set are dropped: they would hold memory.
+        """
+        modules = list(modules)
         unknown = set(modules) - set(self.modules)
         if unknown:
             raise KeyError(f"unknown LoRA modules {sorted(unknown)}; known: {self.modules}")
+        chosen = set(self.keys_for(modules))
         for key, param in self.params.items():
+            param.grad = None
             param.requires_grad_(key in chosen)
         return [self.params[k] for k in self.params if k in chosen]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +11,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from fedpilot.client import Client
+from fedpilot.client import Client, StepPeaks, TrainInstructions
 from fedpilot.config import Config
 from fedpilot.data import load_split
+from fedpilot.memory.calibrate import load_or_calibrate
+from fedpilot.memory.costmodel import check_budgets
+from fedpilot.memsize import mib
 from fedpilot.models import LoraModel, tensor_bytes
 from fedpilot.partition import partition_indices
 from fedpilot.report import RunRecorder
@@ -37,8 +41,15 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
     data = load_split(config.data, config.model.name, config.seed)
     shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
     model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed)
-    clients = [Client(cid, model, data.train.subset(shard)) for cid, shard in enumerate(shards)]
+    say = tqdm.write if progress else (lambda _message: None)
+    calibration_batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
+    cost_model, cached = load_or_calibrate(
+        model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress
+    )
     budgets = config.federation.client_budgets()
+    check_budgets(cost_model, budgets)
+    peaks = StepPeaks()
+    clients = [Client(cid, model, data.train.subset(shard), peaks) for cid, shard in enumerate(shards)]
     infos = [ClientInfo(c.cid, c.num_samples, budget) for c, budget in zip(clients, budgets)]
     context = FederationContext(model.modules, model.module_keys, model.num_layers)
     server = Server(STRATEGIES.get_or_fail(config.strategy)(context), model.state(), infos, config)
@@ -62,9 +73,10 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
                 }
                 for c, budget in zip(clients, budgets)
             ],
+            "memory": {"cost_model": cost_model.to_dict(), "calibration_cached": cached},
+            "budget_violations": [],
         },
     )
-    say = tqdm.write if progress else (lambda _message: None)
     status = "interrupted"
     try:
         metrics = evaluate(model, server.global_tensors, data.test, config.train.eval_batch_size)
@@ -80,7 +92,25 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
             for task in clients_bar:
                 tensors, client_metrics = clients[task.cid].train(task.modules, server.global_tensors, task.instructions)
                 updates.append(ClientUpdate(task.cid, clients[task.cid].num_samples, tensors, client_metrics))
-                records.append({"cid": task.cid, "modules": task.modules, "download_bytes": download, **client_metrics})
+                record = {
+                    "cid": task.cid,
+                    "modules": task.modules,
+                    "download_bytes": download,
+                    "budget_bytes": budgets[task.cid],
+                    "predicted_bytes": cost_model.cost(task.modules),
+                    **client_metrics,
+                }
+                record["over_budget"] = budgets[task.cid] is not None and record["peak_bytes"] > budgets[task.cid]
+                if record["over_budget"]:
+                    recorder.results["budget_violations"].append(
+                        {k: record[k] for k in ("cid", "modules", "peak_bytes", "budget_bytes")} | {"round": server_round}
+                    )
+                    tqdm.write(
+                        f"warning: round {server_round}, client {task.cid}: measured peak {mib(record['peak_bytes']):.1f} MiB "
+                        f"exceeds its budget {mib(budgets[task.cid]):.1f} MiB",
+                        file=sys.stderr,
+                    )
+                records.append(record)
                 clients_bar.set_postfix(client=task.cid, loss=f"{client_metrics['train_loss']:.3f}")
             server.aggregate_round(server_round, updates)
             metrics = evaluate(model, server.global_tensors, data.test, config.train.eval_batch_size)

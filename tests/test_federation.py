@@ -48,7 +48,8 @@ def test_outputs_are_written(tiny_run: Path, tiny_config: Config) -> None:
 
 
 def _without_timings(result: RunResult) -> list[dict]:
-    drop = {"seconds"}
+    """Round records without what measures the process rather than the learning: time and allocator peaks."""
+    drop = {"seconds", "peak_bytes"}
     return [
         {**{k: v for k, v in r.items() if k not in drop | {"clients"}}, "clients": [{k: v for k, v in c.items() if k not in drop} for c in r["clients"]]}
         for r in result.rounds
@@ -83,3 +84,30 @@ def test_saved_adapter_reloads_with_identical_logits(tiny_run: Path, tiny_data: 
     assert torch.equal(logits, ours)
     final = json.loads((tiny_run / "results.json").read_text())["rounds"][-1]
     assert evaluate(rebuilt, rebuilt.state(), tiny_data.test, 64)["accuracy"] == pytest.approx(final["accuracy"])
+
+
+def test_every_client_round_records_measured_predicted_and_budget(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fedavg ignores budgets: a client that fits only the cheapest module is over budget, and says so."""
+    from fedpilot.client import TrainInstructions
+    from fedpilot.memory.calibrate import load_or_calibrate
+    from fedpilot.models import LoraModel
+
+    model = LoraModel(tiny_config.model, num_labels=5, seed=0)
+    data = tiny_config.data
+    from fedpilot.data import load_split
+
+    batch = load_split(data, tiny_config.model.name, tiny_config.seed).train.subset(list(range(tiny_config.train.batch_size)))
+    cost_model, _ = load_or_calibrate(model, batch, TrainInstructions.from_settings(tiny_config.train, 0))
+    small = cost_model.cheapest()[1]
+    budgets = [10 * small, small, 10 * small]
+    config = tiny_config.model_copy(update={"federation": tiny_config.federation.model_copy(update={"budgets": tuple(budgets)})})
+
+    result = run_simulation(config, tmp_path / "run", progress=True)
+
+    for record in (c for r in result.rounds[1:] for c in r["clients"]):
+        assert record["budget_bytes"] == budgets[record["cid"]]
+        assert abs(record["predicted_bytes"] - record["peak_bytes"]) <= 0.05 * record["peak_bytes"]
+        assert record["over_budget"] == (record["cid"] == 1)
+    violations = json.loads((tmp_path / "run" / "results.json").read_text())["budget_violations"]
+    assert [(v["round"], v["cid"]) for v in violations] == [(1, 1), (2, 1)]
+    assert capsys.readouterr().err.count("client 1: measured peak") == 2

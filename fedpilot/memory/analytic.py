@@ -1,0 +1,89 @@
+"""The cost model estimated from the model's config alone: no weights loaded, no forward pass.
+
+For planning on a machine that has never run the model. Terms, in float32 bytes, for batch B,
+sequence T, hidden H, FFN width I, A attention heads, L layers, LoRA rank r:
+
+- fixed = every weight (base, all LoRA matrices, the head twice: PEFT keeps the original)
+  + the head's gradient and optimiser state + the forward pass's largest live buffers,
+  4·B·T·(2I + 3H) (the FFN's pre- and post-activation tensors and the attention's q, k, v).
+- activation[l] = (L - l) · per_layer, where per_layer is what one frozen layer saves so the
+  gradient can cross it: 4·B·T·(6H + I) (attention q, k, v and output, two LayerNorm inputs,
+  the GELU input), plus one byte per input element for each LoRA dropout mask on the path, plus,
+  with dropout inside the base model, two hidden-state masks and three A·T·T attention tensors.
+- module[m] = its parameters with gradient and optimiser state, 4·P·(2 + states), plus the inputs
+  it saves itself: the dropped-out input 4·B·T·d_in and the rank-r projection 4·B·T·r.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedpilot.config import ModelSettings
+from fedpilot.memory.costmodel import CostModel
+from fedpilot.models import MODELS, module_id
+
+FLOAT = 4
+OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}
+
+
+def _target_shapes(hidden: int, ffn: int) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each LoRA target in a BERT layer."""
+    return {
+        "query": (hidden, hidden),
+        "key": (hidden, hidden),
+        "value": (hidden, hidden),
+        "attn_out": (hidden, hidden),
+        "ffn_in": (hidden, ffn),
+        "ffn_out": (ffn, hidden),
+    }
+
+
+def _module_bytes(shape: tuple[int, int], rank: int, batch: int, seq: int, optimizer: str) -> int:
+    d_in, d_out = shape
+    params = rank * (d_in + d_out)
+    return FLOAT * params * (2 + OPTIMIZER_STATES[optimizer]) + FLOAT * batch * seq * (d_in + rank)
+
+
+def module_target_bytes(model, target: str, batch: int, seq: int, optimizer: str) -> int:
+    """Analytic bytes of one module of ``target`` in a loaded :class:`~fedpilot.models.LoraModel`."""
+    config = model.peft.base_model.model.config
+    shape = _target_shapes(config.hidden_size, config.intermediate_size)[target]
+    return _module_bytes(shape, model.settings.lora.rank, batch, seq, optimizer)
+
+
+def load_model_config(name: str) -> dict:
+    """The base model's ``config.json``: architecture sizes without loading any weight."""
+    return json.loads((Path(MODELS[name].path()) / "config.json").read_text())
+
+
+def analytic_cost_model(settings: ModelSettings, num_labels: int, batch: int, seq: int, optimizer: str) -> CostModel:
+    cfg = load_model_config(settings.name)
+    hidden, ffn, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads, lora = cfg["num_attention_heads"], settings.lora
+    shapes = _target_shapes(hidden, ffn)
+    tokens = batch * seq
+
+    embeddings = (cfg["vocab_size"] + cfg["max_position_embeddings"] + cfg["type_vocab_size"] + 2) * hidden
+    per_layer_weights = 4 * (hidden * hidden + hidden) + 2 * hidden * ffn + ffn + hidden + 4 * hidden
+    pooler = hidden * hidden + hidden
+    head = hidden * num_labels + num_labels
+    lora_params = layers * sum(lora.rank * (d_in + d_out) for d_in, d_out in (shapes[t] for t in lora.targets))
+    weights = FLOAT * (embeddings + layers * per_layer_weights + pooler + 2 * head + lora_params)
+    head_training = FLOAT * head * (1 + OPTIMIZER_STATES[optimizer])
+    forward_buffers = FLOAT * tokens * (2 * ffn + 3 * hidden)
+    fixed = weights + head_training + forward_buffers
+
+    per_layer = FLOAT * tokens * (6 * hidden + ffn)
+    if lora.dropout > 0:
+        per_layer += tokens * sum(shapes[t][0] for t in lora.targets)
+    if settings.base_dropout > 0:
+        per_layer += 2 * tokens * hidden + 3 * FLOAT * batch * heads * seq * seq
+    activation = tuple((layers - l) * per_layer for l in range(layers))
+    module = {
+        module_id(l, t): _module_bytes(shapes[t], lora.rank, batch, seq, optimizer)
+        for l in range(layers)
+        for t in lora.targets
+    }
+    settings_key = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer}
+    return CostModel(fixed=fixed, activation=activation, module=module, source="analytic", settings=settings_key)

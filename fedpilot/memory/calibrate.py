@@ -1,0 +1,116 @@
+"""Fit the cost model to measured peaks: L + 2 profiled steps, cached on disk by their settings.
+
+Probes: the head alone (gives ``fixed``), every target of one layer for each layer l (gives
+``activation[l]``), and full LoRA. What full LoRA adds over the layer-0 probe is what the modules of
+layers 1..L-1 cost; it is shared between targets in proportion to their analytic sizes, which is
+exact when, as in a transformer, every layer is alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from fedpilot.client import TrainInstructions, make_optimizer, training_step
+from fedpilot.data import TokenizedSplit, cache_dir
+from fedpilot.memory.analytic import module_target_bytes
+from fedpilot.memory.costmodel import CostModel
+from fedpilot.memory.measure import PeakMeter, StepMemory, measure_step, release_gradients
+from fedpilot.models import LoraModel
+from fedpilot.report import write_json
+
+CALIBRATION_VERSION = 1
+
+
+def _prepare(model: LoraModel, modules: Sequence[str], batch: TokenizedSplit, instructions: TrainInstructions):
+    params = model.set_trainable(modules)
+    optimizer = make_optimizer(params, instructions)
+    model.peft.train()
+    rows = torch.arange(len(batch))
+    training_step(model, optimizer, batch, rows)  # the optimiser state exists in every later step
+    return optimizer, lambda: training_step(model, optimizer, batch, rows)
+
+
+def measure_peak(model: LoraModel, modules: Sequence[str], batch: TokenizedSplit, instructions: TrainInstructions) -> int:
+    """Peak bytes of a steady-state training step of ``modules`` on ``batch`` (adapter state restored after)."""
+    saved = model.state()
+    try:
+        optimizer, step = _prepare(model, modules, batch, instructions)
+        release_gradients(optimizer)
+        with PeakMeter(model.device) as meter:
+            step()
+        return meter.peak_bytes
+    finally:
+        model.load_state(saved)
+
+
+def decompose_step(model: LoraModel, modules: Sequence[str], batch: TokenizedSplit, instructions: TrainInstructions) -> StepMemory:
+    """Peak of a steady-state step and its parts (adapter state restored after)."""
+    saved = model.state()
+    try:
+        optimizer, step = _prepare(model, modules, batch, instructions)
+        return measure_step(model.peft, optimizer, step, model.device)
+    finally:
+        model.load_state(saved)
+
+
+def calibration_settings(model: LoraModel, batch_size: int, seq_len: int, optimizer: str) -> dict[str, object]:
+    """Everything a calibration depends on: its cache key."""
+    return {
+        "version": CALIBRATION_VERSION,
+        "model": model.settings.name,
+        "base_dropout": model.settings.base_dropout,
+        "lora": model.settings.lora.model_dump(mode="json", exclude={"alpha"}),
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "optimizer": optimizer,
+        "dtype": str(next(iter(model.params.values())).dtype),
+        "device": model.device.type,
+        "torch": torch.__version__,
+    }
+
+
+def calibrate(model: LoraModel, batch: TokenizedSplit, instructions: TrainInstructions, progress: bool = False) -> CostModel:
+    """Profile the L + 2 probes on ``batch`` and fit the cost model (not cached; see :func:`load_or_calibrate`)."""
+    layers = model.num_layers
+    targets = model.settings.lora.targets
+    probes: list[tuple[str, list[str]]] = [("head only", [])]
+    probes += [(f"layer {l}", [f"{l}.{t}" for t in targets]) for l in range(layers)]
+    probes += [("full LoRA", list(model.modules))]
+    bar = tqdm(probes, desc="calibrating memory model", unit="probe", leave=False, disable=not progress)
+    peaks = []
+    for name, modules in bar:
+        bar.set_postfix_str(name)
+        peaks.append(measure_peak(model, modules, batch, instructions))
+    fixed, layer_peaks, full_peak = peaks[0], peaks[1:-1], peaks[-1]
+
+    sizes = {t: module_target_bytes(model, t, len(batch), batch.input_ids.shape[1], instructions.optimizer) for t in targets}
+    if layers > 1:
+        per_layer = (full_peak - layer_peaks[0]) / (layers - 1)
+        per_target = {t: per_layer * sizes[t] / sum(sizes.values()) for t in targets}
+    else:
+        per_target = {t: float(s) for t, s in sizes.items()}
+    module = {m: int(round(per_target[m.split(".", 1)[1]])) for m in model.modules}
+    layer_modules = sum(int(round(per_target[t])) for t in targets)
+    activation = tuple(layer_peaks[l] - fixed - layer_modules for l in range(layers))
+    settings = calibration_settings(model, len(batch), batch.input_ids.shape[1], instructions.optimizer)
+    return CostModel(fixed=fixed, activation=activation, module=module, source="calibrated", settings=settings)
+
+
+def load_or_calibrate(
+    model: LoraModel, batch: TokenizedSplit, instructions: TrainInstructions, progress: bool = False
+) -> tuple[CostModel, bool]:
+    """The calibrated cost model for these settings, from the disk cache when it holds one; ``(model, was_cached)``."""
+    settings = calibration_settings(model, len(batch), batch.input_ids.shape[1], instructions.optimizer)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "memory" / f"calibration-{digest}.json"
+    if path.is_file():
+        return CostModel.from_dict(json.loads(path.read_text())), True
+    cost_model = calibrate(model, batch, instructions, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, cost_model.to_dict())
+    return cost_model, False

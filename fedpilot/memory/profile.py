@@ -1,0 +1,84 @@
+"""``fedpilot profile``: the cost model of a config as a per-layer table (MiB) or JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedpilot.client import TrainInstructions
+from fedpilot.config import Config
+from fedpilot.memory.analytic import analytic_cost_model
+from fedpilot.memory.calibrate import load_or_calibrate
+from fedpilot.memory.costmodel import CostModel
+from fedpilot.memsize import mib
+from fedpilot.models import module_id
+
+
+def profile_memory(config: Config, analytic: bool = False, progress: bool = True) -> dict[str, Any]:
+    """The cost model for ``config``'s model, batch size, sequence length and optimiser, in MiB."""
+    if analytic:
+        from fedpilot.datasets import DATASETS
+
+        num_labels = len(DATASETS.get_or_fail(config.data.dataset)().label_names)
+        cost_model = analytic_cost_model(
+            config.model, num_labels, config.train.batch_size, config.data.max_length, config.train.optimizer
+        )
+        cached = False
+    else:
+        from fedpilot.data import load_split
+        from fedpilot.models import LoraModel
+
+        data = load_split(config.data, config.model.name, config.seed)
+        model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed)
+        batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
+        instructions = TrainInstructions.from_settings(config.train, config.seed)
+        cost_model, cached = load_or_calibrate(model, batch, instructions, progress=progress)
+    return describe(cost_model, config.model.lora.targets, cached)
+
+
+def describe(cost_model: CostModel, targets: tuple[str, ...], cached: bool) -> dict[str, Any]:
+    cheapest, cheapest_cost = cost_model.cheapest()
+    return {
+        "source": cost_model.source,
+        "cached": cached,
+        "settings": dict(cost_model.settings),
+        "fixed_mib": round(mib(cost_model.fixed), 2),
+        "layers": [
+            {
+                "layer": layer,
+                "activation_mib": round(mib(activation), 2),
+                "modules_mib": {t: round(mib(cost_model.module[module_id(layer, t)]), 2) for t in targets},
+            }
+            for layer, activation in enumerate(cost_model.activation)
+        ],
+        "full_lora_mib": round(mib(cost_model.full()), 2),
+        "cheapest": {"modules": [cheapest], "mib": round(mib(cheapest_cost), 2)},
+    }
+
+
+def render_profile(report: dict[str, Any]) -> str:
+    settings = report["settings"]
+    origin = "estimated from the model config" if report["source"] == "analytic" else (
+        "calibrated on the real model" + (" (from cache)" if report["cached"] else "")
+    )
+    targets = list(report["layers"][0]["modules_mib"])
+    lines = [
+        f"memory model of {settings.get('model')}: batch {settings.get('batch_size')}, sequence {settings.get('seq_len')}, "
+        f"{settings.get('optimizer')}; {origin}",
+        f"cost(S) = fixed + activation[lowest layer of S] + sum of module costs   (MiB)",
+        "",
+        f"fixed (weights, head, forward buffers): {report['fixed_mib']:.1f}",
+        "",
+        f"{'layer':>5}  {'activation':>10}  " + "  ".join(f"{t:>8}" for t in targets),
+    ]
+    for row in report["layers"]:
+        lines.append(
+            f"{row['layer']:>5}  {row['activation_mib']:>10.1f}  " + "  ".join(f"{row['modules_mib'][t]:>8.2f}" for t in targets)
+        )
+    lines += [
+        "",
+        f"full LoRA: {report['full_lora_mib']:.1f} MiB",
+        f"cheapest trainable set: {', '.join(report['cheapest']['modules'])} at {report['cheapest']['mib']:.1f} MiB",
+    ]
+    return "\n".join(lines)
