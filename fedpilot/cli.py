@@ -1,4 +1,4 @@
-"""Command line: ``fedpilot run`` and ``fedpilot profile``."""
+"""Command line: ``fedpilot run``, ``profile`` and ``solve``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,15 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _solve(args: argparse.Namespace) -> int:
+    import json
+
+    from fedpilot.solve import solve_text
+
+    print(json.dumps(solve_text(sys.stdin.read())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpilot", description="Memory-aware federated LoRA fine-tuning.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -45,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--json", action="store_true", help="print the same as JSON")
     profile.add_argument("--analytic", action="store_true", help="estimate from the model config alone (no forward pass)")
     profile.set_defaults(handler=_profile)
+    solve = verbs.add_parser("solve", help="exact module allocation for a JSON problem on stdin (see fedpilot/solve.py)")
+    solve.set_defaults(handler=_solve)
     return parser
 
 

@@ -160,7 +160,7 @@ class FederationSettings(StrictModel):
             try:
                 return TieredBudgets.model_validate(value)
             except ValidationError as err:
-                raise ValueError(_describe(err.errors()[0])) from None
+                raise ValueError(describe_error(err.errors()[0])) from None
         if isinstance(value, list):
             return tuple(parse_memory(v) for v in value)
         return parse_memory(value)
@@ -216,12 +216,13 @@ class Config(StrictModel):
         return name
 
 
-def _describe(error: dict[str, Any]) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "config"
+def describe_error(error: dict[str, Any]) -> str:
+    """One line for a pydantic error: the dotted field path, the message, the offending input."""
+    where = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] in ("value_error", "assertion_error") or "input" not in error:
-        return f"{where}: {message}"
-    return f"{where}: {message} (got {error['input']!r})"
+    if error["type"] not in ("value_error", "assertion_error") and "input" in error:
+        message = f"{message} (got {error['input']!r})"
+    return f"{where}: {message}" if where else message
 
 
 def parse_config(data: Any, source: str = "config") -> Config:
@@ -233,7 +234,7 @@ def parse_config(data: Any, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_describe(err.errors()[0])}") from None
+        raise ConfigError(f"{source}: {describe_error(err.errors()[0])}") from None
 
 
 def load_config(path: str | Path | None = None) -> Config:

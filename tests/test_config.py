@@ -38,7 +38,7 @@ def test_budget_forms_expand_per_client() -> None:
 
 
 BAD_CONFIGS = [
-    ("colour: red", "config: unknown key 'colour'"),
+    ("colour: red", "bad.yaml: unknown key 'colour'"),
     ("federation: {rounds: 0}", "federation.rounds: Input should be greater than or equal to 1"),
     ("federation: {rounds: five}", "federation.rounds: Input should be a valid integer"),
     ("federation: {num_clients: 0}", "federation.num_clients: Input should be greater than or equal to 1"),
