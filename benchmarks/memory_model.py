@@ -17,7 +17,8 @@ import time
 from fedpilot.client import TrainInstructions
 from fedpilot.config import Config
 from fedpilot.data import load_split
-from fedpilot.memory import analytic_cost_model, calibrate
+from fedpilot.memory.analytic import analytic_cost_model
+from fedpilot.memory.calibrate import calibrate
 from fedpilot.memory.validate import compare_predictions, random_module_sets
 from fedpilot.memsize import mib
 from fedpilot.models import LoraModel

@@ -1,4 +1,4 @@
-"""Command line: ``fedpilot run``, ``profile`` and ``solve``."""
+"""Command line: ``fedpilot run``, ``profile``, ``plan`` and ``solve``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from fedpilot.config import load_config
+    from fedpilot.plan import make_plan, render_plan
+
+    plan = make_plan(load_config(args.config), progress=not args.json)
+    print(json.dumps(plan, indent=2) if args.json else render_plan(plan))
+    return 0
+
+
 def _solve(args: argparse.Namespace) -> int:
     import json
 
@@ -54,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--json", action="store_true", help="print the same as JSON")
     profile.add_argument("--analytic", action="store_true", help="estimate from the model config alone (no forward pass)")
     profile.set_defaults(handler=_profile)
+    plan = verbs.add_parser("plan", help="each client's budget, allocated modules, predicted memory and value, before training")
+    plan.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
+    plan.add_argument("--json", action="store_true", help="print the same as JSON")
+    plan.set_defaults(handler=_plan)
     solve = verbs.add_parser("solve", help="exact module allocation for a JSON problem on stdin (see fedpilot/solve.py)")
     solve.set_defaults(handler=_solve)
     return parser

@@ -7,8 +7,10 @@ the same method with tensors unpacked from its message.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +21,8 @@ from fedpilot.config import TrainSettings
 from fedpilot.data import TokenizedSplit
 from fedpilot.memory.measure import PeakMeter, release_gradients
 from fedpilot.models import LoraModel, TensorDict, tensor_bytes
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,21 +79,39 @@ def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: Toke
     return loss.item()
 
 
-class StepPeaks:
-    """Measured peak bytes of training steps, by (trainable set, batch rows).
+@dataclass(frozen=True)
+class ScoreInstructions:
+    """How a client computes its local information terms: a few batches of squared gradients."""
 
-    The peak of a step is fixed by what trains and the batch's shape, so each distinct step is
-    profiled once (profiling is slow) and every later client step of the same kind reuses it.
+    batches: int
+    batch_size: int
+    seed: int
+
+
+class StepPeaks:
+    """Measured peak bytes of client steps, by (kind of step, trainable set, batch rows).
+
+    The peak of a step is fixed by what it does, what trains and the batch's shape, so each
+    distinct step is profiled once (profiling is slow) and every later one of the same kind reuses it.
     """
 
     def __init__(self) -> None:
-        self._peaks: dict[tuple[frozenset[str], int], int] = {}
+        self._peaks: dict[tuple[str, frozenset[str], int], int] = {}
 
-    def get(self, modules: Sequence[str], rows: int) -> int | None:
-        return self._peaks.get((frozenset(modules), rows))
+    def get(self, kind: str, modules: Sequence[str], rows: int) -> int | None:
+        return self._peaks.get((kind, frozenset(modules), rows))
 
-    def put(self, modules: Sequence[str], rows: int, peak: int) -> None:
-        self._peaks[(frozenset(modules), rows)] = peak
+    def put(self, kind: str, modules: Sequence[str], rows: int, peak: int) -> None:
+        self._peaks[(kind, frozenset(modules), rows)] = peak
+
+    def run(self, kind: str, modules: Sequence[str], rows: int, device: torch.device, step: Callable[[], T]) -> T:
+        """Run ``step``, under the meter if no identical step was measured yet."""
+        if self.get(kind, modules, rows) is not None:
+            return step()
+        with PeakMeter(device) as meter:
+            result = step()
+        self.put(kind, modules, rows, meter.peak_bytes)
+        return result
 
 
 class Client:
@@ -124,15 +146,13 @@ class Client:
         model.peft.train()
         batches = list(batch_indices(self.num_samples, config.batch_size, config.local_steps, generator))
         rows = len(batches[-1])
-        measure = self.peaks is not None and self.peaks.get(assigned_modules, rows) is None
         losses = [training_step(model, optimizer, self.data, idx) for idx in batches[:-1]]
-        if measure:
-            release_gradients(optimizer)
-            with PeakMeter(model.device) as meter:
-                losses.append(training_step(model, optimizer, self.data, batches[-1]))
-            self.peaks.put(assigned_modules, rows, meter.peak_bytes)
+        last = partial(training_step, model, optimizer, self.data, batches[-1])
+        if self.peaks is None:
+            losses.append(last())
         else:
-            losses.append(training_step(model, optimizer, self.data, batches[-1]))
+            release_gradients(optimizer)
+            losses.append(self.peaks.run("train", assigned_modules, rows, model.device, last))
         trained = model.state(model.keys_for(assigned_modules))
         metrics: dict[str, float | int] = {
             "train_loss": float(np.mean(losses)),
@@ -142,5 +162,45 @@ class Client:
             "seconds": time.perf_counter() - start,
         }
         if self.peaks is not None:
-            metrics["peak_bytes"] = self.peaks.get(assigned_modules, rows)
+            metrics["peak_bytes"] = self.peaks.get("train", assigned_modules, rows)
         return trained, metrics
+
+    def score(
+        self, modules: Sequence[str], global_tensors: TensorDict, config: ScoreInstructions
+    ) -> tuple[dict[str, float], dict[str, float | int]]:
+        """Empirical Fisher information of each module's LoRA parameters on this client's data.
+
+        The mean squared gradient per parameter over ``config.batches`` batches (dropout off).
+        Backpropagating into ``modules`` costs at most what training them does, so the server
+        asks only for modules the client can afford.
+        """
+        start = time.perf_counter()
+        model = self.model
+        model.load_state(global_tensors)
+        model.set_trainable(modules)
+        model.peft.eval()
+        generator = torch.Generator().manual_seed(config.seed)
+        squared = {m: 0.0 for m in modules}
+
+        def backward(idx: Tensor) -> None:
+            device = model.device
+            logits = model.logits(self.data.input_ids[idx].to(device), self.data.attention_mask[idx].to(device))
+            F.cross_entropy(logits, self.data.labels[idx].to(device)).backward()
+
+        batches = list(batch_indices(self.num_samples, config.batch_size, config.batches, generator))
+        for i, idx in enumerate(batches):
+            for param in model.params.values():
+                param.grad = None
+            if self.peaks is not None and i == len(batches) - 1:
+                self.peaks.run("score", modules, len(idx), model.device, partial(backward, idx))
+            else:
+                backward(idx)
+            for m in modules:
+                squared[m] += sum(float((model.params[k].grad.double() ** 2).sum()) for k in model.module_keys[m])
+        model.set_trainable([])
+        sizes = {m: sum(model.params[k].numel() for k in model.module_keys[m]) for m in modules}
+        scores = {m: squared[m] / (sizes[m] * len(batches)) for m in modules}
+        metrics: dict[str, float | int] = {"seconds": time.perf_counter() - start, "scored": len(modules)}
+        if self.peaks is not None:
+            metrics["peak_bytes"] = self.peaks.get("score", modules, len(batches[-1]))
+        return scores, metrics

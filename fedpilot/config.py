@@ -39,9 +39,8 @@ class StrictModel(BaseModel):
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(cls.model_fields))
             if unknown:
-                raise ValueError(
-                    f"unknown key {unknown[0]!r}; allowed keys: {', '.join(cls.model_fields)}"
-                )
+                allowed = f"allowed keys: {', '.join(cls.model_fields)}" if cls.model_fields else "no keys are allowed here"
+                raise ValueError(f"unknown key {unknown[0]!r}; {allowed}")
         return data
 
 
@@ -147,7 +146,9 @@ class FederationSettings(StrictModel):
     clients_per_round: int | None = Field(None, ge=1, description="None: every client, every round")
     rounds: int = Field(5, ge=1)
     budgets: int | tuple[int, ...] | TieredBudgets | None = Field(
-        None,
+        TieredBudgets.model_validate(
+            {"tiers": [{"fraction": 0.4, "memory": "150MiB"}, {"fraction": 0.3, "memory": "190MiB"}, {"fraction": 0.3, "memory": "256MiB"}]}
+        ),
         description="memory per client: one size for all, a list (one per client), or {tiers: [...]}",
     )
 
@@ -202,7 +203,8 @@ class Config(StrictModel):
     data: DataSettings = DataSettings()
     federation: FederationSettings = FederationSettings()
     train: TrainSettings = TrainSettings()
-    strategy: str = "fedavg"
+    strategy: str = "fedpilot"
+    strategy_options: dict[str, Any] = Field(default_factory=dict, description="checked by the strategy's Options")
     seed: int = Field(0, ge=0)
     output_dir: str = "runs/default"
 
@@ -214,6 +216,21 @@ class Config(StrictModel):
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}")
         return name
+
+    @model_validator(mode="after")
+    def _valid_strategy_options(self) -> Config:
+        try:
+            self.strategy_settings()
+        except ValidationError as err:
+            problem = describe_error(err.errors()[0])
+            raise ValueError(f"strategy_options{'.' if err.errors()[0]['loc'] else ': '}{problem}") from None
+        return self
+
+    def strategy_settings(self) -> StrictModel:
+        """``strategy_options`` validated by the chosen strategy's own Options model."""
+        from fedpilot.strategies import STRATEGIES
+
+        return STRATEGIES.get_or_fail(self.strategy).Options.model_validate(self.strategy_options)
 
 
 def describe_error(error: dict[str, Any]) -> str:

@@ -40,7 +40,14 @@ class RunRecorder:
     def rounds(self) -> list[dict[str, Any]]:
         return self.results["rounds"]
 
-    def record_round(self, server_round: int, metrics: dict[str, float], clients: list[dict[str, Any]], seconds: float) -> None:
+    def record_round(
+        self,
+        server_round: int,
+        metrics: dict[str, float],
+        clients: list[dict[str, Any]],
+        seconds: float,
+        scoring: list[dict[str, Any]] | None = None,
+    ) -> None:
         train_losses = [c["train_loss"] for c in clients]
         self.rounds.append(
             {
@@ -51,6 +58,7 @@ class RunRecorder:
                 "download_bytes": sum(c["download_bytes"] for c in clients),
                 "seconds": seconds,
                 "clients": clients,
+                "scoring": scoring or [],
             }
         )
         self.save()

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from fedpilot.client import TrainInstructions
+from fedpilot.client import ScoreInstructions, TrainInstructions
 from fedpilot.config import Config
 from fedpilot.data import TokenizedSplit
 from fedpilot.models import LoraModel, TensorDict
-from fedpilot.strategies import ClientInfo, ClientUpdate, Strategy
+from fedpilot.strategies import ClientInfo, ClientScores, ClientUpdate, Strategy
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,15 @@ class ClientTask:
     cid: int
     modules: list[str]
     instructions: TrainInstructions
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """One client's scoring job for a round: which modules to score, and how."""
+
+    cid: int
+    modules: list[str]
+    instructions: ScoreInstructions
 
 
 def derived_seed(*parts: int) -> int:
@@ -50,8 +59,26 @@ class Server:
         chosen = sorted(rng.choice(len(self.clients), size=wanted, replace=False))
         return [self.clients[i] for i in chosen]
 
-    def configure_round(self, server_round: int) -> list[ClientTask]:
-        selected = self.select_clients(server_round)
+    def configure_scoring(self, server_round: int, selected: Sequence[ClientInfo]) -> list[ScoreTask]:
+        requests = self.strategy.configure_score(server_round, selected, self.global_tensors)
+        return [
+            ScoreTask(
+                cid=client.cid,
+                modules=requests[client.cid],
+                instructions=ScoreInstructions(
+                    batches=self.strategy.score_batches,
+                    batch_size=self.config.train.batch_size,
+                    seed=derived_seed(self.config.seed, server_round, client.cid, 1),
+                ),
+            )
+            for client in selected
+            if requests.get(client.cid)
+        ]
+
+    def aggregate_scoring(self, server_round: int, scores: Sequence[ClientScores]) -> None:
+        self.strategy.aggregate_score(server_round, scores)
+
+    def configure_round(self, server_round: int, selected: Sequence[ClientInfo]) -> list[ClientTask]:
         assignment = self.strategy.configure_train(server_round, selected, self.global_tensors)
         return [
             ClientTask(

@@ -13,15 +13,61 @@ from tqdm.auto import tqdm
 
 from fedpilot.client import Client, StepPeaks, TrainInstructions
 from fedpilot.config import Config
-from fedpilot.data import load_split
+from fedpilot.data import SplitData, load_split
 from fedpilot.memory.calibrate import load_or_calibrate
-from fedpilot.memory.costmodel import check_budgets
+from fedpilot.memory.costmodel import CostModel, check_budgets
 from fedpilot.memsize import mib
 from fedpilot.models import LoraModel, tensor_bytes
 from fedpilot.partition import partition_indices
 from fedpilot.report import RunRecorder
 from fedpilot.server import Server, evaluate
-from fedpilot.strategies import STRATEGIES, ClientInfo, ClientUpdate, FederationContext
+from fedpilot.strategies import STRATEGIES, ClientInfo, ClientScores, ClientUpdate, FederationContext
+
+
+@dataclass
+class Federation:
+    """Everything a simulated federation is made of, before its first round."""
+
+    config: Config
+    data: SplitData
+    model: LoraModel
+    clients: list[Client]
+    infos: list[ClientInfo]
+    cost_model: CostModel
+    calibration_cached: bool
+    server: Server
+
+
+def build_federation(config: Config, progress: bool = True) -> Federation:
+    """Load data and model, partition, calibrate the memory model, check budgets, make the strategy."""
+    data = load_split(config.data, config.model.name, config.seed)
+    shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
+    model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed)
+    calibration_batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
+    cost_model, cached = load_or_calibrate(
+        model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress
+    )
+    budgets = config.federation.client_budgets()
+    check_budgets(cost_model, budgets)
+    peaks = StepPeaks()
+    clients = [Client(cid, model, data.train.subset(shard), peaks) for cid, shard in enumerate(shards)]
+    infos = [ClientInfo(c.cid, c.num_samples, budget) for c, budget in zip(clients, budgets)]
+    context = FederationContext(model.modules, model.module_keys, model.num_layers, cost_model)
+    strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
+    server = Server(strategy, model.state(), infos, config)
+    return Federation(config, data, model, clients, infos, cost_model, cached, server)
+
+
+def run_scoring(federation: Federation, server_round: int, selected: list[ClientInfo]) -> list[dict[str, Any]]:
+    """The round's scoring phase, if the strategy asks for one; returns a record per scoring client."""
+    server, clients = federation.server, federation.clients
+    records, results = [], []
+    for task in server.configure_scoring(server_round, selected):
+        scores, metrics = clients[task.cid].score(task.modules, server.global_tensors, task.instructions)
+        results.append(ClientScores(task.cid, scores))
+        records.append({"cid": task.cid, "modules": task.modules, "budget_bytes": federation.infos[task.cid].budget_bytes, **metrics})
+    server.aggregate_scoring(server_round, results)
+    return records
 
 
 @dataclass
@@ -34,26 +80,31 @@ class RunResult:
         return self.results["rounds"]
 
 
+def _over_budget(record: dict[str, Any], phase: str, server_round: int, recorder: RunRecorder) -> None:
+    """Flag a measured peak above the client's budget: in the record, the results and on stderr."""
+    budget = record["budget_bytes"]
+    record["over_budget"] = budget is not None and record["peak_bytes"] > budget
+    if record["over_budget"]:
+        recorder.results["budget_violations"].append(
+            {"round": server_round, "phase": phase, "cid": record["cid"], "modules": record["modules"],
+             "peak_bytes": record["peak_bytes"], "budget_bytes": budget}
+        )
+        tqdm.write(
+            f"warning: round {server_round}, client {record['cid']} ({phase}): measured peak "
+            f"{mib(record['peak_bytes']):.1f} MiB exceeds its budget {mib(budget):.1f} MiB",
+            file=sys.stderr,
+        )
+
+
 def run_simulation(config: Config, out_dir: Path | None = None, progress: bool = True) -> RunResult:
     """Run ``config.federation.rounds`` rounds; results are saved to ``out_dir`` after every round."""
     start = time.perf_counter()
     out_dir = Path(out_dir or config.output_dir)
-    data = load_split(config.data, config.model.name, config.seed)
-    shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
-    model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed)
-    say = tqdm.write if progress else (lambda _message: None)
-    calibration_batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
-    cost_model, cached = load_or_calibrate(
-        model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress
+    federation = build_federation(config, progress)
+    data, model, clients, server, cost_model = (
+        federation.data, federation.model, federation.clients, federation.server, federation.cost_model
     )
-    budgets = config.federation.client_budgets()
-    check_budgets(cost_model, budgets)
-    peaks = StepPeaks()
-    clients = [Client(cid, model, data.train.subset(shard), peaks) for cid, shard in enumerate(shards)]
-    infos = [ClientInfo(c.cid, c.num_samples, budget) for c, budget in zip(clients, budgets)]
-    context = FederationContext(model.modules, model.module_keys, model.num_layers)
-    server = Server(STRATEGIES.get_or_fail(config.strategy)(context), model.state(), infos, config)
-
+    budgets = [info.budget_bytes for info in federation.infos]
     recorder = RunRecorder(
         out_dir,
         {
@@ -73,10 +124,11 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
                 }
                 for c, budget in zip(clients, budgets)
             ],
-            "memory": {"cost_model": cost_model.to_dict(), "calibration_cached": cached},
+            "memory": {"cost_model": cost_model.to_dict(), "calibration_cached": federation.calibration_cached},
             "budget_violations": [],
         },
     )
+    say = tqdm.write if progress else (lambda _message: None)
     status = "interrupted"
     try:
         metrics = evaluate(model, server.global_tensors, data.test, config.train.eval_batch_size)
@@ -85,7 +137,11 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
         rounds_bar = tqdm(range(1, config.federation.rounds + 1), desc="rounds", unit="round", disable=not progress)
         for server_round in rounds_bar:
             round_start = time.perf_counter()
-            tasks = server.configure_round(server_round)
+            selected = server.select_clients(server_round)
+            scoring = run_scoring(federation, server_round, selected)
+            for record in scoring:
+                _over_budget(record, "scoring", server_round, recorder)
+            tasks = server.configure_round(server_round, selected)
             download = tensor_bytes(server.global_tensors)
             updates, records = [], []
             clients_bar = tqdm(tasks, desc=f"round {server_round} clients", unit="client", leave=False, disable=not progress)
@@ -100,21 +156,12 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
                     "predicted_bytes": cost_model.cost(task.modules),
                     **client_metrics,
                 }
-                record["over_budget"] = budgets[task.cid] is not None and record["peak_bytes"] > budgets[task.cid]
-                if record["over_budget"]:
-                    recorder.results["budget_violations"].append(
-                        {k: record[k] for k in ("cid", "modules", "peak_bytes", "budget_bytes")} | {"round": server_round}
-                    )
-                    tqdm.write(
-                        f"warning: round {server_round}, client {task.cid}: measured peak {mib(record['peak_bytes']):.1f} MiB "
-                        f"exceeds its budget {mib(budgets[task.cid]):.1f} MiB",
-                        file=sys.stderr,
-                    )
+                _over_budget(record, "training", server_round, recorder)
                 records.append(record)
                 clients_bar.set_postfix(client=task.cid, loss=f"{client_metrics['train_loss']:.3f}")
             server.aggregate_round(server_round, updates)
             metrics = evaluate(model, server.global_tensors, data.test, config.train.eval_batch_size)
-            recorder.record_round(server_round, metrics, records, seconds=time.perf_counter() - round_start)
+            recorder.record_round(server_round, metrics, records, seconds=time.perf_counter() - round_start, scoring=scoring)
             rounds_bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", loss=f"{metrics['loss']:.3f}")
         model.load_state(server.global_tensors)
         model.save_adapter(out_dir / "adapter")

@@ -34,3 +34,15 @@ def tiny_data(tiny_config: Config) -> SplitData:
 def shared_model(tiny_config: Config, tiny_data: SplitData) -> LoraModel:
     """One real model for the tests that load their own adapter state into it."""
     return LoraModel(tiny_config.model, num_labels=len(tiny_data.label_names), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_cost_model(tiny_config: Config, tiny_data: SplitData, shared_model: LoraModel):
+    """The calibrated cost model of the tiny configuration (cached on disk like any run's)."""
+    import numpy as np
+
+    from fedpilot.client import TrainInstructions
+    from fedpilot.memory.calibrate import load_or_calibrate
+
+    batch = tiny_data.train.subset(np.arange(tiny_config.train.batch_size))
+    return load_or_calibrate(shared_model, batch, TrainInstructions.from_settings(tiny_config.train, tiny_config.seed))[0]

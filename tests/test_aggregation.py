@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from fedpilot.memory.costmodel import CostModel
 from fedpilot.strategies import STRATEGIES, ClientInfo, ClientUpdate, FederationContext
 
 CONTEXT = FederationContext(
     modules=["0.query", "1.query"],
     module_keys={"0.query": ["0.query/lora_A"], "1.query": ["1.query/lora_A"], "head": ["head/w"]},
     num_layers=2,
+    cost_model=CostModel(fixed=100, activation=(50, 20), module={"0.query": 3, "1.query": 3}),
 )
 
 

@@ -34,7 +34,7 @@ def test_budget_forms_expand_per_client() -> None:
     tiers = {"tiers": [{"fraction": 0.4, "memory": "600MiB"}, {"fraction": 0.3, "memory": "900MiB"}, {"fraction": 0.3, "memory": "1.5GiB"}]}
     tiered = parse_config({"federation": {"num_clients": 10, "budgets": tiers}}).federation
     assert tiered.client_budgets() == [600 * MIB] * 4 + [900 * MIB] * 3 + [1536 * MIB] * 3
-    assert parse_config({}).federation.client_budgets() == [None] * 8
+    assert parse_config({"federation": {"budgets": None}}).federation.client_budgets() == [None] * 8
 
 
 BAD_CONFIGS = [

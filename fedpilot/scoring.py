@@ -1,0 +1,66 @@
+"""Information-gain score (IG-score) of LoRA modules: how much training a module is worth now.
+
+For client k and module m, with weight lambda in [0, 1]:
+
+    IG_k(m) = lambda * F_k(m) / sum_m' F_k(m')  +  (1 - lambda) * G(m) / sum_m' G(m')
+
+Local term: F_k(m) is the empirical Fisher information of the module's LoRA parameters on the
+client's data, the squared gradient averaged over the module's parameters and a few batches
+(per parameter, so modules of different sizes compare). A client scores only the modules it can
+afford to backpropagate into; the others get the mean of its scored modules.
+
+Global term: G(m) is an exponential moving average, over rounds, of the module's relative
+aggregated update ||theta_m(t) - theta_m(t-1)|| / (||theta_m(t-1)|| + eps): how much the
+federation is still changing that module. Before any update it is uniform.
+
+Both terms are shares that sum to one, so IG_k sums to one over the modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from fedpilot.models import TensorDict
+
+EPS = 1e-12
+
+
+def shares(values: Mapping[str, float]) -> dict[str, float]:
+    """Values divided by their sum (uniform when they sum to zero)."""
+    total = sum(values.values())
+    if total <= 0:
+        return {k: 1.0 / len(values) for k in values}
+    return {k: v / total for k, v in values.items()}
+
+
+def fill_missing(local: Mapping[str, float], modules: Sequence[str]) -> dict[str, float]:
+    """Local terms for every module: unscored modules get the mean of the scored ones (or 1)."""
+    mean = sum(local.values()) / len(local) if local else 1.0
+    return {m: local.get(m, mean) for m in modules}
+
+
+def ig_scores(local: Mapping[str, float], global_change: Mapping[str, float], modules: Sequence[str], weight: float) -> dict[str, float]:
+    """IG_k(m) for every module, from a client's local Fisher terms and the server's global terms."""
+    local_share = shares(fill_missing(local, modules))
+    global_share = shares({m: global_change.get(m, 0.0) for m in modules})
+    return {m: weight * local_share[m] + (1 - weight) * global_share[m] for m in modules}
+
+
+class GlobalChange:
+    """The server's running measure G(m) of how much each module's global weights still move."""
+
+    def __init__(self, module_keys: Mapping[str, Sequence[str]], modules: Sequence[str], decay: float) -> None:
+        self.module_keys = module_keys
+        self.modules = list(modules)
+        self.decay = decay
+        self.change: dict[str, float] = {}
+
+    def observe(self, before: TensorDict, after: TensorDict) -> None:
+        for m in self.modules:
+            delta = torch.sqrt(sum(((after[k] - before[k]).double() ** 2).sum() for k in self.module_keys[m]))
+            norm = torch.sqrt(sum((before[k].double() ** 2).sum() for k in self.module_keys[m]))
+            relative = float(delta / (norm + EPS))
+            previous = self.change.get(m)
+            self.change[m] = relative if previous is None else self.decay * previous + (1 - self.decay) * relative

@@ -1,0 +1,115 @@
+"""Fed-pilot (Zhang et al., "Fed-pilot: Optimizing LoRA Allocation for Efficient Federated
+Fine-Tuning with Heterogeneous Clients"): each client trains the LoRA modules worth most under
+its memory budget, and the server compensates the modules few clients trained.
+
+- allocation: the exact position-aware knapsack (fedpilot.allocation) over the calibrated cost model;
+- value: the information-gain score (fedpilot.scoring), local Fisher terms refreshed every
+  ``refresh_rounds`` rounds, global terms every round;
+- aggregation: spatial-temporal compensation (strategy_utils.TemporalCompensation).
+
+The ablations subclass this and override one hook each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from fedpilot.allocation import Allocation, Item, Problem, solve
+from fedpilot.config import StrictModel
+from fedpilot.errors import FedpilotError
+from fedpilot.memory.costmodel import CostModel
+from fedpilot.models import TensorDict, module_layer
+from fedpilot.scoring import GlobalChange, ig_scores
+from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.base import ClientInfo, ClientScores, ClientUpdate, FederationContext
+from fedpilot.strategies.fedavg import FedAvg
+from fedpilot.strategies.strategy_utils import TemporalCompensation
+
+
+class FedPilotOptions(StrictModel):
+    ig_weight: float = Field(0.5, ge=0, le=1, description="lambda: weight of the local (Fisher) term")
+    refresh_rounds: int = Field(2, ge=1, description="R: clients rescore every R rounds")
+    score_batches: int = Field(2, ge=1, description="batches of squared gradients per local score")
+    global_decay: float = Field(0.5, ge=0, lt=1, description="EMA decay of the global change term")
+    compensation: float = Field(0.5, ge=0, le=1, description="eta: the largest weight of the update history")
+    history_decay: float = Field(0.9, ge=0, lt=1, description="beta: momentum of the update history")
+    staleness_horizon: int = Field(3, ge=1, description="tau: rounds of staleness until full compensation")
+
+
+@STRATEGIES.register("fedpilot")
+class FedPilot(FedAvg):
+    Options = FedPilotOptions
+
+    def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
+        super().__init__(context, options)
+        opts = self.options
+        self.local_scores: dict[int, dict[str, float]] = {}
+        self.global_change = GlobalChange(context.module_keys, context.modules, opts.global_decay)
+        self.compensation = TemporalCompensation(
+            context.module_keys, context.modules, opts.compensation, opts.history_decay, opts.staleness_horizon
+        )
+        self.allocations: dict[int, Allocation] = {}
+        self.score_batches = opts.score_batches
+
+    # -- what allocation plans with (the ablations override these) --------------------------------
+    def allocation_cost_model(self) -> CostModel:
+        return self.context.cost_model
+
+    def module_values(self, cid: int) -> dict[str, float]:
+        return ig_scores(self.local_scores.get(cid, {}), self.global_change.change, self.context.modules, self.options.ig_weight)
+
+    def aggregate_modules(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
+        return self.compensation.aggregate(global_tensors, updates)
+
+    # -- scoring phase -----------------------------------------------------------------------------
+    def configure_score(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, list[str]]:
+        if (server_round - 1) % self.options.refresh_rounds:
+            return {}
+        return {c.cid: self.affordable_modules(c.budget_bytes) for c in clients}
+
+    def aggregate_score(self, server_round: int, scores: Sequence[ClientScores]) -> None:
+        for result in scores:
+            self.local_scores[result.cid] = dict(result.scores)
+
+    def affordable_modules(self, budget: int | None) -> list[str]:
+        """The modules a client can backpropagate into at once: from the top layer down while they fit."""
+        if budget is None:
+            return list(self.context.modules)
+        chosen: list[str] = []
+        for module in sorted(self.context.modules, key=module_layer, reverse=True):
+            if self.context.cost_model.cost([*chosen, module]) > budget:
+                break
+            chosen.append(module)
+        return [m for m in self.context.modules if m in chosen]
+
+    # -- training phase ----------------------------------------------------------------------------
+    def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, list[str]]:
+        plan = {}
+        for client in clients:
+            allocation = self.allocate(client)
+            self.allocations[client.cid] = allocation
+            plan[client.cid] = allocation.modules
+        return plan
+
+    def allocate(self, client: ClientInfo) -> Allocation:
+        """The most valuable module set that fits the client's budget under the planning cost model."""
+        cost_model, values = self.allocation_cost_model(), self.module_values(client.cid)
+        if client.budget_bytes is None:
+            modules = list(self.context.modules)
+            return Allocation(modules, cost_model.cost(modules), sum(values.values()), 0.0)
+        items = [Item(m, module_layer(m), cost_model.module[m], values[m]) for m in self.context.modules]
+        allocation = solve(Problem(client.budget_bytes, cost_model.fixed, cost_model.activation, items))
+        if allocation is None:
+            name, cost = cost_model.cheapest()
+            raise FedpilotError(f"client {client.cid}: no LoRA module fits its budget; {name} alone needs {cost} bytes")
+        return allocation
+
+    def allocation_value(self, cid: int) -> float | None:
+        return self.allocations[cid].value if cid in self.allocations else None
+
+    def aggregate_train(self, server_round: int, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
+        aggregated = self.aggregate_modules(global_tensors, updates)
+        self.global_change.observe(global_tensors, aggregated)
+        return aggregated

@@ -1,0 +1,20 @@
+"""Fed-pilot without the information-gain score: every module is worth the same, so the allocator
+trains as many modules as fit. Isolates what the IG-score adds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedpilot.models import TensorDict
+from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.base import ClientInfo
+from fedpilot.strategies.fedpilot import FedPilot
+
+
+@STRATEGIES.register("fedpilot-noig")
+class FedPilotNoIG(FedPilot):
+    def module_values(self, cid: int) -> dict[str, float]:
+        return {m: 1.0 for m in self.context.modules}
+
+    def configure_score(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, list[str]]:
+        return {}  # uniform values need no local information

@@ -1,0 +1,18 @@
+"""Fed-pilot without spatial-temporal compensation: each module is the plain sample-weighted mean
+over the clients that trained it, and untouched modules stay put. Isolates what stagg adds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedpilot.models import TensorDict
+from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.base import ClientUpdate
+from fedpilot.strategies.fedpilot import FedPilot
+from fedpilot.strategies.strategy_utils import sample_weighted_average
+
+
+@STRATEGIES.register("fedpilot-nostagg")
+class FedPilotNoStagg(FedPilot):
+    def aggregate_modules(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
+        return sample_weighted_average(global_tensors, updates)

@@ -1,0 +1,66 @@
+"""Every registered strategy on the same tiny heterogeneous federation (real model, real data)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedpilot.config import Config
+from fedpilot.memory.costmodel import CostModel
+from fedpilot.simulation import RunResult, run_simulation
+from fedpilot.strategies import STRATEGIES
+
+MEMORY_AWARE = {"fedpilot", "fedpilot-noig", "fedpilot-nostagg", "exclusive"}
+
+
+def tiered_budgets(cost_model: CostModel) -> tuple[int, int, int]:
+    """Client 0 fits only the top layer, client 1 the top half, client 2 full LoRA."""
+    top = [m for m in cost_model.module if m.startswith("5.")]
+    upper = [m for m in cost_model.module if int(m.split(".")[0]) >= 3]
+    return cost_model.cost(top) + 1, cost_model.cost(upper) + 1, cost_model.full() + 1
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_config: Config, tiny_cost_model: CostModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+    federation = tiny_config.federation.model_copy(update={"budgets": tiered_budgets(tiny_cost_model)})
+    out = tmp_path_factory.mktemp("strategies")
+    return {
+        name: run_simulation(tiny_config.model_copy(update={"strategy": name, "federation": federation}), out / name, progress=False)
+        for name in sorted(STRATEGIES)
+    }
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategy_runs_and_learns(runs: dict[str, RunResult], name: str) -> None:
+    rounds = runs[name].rounds
+    assert runs[name].results["status"] == "finished" and len(rounds) == 3
+    assert rounds[-1]["loss"] < rounds[0]["loss"]
+
+
+@pytest.mark.parametrize("name", sorted(MEMORY_AWARE))
+def test_memory_aware_strategies_keep_every_client_within_budget(runs: dict[str, RunResult], name: str) -> None:
+    results = runs[name].results
+    assert results["budget_violations"] == []
+    for record in (c for r in results["rounds"][1:] for c in [*r["clients"], *r["scoring"]]):
+        assert record["peak_bytes"] <= record["budget_bytes"]
+
+
+def test_fedpilot_lets_every_client_train_what_fits(runs: dict[str, RunResult], tiny_cost_model: CostModel) -> None:
+    budgets = tiered_budgets(tiny_cost_model)
+    for record in runs["fedpilot"].rounds[1]["clients"]:
+        assert record["predicted_bytes"] <= budgets[record["cid"]]
+    trained = {c["cid"]: set(c["modules"]) for c in runs["fedpilot"].rounds[1]["clients"]}
+    assert set(trained) == {0, 1, 2}
+    assert trained[0] == {"5.query", "5.value"} and len(trained[2]) == 12
+    assert runs["fedpilot"].rounds[1]["scoring"], "round 1 scores modules before allocating"
+
+
+def test_exclusive_leaves_out_clients_that_cannot_fit_full_lora(runs: dict[str, RunResult]) -> None:
+    for r in runs["exclusive"].rounds[1:]:
+        assert [c["cid"] for c in r["clients"]] == [2]
+
+
+@pytest.mark.parametrize("name", ["fedpilot-additive", "fedavg"])
+def test_memory_unaware_planning_overruns_budgets_and_says_so(runs: dict[str, RunResult], name: str) -> None:
+    violations = runs[name].results["budget_violations"]
+    assert {v["cid"] for v in violations} >= {0}
+    assert all(v["peak_bytes"] > v["budget_bytes"] for v in violations)
