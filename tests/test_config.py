@@ -83,3 +83,13 @@ def test_cli_process_exits_2_without_traceback(tmp_path: Path) -> None:
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("fedpilot: error:")
+
+
+def test_default_tiers_leave_the_smallest_unable_to_afford_full_lora() -> None:
+    from fedpilot.memory.analytic import analytic_cost_model
+
+    config = load_config()
+    budgets = config.federation.client_budgets()
+    full = analytic_cost_model(config.model, 5, config.train.batch_size, config.data.max_length, config.train.optimizer).full()
+    assert len(set(budgets)) >= 3 and config.strategy == "fedpilot"
+    assert min(budgets) < full < max(budgets)

@@ -9,7 +9,7 @@ import numpy as np
 from fedpilot.client import TrainInstructions
 from fedpilot.config import Config
 from fedpilot.memory.analytic import analytic_cost_model
-from fedpilot.memory.calibrate import load_or_calibrate
+from fedpilot.memory.calibrate import decompose_step, load_or_calibrate
 from fedpilot.memory.costmodel import CostModel
 from fedpilot.memsize import mib
 from fedpilot.models import module_id
@@ -34,6 +34,10 @@ def profile_memory(config: Config, analytic: bool = False, progress: bool = True
         batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
         instructions = TrainInstructions.from_settings(config.train, config.seed)
         cost_model, cached = load_or_calibrate(model, batch, instructions, progress=progress)
+        breakdown = decompose_step(model, model.modules, batch, instructions)
+        return describe(cost_model, config.model.lora.targets, cached) | {
+            "full_lora_step_mib": {part: round(mib(size), 2) for part, size in breakdown.to_dict().items()}
+        }
     return describe(cost_model, config.model.lora.targets, cached)
 
 
@@ -81,4 +85,13 @@ def render_profile(report: dict[str, Any]) -> str:
         f"full LoRA: {report['full_lora_mib']:.1f} MiB",
         f"cheapest trainable set: {', '.join(report['cheapest']['modules'])} at {report['cheapest']['mib']:.1f} MiB",
     ]
+    if "full_lora_step_mib" in report:
+        parts = report["full_lora_step_mib"]
+        lines += [
+            "",
+            f"measured full-LoRA step: peak {parts['peak']:.1f} = frozen weights {parts['frozen_weights']:.1f} "
+            f"+ trainable {parts['trainable_params']:.2f} + gradients {parts['gradients']:.2f} "
+            f"+ optimiser state {parts['optimizer_state']:.2f} + saved for backward {parts['saved_activations']:.1f} "
+            f"+ transient {parts['transient']:.1f}",
+        ]
     return "\n".join(lines)

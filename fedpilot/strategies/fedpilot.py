@@ -20,6 +20,7 @@ from fedpilot.allocation import Allocation, Item, Problem, solve
 from fedpilot.config import StrictModel
 from fedpilot.errors import FedpilotError
 from fedpilot.memory.costmodel import CostModel
+from fedpilot.memsize import mib
 from fedpilot.models import TensorDict, module_layer
 from fedpilot.scoring import GlobalChange, ig_scores
 from fedpilot.strategies import STRATEGIES
@@ -36,6 +37,9 @@ class FedPilotOptions(StrictModel):
     compensation: float = Field(0.5, ge=0, le=1, description="eta: the largest weight of the update history")
     history_decay: float = Field(0.9, ge=0, lt=1, description="beta: momentum of the update history")
     staleness_horizon: int = Field(3, ge=1, description="tau: rounds of staleness until full compensation")
+    memory_margin: float = Field(
+        0.01, ge=0, lt=0.5, description="share of each budget kept free for the cost model's error (benchmarks/memory_model.py)"
+    )
 
 
 @STRATEGIES.register("fedpilot")
@@ -79,7 +83,7 @@ class FedPilot(FedAvg):
             return list(self.context.modules)
         chosen: list[str] = []
         for module in sorted(self.context.modules, key=module_layer, reverse=True):
-            if self.context.cost_model.cost([*chosen, module]) > budget:
+            if self.context.cost_model.cost([*chosen, module]) > self.usable(budget):
                 break
             chosen.append(module)
         return [m for m in self.context.modules if m in chosen]
@@ -100,11 +104,18 @@ class FedPilot(FedAvg):
             modules = list(self.context.modules)
             return Allocation(modules, cost_model.cost(modules), sum(values.values()), 0.0)
         items = [Item(m, module_layer(m), cost_model.module[m], values[m]) for m in self.context.modules]
-        allocation = solve(Problem(client.budget_bytes, cost_model.fixed, cost_model.activation, items))
+        allocation = solve(Problem(self.usable(client.budget_bytes), cost_model.fixed, cost_model.activation, items))
         if allocation is None:
             name, cost = cost_model.cheapest()
-            raise FedpilotError(f"client {client.cid}: no LoRA module fits its budget; {name} alone needs {cost} bytes")
+            raise FedpilotError(
+                f"client {client.cid}: no LoRA module fits {mib(self.usable(client.budget_bytes)):.1f} MiB "
+                f"(its budget less the {self.options.memory_margin:.0%} margin); {name} alone needs {mib(cost):.1f} MiB"
+            )
         return allocation
+
+    def usable(self, budget: int) -> int:
+        """The part of a budget allocation may plan with: the rest absorbs the cost model's error."""
+        return int(budget * (1 - self.options.memory_margin))
 
     def allocation_value(self, cid: int) -> float | None:
         return self.allocations[cid].value if cid in self.allocations else None
