@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from fedpilot.config import Config
 from fedpilot.memory.costmodel import CostModel
 from fedpilot.simulation import RunResult, run_simulation
 from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.fedpilot import FedPilotOptions
 
 MEMORY_AWARE = {"fedpilot", "fedpilot-noig", "fedpilot-nostagg", "exclusive"}
 
 
 def tiered_budgets(cost_model: CostModel) -> tuple[int, int, int]:
-    """Client 0 fits only the top layer, client 1 the top half, client 2 full LoRA."""
+    """Client 0 fits only the top layer, client 1 the top half, client 2 full LoRA (the allocator's margin included)."""
+    margin = FedPilotOptions().memory_margin
     top = [m for m in cost_model.module if m.startswith("5.")]
     upper = [m for m in cost_model.module if int(m.split(".")[0]) >= 3]
-    return cost_model.cost(top) + 1, cost_model.cost(upper) + 1, cost_model.full() + 1
+    return tuple(math.ceil(cost_model.cost(s) / (1 - margin)) + 1 for s in (top, upper, list(cost_model.module)))
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +68,25 @@ def test_memory_unaware_planning_overruns_budgets_and_says_so(runs: dict[str, Ru
     violations = runs[name].results["budget_violations"]
     assert {v["cid"] for v in violations} >= {0}
     assert all(v["peak_bytes"] > v["budget_bytes"] for v in violations)
+
+
+def test_plan_shows_each_clients_allocation_before_training(tiny_config: Config, tiny_cost_model: CostModel, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from fedpilot.cli import main
+    from tests.conftest import TINY
+
+    budgets = [b >> 20 for b in tiered_budgets(tiny_cost_model)]
+    config = {**TINY, "federation": {**TINY["federation"], "budgets": [f"{b + 1}MiB" for b in budgets]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["plan", "--config", str(tmp_path / "c.yaml"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [c["cid"] for c in plan["clients"]] == [0, 1, 2]
+    for client in plan["clients"]:
+        assert client["predicted_bytes"] <= client["budget_bytes"] and client["value"] > 0
+    assert len(plan["clients"][2]["modules"]) == 12 > len(plan["clients"][0]["modules"])
+    assert main(["plan", "--config", str(tmp_path / "c.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "layer" in text and "budget" in text and "needs" in text and "    5 " in text
