@@ -62,11 +62,14 @@ def main() -> int:
     return 0
 
 
+BEGIN, END = "<!-- results:begin (written by benchmarks/compare.py) -->", "<!-- results:end -->"
+
+
 def write_table(path: Path, base, summaries: dict[str, list[dict[str, float]]], seeds: list[int]) -> None:
+    """Write the generated block of ``path``; text outside its markers (the findings) is kept."""
     tiers = ", ".join(f"{t.fraction:.0%} at {t.memory >> 20} MiB" for t in base.federation.budgets.tiers)
     lines = [
-        "# Strategy comparison",
-        "",
+        BEGIN,
         f"Default config (`fedpilot/configs/default.yaml`): {base.model.name}, LoRA r={base.model.lora.rank} on "
         f"{'/'.join(base.model.lora.targets)}, BBC News, {base.federation.num_clients} clients, "
         f"Dirichlet({base.data.partition.alpha}) labels, {base.federation.rounds} rounds x {base.train.local_steps} "
@@ -94,9 +97,14 @@ def write_table(path: Path, base, summaries: dict[str, list[dict[str, float]]], 
         "`fedavg` is the memory-unaware reference: every client trains full LoRA whatever its budget.",
         "",
         "![accuracy per round](results.png)",
-        "",
+        END,
     ]
-    path.write_text("\n".join(lines))
+    block = "\n".join(lines)
+    text = path.read_text() if path.is_file() else f"# Strategy comparison\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = f"{text.rstrip()}\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    path.write_text(head + block + rest.split(END, 1)[1])
 
 
 def plot_curves(path: Path, curves: dict[str, list[list[float]]]) -> None:
