@@ -14,7 +14,7 @@ from fedpilot.config import load_config
 from fedpilot.simulation import run_simulation
 
 STRATEGIES = ["fedpilot", "fedpilot-noig", "fedpilot-nostagg", "fedpilot-additive", "exclusive", "fedavg"]
-COMMAND = "make install && .venv/bin/python benchmarks/compare.py"
+COMMAND = "make install && .venv/bin/python " + " ".join(sys.argv)
 
 
 def summarise(results: dict) -> dict[str, float]:
@@ -40,9 +40,14 @@ def main() -> int:
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--clients-per-round", type=int, help="sample this many clients a round (default: all)")
     args = parser.parse_args()
 
     base = load_config()
+    if args.clients_per_round:
+        base = base.model_copy(
+            update={"federation": base.federation.model_copy(update={"clients_per_round": args.clients_per_round})}
+        )
     summaries: dict[str, list[dict[str, float]]] = {}
     curves: dict[str, list[list[float]]] = {}
     for strategy in args.strategies:
@@ -73,7 +78,8 @@ def write_table(path: Path, base, summaries: dict[str, list[dict[str, float]]], 
         f"Default config (`fedpilot/configs/default.yaml`): {base.model.name}, LoRA r={base.model.lora.rank} on "
         f"{'/'.join(base.model.lora.targets)}, BBC News, {base.federation.num_clients} clients, "
         f"Dirichlet({base.data.partition.alpha}) labels, {base.federation.rounds} rounds x {base.train.local_steps} "
-        f"local steps, batch {base.train.batch_size}, sequence {base.data.max_length}; memory tiers {tiers}. "
+        f"local steps, batch {base.train.batch_size}, sequence {base.data.max_length}; memory tiers {tiers}; "
+        f"{base.federation.clients_per_round or base.federation.num_clients} clients sampled per round. "
         f"Mean over seeds {', '.join(map(str, seeds))} (± is the standard deviation).",
         "",
         f"Made by: `{COMMAND}` (2 CPU cores).",
