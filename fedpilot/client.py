@@ -68,11 +68,16 @@ def batch_indices(num_samples: int, batch_size: int, steps: int, generator: torc
         order = order[batch_size:]
 
 
-def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: TokenizedSplit, idx: Tensor) -> float:
-    """One forward, backward and optimiser step on the rows ``idx`` of ``data``; returns the loss."""
+def batch_loss(model: LoraModel, data: TokenizedSplit, idx: Tensor) -> Tensor:
+    """Cross-entropy of the model on the rows ``idx`` of ``data``, computed on the model's device."""
     device = model.device
     logits = model.logits(data.input_ids[idx].to(device), data.attention_mask[idx].to(device))
-    loss = F.cross_entropy(logits, data.labels[idx].to(device))
+    return F.cross_entropy(logits, data.labels[idx].to(device))
+
+
+def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: TokenizedSplit, idx: Tensor) -> float:
+    """One forward, backward and optimiser step on the rows ``idx`` of ``data``; returns the loss."""
+    loss = batch_loss(model, data, idx)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -183,9 +188,7 @@ class Client:
         squared = {m: 0.0 for m in modules}
 
         def backward(idx: Tensor) -> None:
-            device = model.device
-            logits = model.logits(self.data.input_ids[idx].to(device), self.data.attention_mask[idx].to(device))
-            F.cross_entropy(logits, self.data.labels[idx].to(device)).backward()
+            batch_loss(model, self.data, idx).backward()
 
         batches = list(batch_indices(self.num_samples, config.batch_size, config.batches, generator))
         for i, idx in enumerate(batches):

@@ -28,7 +28,6 @@ from fedpilot.strategies import STRATEGIES, ClientInfo, ClientScores, ClientUpda
 class Federation:
     """Everything a simulated federation is made of, before its first round."""
 
-    config: Config
     data: SplitData
     model: LoraModel
     clients: list[Client]
@@ -55,7 +54,7 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
     context = FederationContext(model.modules, model.module_keys, model.num_layers, cost_model)
     strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
     server = Server(strategy, model.state(), infos, config)
-    return Federation(config, data, model, clients, infos, cost_model, cached, server)
+    return Federation(data, model, clients, infos, cost_model, cached, server)
 
 
 def run_scoring(federation: Federation, server_round: int, selected: list[ClientInfo]) -> list[dict[str, Any]]:
