@@ -14,14 +14,14 @@ import argparse
 import sys
 import time
 
-from fedpilot.client import TrainInstructions
+from fedpilot.cli.profile import analytic_cost_model
 from fedpilot.config import Config
-from fedpilot.data import load_split
-from fedpilot.memory.analytic import analytic_cost_model
+from fedpilot.core.sizes import mib
+from fedpilot.data.split import load_split
 from fedpilot.memory.calibrate import calibrate
 from fedpilot.memory.validate import compare_predictions, random_module_sets
-from fedpilot.memsize import mib
-from fedpilot.models import LoraModel
+from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.messages import TrainInstructions
 
 SETTINGS = [(16, 128), (8, 64)]
 CALIBRATED_LIMIT, ANALYTIC_LIMIT = 0.05, 0.25
@@ -43,7 +43,10 @@ def main() -> int:
         start = time.perf_counter()
         calibrated = calibrate(model, batch, instructions)
         seconds = time.perf_counter() - start
-        analytic = analytic_cost_model(config.model, len(data.label_names), batch_size, seq_len, config.train.optimizer)
+        analytic = analytic_cost_model(config.model_copy(update={
+            "data": config.data.model_copy(update={"max_length": seq_len}),
+            "train": config.train.model_copy(update={"batch_size": batch_size}),
+        }))
         print(f"\nbatch {batch_size}, seq {seq_len}: calibrated in {seconds:.1f} s")
         print(f"{'trainable set':<58} {'measured':>9} {'calib.':>9} {'err':>6} {'analytic':>9} {'err':>6}  (MiB)")
         sets = random_module_sets(model.modules, args.sets, args.seed)

@@ -12,7 +12,7 @@ import argparse
 import statistics
 import sys
 
-from fedpilot.allocation import random_problem, solve
+from fedpilot.planning.allocation import random_problem, solve
 
 MEDIAN_LIMIT_MS, WORST_LIMIT_MS = 10.0, 50.0
 

@@ -2,7 +2,7 @@
 
 Every field has a default, so a user's file only states what differs from the embedded
 default (``fedpilot/configs/default.yaml``, which spells every field out). Any problem becomes a
-single-line :class:`~fedpilot.errors.ConfigError` naming the field and what is allowed.
+single-line :class:`~fedpilot.core.errors.ConfigError` naming the field and what is allowed.
 """
 
 from __future__ import annotations
@@ -11,71 +11,53 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from fedpilot.errors import ConfigError
-from fedpilot.memsize import parse_memory
+from fedpilot.core.errors import ConfigError
+from fedpilot.core.settings import StrictModel, describe_error
+from fedpilot.core.sizes import parse_memory
+from fedpilot.data.datasets import DATASETS
+from fedpilot.families import MODELS
+from fedpilot.strategies import STRATEGIES
 
-LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 DEFAULT_CONFIG = "default.yaml"
-
-
-class StrictModel(BaseModel):
-    """A settings block that rejects unknown keys, listing the allowed ones."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(cls.model_fields))
-            if unknown:
-                allowed = f"allowed keys: {', '.join(cls.model_fields)}" if cls.model_fields else "no keys are allowed here"
-                raise ValueError(f"unknown key {unknown[0]!r}; {allowed}")
-        return data
+DEFAULT_MODEL = "all-minilm-l6-v2"
 
 
 class LoraSettings(StrictModel):
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    targets: tuple[Literal["query", "key", "value", "attn_out", "ffn_in", "ffn_out"], ...] = (
-        "query",
-        "value",
-    )
-
-    @field_validator("targets")
-    @classmethod
-    def _non_empty_unique(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
-        if not targets:
-            raise ValueError(f"name at least one target out of {', '.join(LORA_TARGETS)}")
-        if len(set(targets)) != len(targets):
-            raise ValueError("each target may appear only once")
-        return targets
+    targets: tuple[str, ...] = Field((), description="LoRA targets of the model's family; empty: the family's default")
 
 
 class ModelSettings(StrictModel):
-    name: str = "all-minilm-l6-v2"
+    name: str = DEFAULT_MODEL
     base_dropout: float = Field(
         0.0, ge=0, lt=1, description="dropout inside the frozen base model; 0 halves activation memory"
     )
-    lora: LoraSettings = LoraSettings()
+    lora: LoraSettings = Field(default_factory=LoraSettings, validate_default=True)
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from fedpilot.models import MODELS
-
         return MODELS.check(name)
+
+    @field_validator("lora")
+    @classmethod
+    def _targets_of_the_family(cls, lora: LoraSettings, info: ValidationInfo) -> LoraSettings:
+        if "name" not in info.data:  # the name was invalid: that error is reported
+            return lora
+        family = MODELS[info.data["name"]].family
+        if not lora.targets:
+            return lora.model_copy(update={"targets": family.default_targets})
+        try:
+            family.check_targets(lora.targets)
+        except ValueError as err:
+            raise ValueError(f"targets: {err}") from None
+        return lora
 
 
 class PartitionSettings(StrictModel):
@@ -97,8 +79,6 @@ class DataSettings(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from fedpilot.datasets import DATASETS
-
         return DATASETS.check(name)
 
 
@@ -141,6 +121,10 @@ class FederationSettings(StrictModel):
     num_clients: int = Field(8, ge=1)
     clients_per_round: int | None = Field(None, ge=1, description="None: every client, every round")
     rounds: int = Field(5, ge=1)
+    memory_margin: float = Field(
+        0.01, ge=0, lt=0.5,
+        description="share of each budget planners keep free for the cost model's error (benchmarks/memory_model.py)",
+    )
     budgets: int | tuple[int, ...] | TieredBudgets | None = Field(
         TieredBudgets.model_validate(
             {"tiers": [{"fraction": 0.4, "memory": "150MiB"}, {"fraction": 0.3, "memory": "190MiB"}, {"fraction": 0.3, "memory": "256MiB"}]}
@@ -207,8 +191,6 @@ class Config(StrictModel):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, name: str) -> str:
-        from fedpilot.strategies import STRATEGIES
-
         return STRATEGIES.check(name)
 
     @model_validator(mode="after")
@@ -222,18 +204,7 @@ class Config(StrictModel):
 
     def strategy_settings(self) -> StrictModel:
         """``strategy_options`` validated by the chosen strategy's own Options model."""
-        from fedpilot.strategies import STRATEGIES
-
         return STRATEGIES.get_or_fail(self.strategy).Options.model_validate(self.strategy_options)
-
-
-def describe_error(error: dict[str, Any]) -> str:
-    """One line for a pydantic error: the dotted field path, the message, the offending input."""
-    where = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] not in ("value_error", "assertion_error") and "input" in error:
-        message = f"{message} (got {error['input']!r})"
-    return f"{where}: {message}" if where else message
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

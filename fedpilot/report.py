@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fedpilot.core.files import write_json
+
+if TYPE_CHECKING:
+    from fedpilot.runtime.server import RoundResult
 
 ROUND_COLUMNS = (
     "round",
@@ -19,13 +22,6 @@ ROUND_COLUMNS = (
     "download_bytes",
     "seconds",
 )
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write atomically, so an interrupted run never leaves a half-written file."""
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(payload, indent=2))
-    partial.replace(path)
 
 
 class RunRecorder:
@@ -47,6 +43,7 @@ class RunRecorder:
         clients: list[dict[str, Any]],
         seconds: float,
         scoring: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         train_losses = [c["train_loss"] for c in clients]
         self.rounds.append(
@@ -59,9 +56,17 @@ class RunRecorder:
                 "seconds": seconds,
                 "clients": clients,
                 "scoring": scoring or [],
+                **(extra or {}),
             }
         )
         self.save()
+
+    def record_result(self, result: RoundResult) -> None:
+        """Record what :meth:`Server.run_round` returned."""
+        self.record_round(
+            result.server_round, result.metrics, result.clients, seconds=result.seconds, scoring=result.scoring,
+            extra={"selected": result.selected, "failures": result.failures, "rejected": result.rejected, "skipped": result.skipped},
+        )
 
     def finish(self, status: str, wall_seconds: float) -> None:
         self.results["status"] = status

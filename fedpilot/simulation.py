@@ -1,4 +1,9 @@
-"""In-process federation: every client is simulated on one machine over one shared base model."""
+"""In-process federation: every client is simulated on one machine over one shared base model.
+
+A thin driver: it builds the federation (data, model, partitions, calibrated cost model, strategy,
+server), then calls :meth:`~fedpilot.runtime.server.Server.run_round` with an in-process transport
+and records what each round returns.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,20 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from fedpilot.client import Client, StepPeaks, TrainInstructions
 from fedpilot.config import Config
-from fedpilot.data import SplitData, load_split
+from fedpilot.core.sizes import mib
+from fedpilot.data.partition import partition_indices
+from fedpilot.data.split import SplitData, load_split
 from fedpilot.memory.calibrate import load_or_calibrate
-from fedpilot.memory.costmodel import CostModel, check_budgets
-from fedpilot.memsize import mib
-from fedpilot.models import LoraModel, tensor_bytes
-from fedpilot.partition import partition_indices
+from fedpilot.planning.costmodel import CostModel
 from fedpilot.report import RunRecorder
-from fedpilot.server import Server, evaluate
-from fedpilot.strategies import STRATEGIES, ClientInfo, ClientScores, ClientUpdate, FederationContext
+from fedpilot.runtime.client import Client, StepPeaks
+from fedpilot.runtime.evaluation import Evaluator
+from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.messages import TrainInstructions
+from fedpilot.runtime.server import RoundResult, Server
+from fedpilot.runtime.transport import InProcessTransport
+from fedpilot.strategies import STRATEGIES, ClientInfo, FederationContext
 
 
 @dataclass
@@ -30,15 +38,18 @@ class Federation:
 
     data: SplitData
     model: LoraModel
-    clients: list[Client]
+    clients: dict[int, Client]
     infos: list[ClientInfo]
     cost_model: CostModel
     calibration_cached: bool
     server: Server
 
+    def transport(self, progress: bool = False) -> InProcessTransport:
+        return InProcessTransport(self.clients, progress)
+
 
 def build_federation(config: Config, progress: bool = True) -> Federation:
-    """Load data and model, partition, calibrate the memory model, check budgets, make the strategy."""
+    """Load data and model, partition, calibrate the memory model, make the strategy, check budgets."""
     data = load_split(config.data, config.model.name, config.seed)
     shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
     model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed)
@@ -47,26 +58,25 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
         model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress
     )
     budgets = config.federation.client_budgets()
-    check_budgets(cost_model, budgets)
     peaks = StepPeaks()
-    clients = [Client(cid, model, data.train.subset(shard), peaks) for cid, shard in enumerate(shards)]
-    infos = [ClientInfo(c.cid, c.num_samples, budget) for c, budget in zip(clients, budgets)]
-    context = FederationContext(model.modules, model.module_keys, model.num_layers, cost_model)
+    clients = {cid: Client(cid, model, data.train.subset(shard), peaks) for cid, shard in enumerate(shards)}
+    infos = [ClientInfo(cid, client.num_samples, budget) for (cid, client), budget in zip(clients.items(), budgets)]
+    context = FederationContext(
+        modules=model.modules,
+        module_keys=model.module_keys,
+        shapes=model.shapes,
+        num_layers=model.num_layers,
+        rank=model.rank,
+        cost_model=cost_model,
+        memory_margin=config.federation.memory_margin,
+        clients_per_round=config.federation.clients_per_round,
+        seed=config.seed,
+    )
     strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
-    server = Server(strategy, model.state(), infos, config)
+    evaluator = Evaluator(model, data.test, config.train.eval_batch_size)
+    server = Server(strategy, infos, model.state(), config.train, config.seed, evaluator)
+    server.check_budgets()
     return Federation(data, model, clients, infos, cost_model, cached, server)
-
-
-def run_scoring(federation: Federation, server_round: int, selected: list[ClientInfo]) -> list[dict[str, Any]]:
-    """The round's scoring phase, if the strategy asks for one; returns a record per scoring client."""
-    server, clients = federation.server, federation.clients
-    records, results = [], []
-    for task in server.configure_scoring(server_round, selected):
-        scores, metrics = clients[task.cid].score(task.modules, server.global_tensors, task.instructions)
-        results.append(ClientScores(task.cid, scores))
-        records.append({"cid": task.cid, "modules": task.modules, "budget_bytes": federation.infos[task.cid].budget_bytes, **metrics})
-    server.aggregate_scoring(server_round, results)
-    return records
 
 
 @dataclass
@@ -79,20 +89,20 @@ class RunResult:
         return self.results["rounds"]
 
 
-def _over_budget(record: dict[str, Any], phase: str, server_round: int, recorder: RunRecorder) -> None:
-    """Flag a measured peak above the client's budget: in the record, the results and on stderr."""
-    budget = record["budget_bytes"]
-    record["over_budget"] = budget is not None and record["peak_bytes"] > budget
-    if record["over_budget"]:
-        recorder.results["budget_violations"].append(
-            {"round": server_round, "phase": phase, "cid": record["cid"], "modules": record["modules"],
-             "peak_bytes": record["peak_bytes"], "budget_bytes": budget}
-        )
+def _report(result: RoundResult, recorder: RunRecorder) -> None:
+    """Warnings on stderr for what went wrong in a round, and the run-level lists in results.json."""
+    for v in result.violations:
+        recorder.results["budget_violations"].append(v)
         tqdm.write(
-            f"warning: round {server_round}, client {record['cid']} ({phase}): measured peak "
-            f"{mib(record['peak_bytes']):.1f} MiB exceeds its budget {mib(budget):.1f} MiB",
+            f"warning: round {v['round']}, client {v['cid']} ({v['phase']}): measured peak "
+            f"{mib(v['peak_bytes']):.1f} MiB exceeds its budget {mib(v['budget_bytes']):.1f} MiB",
             file=sys.stderr,
         )
+    for r in result.rejected:
+        recorder.results["rejected_updates"].append(r)
+        tqdm.write(f"warning: round {r['round']}, client {r['cid']}: update rejected: {r['reason']}", file=sys.stderr)
+    if result.skipped:
+        tqdm.write(f"round {result.server_round}: global model unchanged: {result.skipped}", file=sys.stderr)
 
 
 def run_simulation(config: Config, out_dir: Path | None = None, progress: bool = True) -> RunResult:
@@ -100,10 +110,7 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
     start = time.perf_counter()
     out_dir = Path(out_dir or config.output_dir)
     federation = build_federation(config, progress)
-    data, model, clients, server, cost_model = (
-        federation.data, federation.model, federation.clients, federation.server, federation.cost_model
-    )
-    budgets = [info.budget_bytes for info in federation.infos]
+    data, model, server = federation.data, federation.model, federation.server
     recorder = RunRecorder(
         out_dir,
         {
@@ -114,54 +121,36 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
             "train_samples": len(data.train),
             "test_samples": len(data.test),
             "modules": model.modules,
+            "memory_aware": server.strategy.memory_aware,
             "clients": [
                 {
-                    "cid": c.cid,
-                    "num_samples": c.num_samples,
-                    "budget_bytes": budget,
-                    "label_counts": np.bincount(c.data.labels.numpy(), minlength=len(data.label_names)).tolist(),
+                    "cid": info.cid,
+                    "num_samples": info.num_samples,
+                    "budget_bytes": info.budget_bytes,
+                    "label_counts": np.bincount(federation.clients[info.cid].data.labels.numpy(), minlength=len(data.label_names)).tolist(),
                 }
-                for c, budget in zip(clients, budgets)
+                for info in federation.infos
             ],
-            "memory": {"cost_model": cost_model.to_dict(), "calibration_cached": federation.calibration_cached},
+            "memory": {"cost_model": federation.cost_model.to_dict(), "calibration_cached": federation.calibration_cached},
             "budget_violations": [],
+            "rejected_updates": [],
         },
     )
     say = tqdm.write if progress else (lambda _message: None)
+    transport = federation.transport(progress)
     status = "interrupted"
     try:
-        metrics = evaluate(model, server.global_tensors, data.test, config.train.eval_batch_size)
+        metrics = server.evaluate()
         recorder.record_round(0, metrics, [], seconds=0.0)
         say(f"round 0: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
         rounds_bar = tqdm(range(1, config.federation.rounds + 1), desc="rounds", unit="round", disable=not progress)
         for server_round in rounds_bar:
-            round_start = time.perf_counter()
-            selected = server.select_clients(server_round)
-            scoring = run_scoring(federation, server_round, selected)
-            for record in scoring:
-                _over_budget(record, "scoring", server_round, recorder)
-            tasks = server.configure_round(server_round, selected)
-            download = tensor_bytes(server.global_tensors)
-            updates, records = [], []
-            clients_bar = tqdm(tasks, desc=f"round {server_round} clients", unit="client", leave=False, disable=not progress)
-            for task in clients_bar:
-                tensors, client_metrics = clients[task.cid].train(task.modules, server.global_tensors, task.instructions)
-                updates.append(ClientUpdate(task.cid, clients[task.cid].num_samples, tensors, client_metrics))
-                record = {
-                    "cid": task.cid,
-                    "modules": task.modules,
-                    "download_bytes": download,
-                    "budget_bytes": budgets[task.cid],
-                    "predicted_bytes": cost_model.cost(task.modules),
-                    **client_metrics,
-                }
-                _over_budget(record, "training", server_round, recorder)
-                records.append(record)
-                clients_bar.set_postfix(client=task.cid, loss=f"{client_metrics['train_loss']:.3f}")
-            server.aggregate_round(server_round, updates)
-            metrics = evaluate(model, server.global_tensors, data.test, config.train.eval_batch_size)
-            recorder.record_round(server_round, metrics, records, seconds=time.perf_counter() - round_start, scoring=scoring)
+            result = server.run_round(server_round, transport)
+            _report(result, recorder)
+            recorder.record_result(result)
+            metrics = result.metrics
             rounds_bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", loss=f"{metrics['loss']:.3f}")
+        model.set_ranks({})
         model.load_state(server.global_tensors)
         model.save_adapter(out_dir / "adapter")
         status = "finished"

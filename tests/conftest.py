@@ -9,8 +9,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fedpilot.config import Config, parse_config  # noqa: E402
-from fedpilot.data import SplitData, load_split  # noqa: E402
-from fedpilot.models import LoraModel  # noqa: E402
+from fedpilot.data.split import SplitData, load_split  # noqa: E402
+from fedpilot.runtime.lora import LoraModel  # noqa: E402
 
 TINY = {
     "data": {"max_samples": 240, "max_length": 32, "partition": {"kind": "dirichlet", "alpha": 0.5, "min_partition_size": 5}},
@@ -41,8 +41,8 @@ def tiny_cost_model(tiny_config: Config, tiny_data: SplitData, shared_model: Lor
     """The calibrated cost model of the tiny configuration (cached on disk like any run's)."""
     import numpy as np
 
-    from fedpilot.client import TrainInstructions
     from fedpilot.memory.calibrate import load_or_calibrate
+    from fedpilot.runtime.messages import TrainInstructions
 
     batch = tiny_data.train.subset(np.arange(tiny_config.train.batch_size))
     return load_or_calibrate(shared_model, batch, TrainInstructions.from_settings(tiny_config.train, tiny_config.seed))[0]

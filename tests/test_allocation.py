@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fedpilot.allocation import Item, Problem, random_problem, solve
+from fedpilot.planning.allocation import Item, Problem, random_problem, solve
 
 
 def brute_force(problem: Problem) -> float:
@@ -45,7 +45,7 @@ def pareto_optimum(problem: Problem) -> float:
 
     best = -math.inf
     for layer in sorted({m.layer for m in problem.modules}):
-        capacity = problem.budget_bytes - problem.fixed_bytes - problem.activation_bytes[layer]
+        capacity = problem.budget_bytes - problem.cost_model.fixed - problem.cost_model.activation[layer]
         without, having = {0: 0.0}, {}
         for item in (m for m in problem.modules if m.layer >= layer):
             if item.layer == layer:
@@ -62,7 +62,7 @@ def small_problem(seed: int) -> Problem:
     layers = rng.randint(1, 5)
     activation = sorted((rng.randint(0, 400) for _ in range(layers)), reverse=rng.random() < 0.8)
     modules = [Item(f"m{i}", rng.randrange(layers), rng.randint(0, 120), rng.choice([0.0, 1.0, rng.uniform(0, 5)])) for i in range(rng.randint(1, 11))]
-    return Problem(rng.randint(50, 900), rng.randint(0, 100), activation, modules)
+    return Problem.from_items(rng.randint(50, 900), rng.randint(0, 100), activation, modules)
 
 
 @pytest.mark.parametrize("seed", range(300))
@@ -88,9 +88,9 @@ def test_matches_an_independent_exact_method_on_large_instances(seed: int) -> No
 
 def test_position_term_is_what_makes_it_hard() -> None:
     """One valuable module at the bottom costs the whole activation stack; two at the top fit."""
-    problem = Problem(
+    problem = Problem.from_items(
         budget_bytes=1000, fixed_bytes=100, activation_bytes=[890, 100],
-        modules=[Item("0.a", 0, 10, 3.0), Item("1.a", 1, 10, 2.0), Item("1.b", 1, 10, 2.0)],
+        items=[Item("0.a", 0, 10, 3.0), Item("1.a", 1, 10, 2.0), Item("1.b", 1, 10, 2.0)],
     )
     allocation = solve(problem)
     assert allocation is not None and allocation.modules == ["1.a", "1.b"] and allocation.value == 4.0
@@ -104,8 +104,8 @@ def test_solve_cli_reads_stdin_and_prints_json() -> None:
     problem = random_problem(40, seed=3)
     payload = {
         "budget_bytes": problem.budget_bytes,
-        "fixed_bytes": problem.fixed_bytes,
-        "activation_bytes": list(problem.activation_bytes),
+        "fixed_bytes": problem.cost_model.fixed,
+        "activation_bytes": list(problem.cost_model.activation),
         "modules": [{"name": m.name, "layer": m.layer, "bytes": m.bytes, "value": m.value} for m in problem.modules],
     }
     proc = run_solve(json.dumps(payload))

@@ -10,8 +10,8 @@ import pytest
 
 from fedpilot.cli import main
 from fedpilot.config import Config, load_config, parse_config
-from fedpilot.errors import ConfigError
-from fedpilot.memsize import MIB, parse_memory
+from fedpilot.core.errors import ConfigError
+from fedpilot.core.sizes import MIB, parse_memory
 
 
 def test_embedded_default_spells_out_the_model_defaults() -> None:
@@ -47,7 +47,10 @@ BAD_CONFIGS = [
     ("federation: {budgets: [1GiB, 2GiB]}", "budgets lists 2 sizes for 8 clients"),
     ("federation: {budgets: {tiers: [{fraction: 0.5, memory: 1GiB}]}}", "tier fractions must sum to 1"),
     ("model: {lora: {rank: 0}}", "model.lora.rank: Input should be greater than or equal to 1"),
-    ("model: {lora: {targets: [query, gate]}}", "model.lora.targets.1: Input should be 'query'"),
+    ("model: {lora: {targets: [query, gate]}}", "model.lora: targets: 'gate' is not a LoRA target of the bert-classifier family; choose from query, key"),
+    ("model: {lora: {targets: [query, query]}}", "model.lora: targets: each target may appear only once"),
+    ("model: {name: gpt5}", "model.name: unknown model 'gpt5'; available: all-minilm-l6-v2"),
+    ("strategy_options: {memory_margin: 0.1}", "strategy_options: unknown key 'memory_margin'"),
     ("model: {lora: {rnak: 8}}", "model.lora: unknown key 'rnak'; allowed keys: rank, alpha, dropout, targets"),
     ("data: {partition: {kind: dirichlet, alpha: 0}}", "data.partition.alpha: Input should be greater than 0"),
     ("data: {partition: {kind: zipf}}", "data.partition.kind: Input should be 'iid', 'dirichlet' or 'pathological'"),
@@ -86,10 +89,10 @@ def test_cli_process_exits_2_without_traceback(tmp_path: Path) -> None:
 
 
 def test_default_tiers_leave_the_smallest_unable_to_afford_full_lora() -> None:
-    from fedpilot.memory.analytic import analytic_cost_model
+    from fedpilot.cli.profile import analytic_cost_model
 
     config = load_config()
     budgets = config.federation.client_budgets()
-    full = analytic_cost_model(config.model, 5, config.train.batch_size, config.data.max_length, config.train.optimizer).full()
+    full = analytic_cost_model(config).full()
     assert len(set(budgets)) >= 3 and config.strategy == "fedpilot"
     assert min(budgets) < full < max(budgets)

@@ -11,8 +11,10 @@ import torch
 
 from fedpilot.cli import main
 from fedpilot.config import Config
-from fedpilot.data import SplitData
-from fedpilot.models import load_base_model
+from fedpilot.data.split import SplitData
+from fedpilot.families import MODELS
+from fedpilot.runtime.evaluation import evaluate
+from fedpilot.runtime.lora import LoraModel
 from fedpilot.simulation import RunResult, run_simulation
 from tests.conftest import TINY
 
@@ -72,20 +74,18 @@ def test_same_seed_gives_identical_metrics(tiny_config: Config, tmp_path: Path) 
 def test_saved_adapter_reloads_with_identical_logits(tiny_run: Path, tiny_data: SplitData, tiny_config: Config) -> None:
     from peft import PeftModel
 
-    from fedpilot.models import LoraModel
-    from fedpilot.server import evaluate
-
+    spec = MODELS[tiny_config.model.name]
     rebuilt = LoraModel(tiny_config.model, num_labels=5, seed=99)
-    reloaded = PeftModel.from_pretrained(load_base_model(tiny_config.model.name, num_labels=5), tiny_run / "adapter")
+    reloaded = PeftModel.from_pretrained(spec.family.load_runtime().load_model(spec, 5, None), tiny_run / "adapter")
     reloaded.eval()
-    batch = tiny_data.test.input_ids[:16], tiny_data.test.attention_mask[:16]
+    features = {k: v[:16] for k, v in tiny_data.test.features.items()}
     with torch.no_grad():
-        logits = reloaded(input_ids=batch[0], attention_mask=batch[1]).logits
+        logits = reloaded(**features).logits
     # The same adapter, loaded into the framework's own model through PEFT, must agree with the recorded metrics.
     rebuilt.peft.load_adapter(str(tiny_run / "adapter"), adapter_name="default")
     rebuilt.peft.eval()
     with torch.no_grad():
-        ours = rebuilt.logits(*batch)
+        ours = rebuilt.forward(features)
     assert torch.equal(logits, ours)
     final = json.loads((tiny_run / "results.json").read_text())["rounds"][-1]
     assert evaluate(rebuilt, rebuilt.state(), tiny_data.test, 64)["accuracy"] == pytest.approx(final["accuracy"])
@@ -93,13 +93,12 @@ def test_saved_adapter_reloads_with_identical_logits(tiny_run: Path, tiny_data: 
 
 def test_every_client_round_records_measured_predicted_and_budget(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """fedavg ignores budgets: a client that fits only the cheapest module is over budget, and says so."""
-    from fedpilot.client import TrainInstructions
+    from fedpilot.data.split import load_split
     from fedpilot.memory.calibrate import load_or_calibrate
-    from fedpilot.models import LoraModel
+    from fedpilot.runtime.messages import TrainInstructions
 
     model = LoraModel(tiny_config.model, num_labels=5, seed=0)
     data = tiny_config.data
-    from fedpilot.data import load_split
 
     batch = load_split(data, tiny_config.model.name, tiny_config.seed).train.subset(list(range(tiny_config.train.batch_size)))
     cost_model, _ = load_or_calibrate(model, batch, TrainInstructions.from_settings(tiny_config.train, 0))

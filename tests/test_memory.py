@@ -11,16 +11,17 @@ import torch
 from torch import nn
 
 from fedpilot.cli import main
-from fedpilot.client import TrainInstructions
+from fedpilot.cli.profile import analytic_cost_model
 from fedpilot.config import Config
-from fedpilot.data import SplitData
-from fedpilot.errors import FedpilotError
-from fedpilot.memory.analytic import analytic_cost_model
+from fedpilot.core.errors import FedpilotError
+from fedpilot.data.split import SplitData
 from fedpilot.memory.calibrate import calibrate, decompose_step, load_or_calibrate, measure_peak
-from fedpilot.memory.costmodel import CostModel, check_budgets
 from fedpilot.memory.measure import PeakMeter, measure_step
 from fedpilot.memory.validate import compare_predictions, random_module_sets
-from fedpilot.models import LoraModel
+from fedpilot.planning.costmodel import CostModel
+from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.messages import TrainInstructions
+from fedpilot.strategies import STRATEGIES, ClientInfo, FederationContext
 
 MIB = 1 << 20
 
@@ -78,7 +79,7 @@ def test_activation_cost_falls_as_the_lowest_trained_layer_rises(small_setting) 
 def test_predictions_match_measurement_on_a_small_configuration(small_setting, tiny_config: Config) -> None:
     model, batch, instructions = small_setting
     calibrated = calibrate(model, batch, instructions)
-    analytic = analytic_cost_model(tiny_config.model, 5, len(batch), batch.input_ids.shape[1], instructions.optimizer)
+    analytic = analytic_cost_model(tiny_config)
     rows = compare_predictions(model, batch, instructions, random_module_sets(model.modules, 8, seed=1), {"calibrated": calibrated, "analytic": analytic})
     assert max(r["calibrated_error"] for r in rows) <= 0.05
     assert max(r["analytic_error"] for r in rows) <= 0.25
@@ -106,12 +107,20 @@ def test_calibration_is_cached_by_its_settings(small_setting, tmp_path: Path, mo
 
 
 def test_budget_below_the_cheapest_set_names_client_budget_and_cost() -> None:
+    """The start-up check applies the planners' margin, so a budget it passes can always be planned."""
     cost_model = CostModel(fixed=100 * MIB, activation=(50 * MIB, 20 * MIB), module={"0.query": 3 * MIB, "1.query": 3 * MIB})
-    check_budgets(cost_model, [None, 123 * MIB])
-    with pytest.raises(FedpilotError, match=r"client 1 has 122.0 MiB, below the cheapest trainable set: training 1.query alone needs 123.0 MiB"):
-        check_budgets(cost_model, [200 * MIB, 122 * MIB])
-    with pytest.raises(FedpilotError, match=r"client 0 has 90.0 MiB, below the fixed cost"):
-        check_budgets(cost_model, [90 * MIB])
+    context = FederationContext(["0.query", "1.query"], {}, {}, 2, 8, cost_model, memory_margin=0.5 / 123)
+    strategy = STRATEGIES["fedpilot"](context)
+
+    def check(*budgets: int | None) -> None:
+        strategy.check_budgets([ClientInfo(cid, 10, b) for cid, b in enumerate(budgets)])
+
+    check(None, 124 * MIB)
+    with pytest.raises(FedpilotError, match=r"client 1 has 123.0 MiB \(122.5 MiB usable after the 0% memory margin\), below the cheapest trainable set: training 1.query alone needs 123.0 MiB"):
+        check(200 * MIB, 123 * MIB)
+    with pytest.raises(FedpilotError, match=r"client 0 has 90.0 MiB .*, below the fixed cost"):
+        check(90 * MIB)
+    STRATEGIES["fedavg"](context).check_budgets([ClientInfo(0, 10, 90 * MIB)])  # memory-unaware: no check
 
 
 def test_run_with_an_impossible_budget_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,7 +132,7 @@ def test_run_with_an_impossible_budget_exits_2(tmp_path: Path, capsys: pytest.Ca
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "client 0 has 20.0 MiB, below the fixed cost" in err
+    assert err.count("\n") == 1 and "client 0 has 20.0 MiB (19.8 MiB usable after the 1% memory margin), below the fixed cost" in err
 
 
 def test_profile_prints_the_per_layer_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fedpilot.config import Config, PartitionSettings
-from fedpilot.data import load_split
-from fedpilot.errors import ConfigError
-from fedpilot.partition import partition_indices
+from fedpilot.data.split import load_split
+from fedpilot.core.errors import ConfigError
+from fedpilot.data.partition import partition_indices
 
 
 @pytest.fixture(scope="module")

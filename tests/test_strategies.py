@@ -6,18 +6,18 @@ import math
 
 import pytest
 
-from fedpilot.config import Config
-from fedpilot.memory.costmodel import CostModel
+from fedpilot.config import Config, FederationSettings
+from fedpilot.planning.costmodel import CostModel
 from fedpilot.simulation import RunResult, run_simulation
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.fedpilot import FedPilotOptions
 
-MEMORY_AWARE = {"fedpilot", "fedpilot-noig", "fedpilot-nostagg", "exclusive"}
+MEMORY_AWARE = sorted(name for name, strategy in STRATEGIES.items() if strategy.memory_aware)
+MEMORY_UNAWARE = sorted(set(STRATEGIES) - set(MEMORY_AWARE))
 
 
 def tiered_budgets(cost_model: CostModel) -> tuple[int, int, int]:
     """Client 0 fits only the top layer, client 1 the top half, client 2 full LoRA (the allocator's margin included)."""
-    margin = FedPilotOptions().memory_margin
+    margin = FederationSettings().memory_margin
     top = [m for m in cost_model.module if m.startswith("5.")]
     upper = [m for m in cost_model.module if int(m.split(".")[0]) >= 3]
     return tuple(math.ceil(cost_model.cost(s) / (1 - margin)) + 1 for s in (top, upper, list(cost_model.module)))
@@ -40,7 +40,12 @@ def test_strategy_runs_and_learns(runs: dict[str, RunResult], name: str) -> None
     assert rounds[-1]["loss"] < rounds[0]["loss"]
 
 
-@pytest.mark.parametrize("name", sorted(MEMORY_AWARE))
+def test_memory_awareness_is_declared_as_documented() -> None:
+    assert {"exclusive", "fedpilot", "fedpilot-noig", "fedpilot-nostagg"} <= set(MEMORY_AWARE)
+    assert {"fedavg", "fedpilot-additive"} <= set(MEMORY_UNAWARE)
+
+
+@pytest.mark.parametrize("name", MEMORY_AWARE)
 def test_memory_aware_strategies_keep_every_client_within_budget(runs: dict[str, RunResult], name: str) -> None:
     results = runs[name].results
     assert results["budget_violations"] == []
@@ -63,7 +68,7 @@ def test_exclusive_leaves_out_clients_that_cannot_fit_full_lora(runs: dict[str, 
         assert [c["cid"] for c in r["clients"]] == [2]
 
 
-@pytest.mark.parametrize("name", ["fedpilot-additive", "fedavg"])
+@pytest.mark.parametrize("name", MEMORY_UNAWARE)
 def test_memory_unaware_planning_overruns_budgets_and_says_so(runs: dict[str, RunResult], name: str) -> None:
     violations = runs[name].results["budget_violations"]
     assert {v["cid"] for v in violations} >= {0}

@@ -1,3 +1,3 @@
-"""Memory: measure a training step's real peak (``measure``), predict it for any set of LoRA
-modules (``costmodel``), fitted on the real model (``calibrate``) or from its config alone
-(``analytic``), and checked against measurement (``validate``)."""
+"""Memory, the torch side: measure a training step's real peak (``measure``), fit the cost model of
+:mod:`fedpilot.planning.costmodel` to measurements on the real model (``calibrate``), and check
+predictions against measurement (``validate``). The analytic estimate lives with each model family."""

@@ -15,18 +15,20 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from fedpilot.client import TrainInstructions, make_optimizer, training_step
-from fedpilot.data import TokenizedSplit, cache_dir
-from fedpilot.memory.analytic import module_target_bytes
-from fedpilot.memory.costmodel import CostModel
+from fedpilot.core.files import write_json
+from fedpilot.core.keys import module_layer, module_target
+from fedpilot.data.split import TensorSplit, cache_dir
 from fedpilot.memory.measure import PeakMeter, StepMemory, measure_step, release_gradients
-from fedpilot.models import LoraModel
-from fedpilot.report import write_json
+from fedpilot.planning.costmodel import CostModel, lora_module_bytes
+from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.messages import TrainInstructions
+from fedpilot.runtime.training import make_optimizer, training_step
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2: per-rank module terms and explicit layers
 
 
-def _prepare(model: LoraModel, modules: Sequence[str], batch: TokenizedSplit, instructions: TrainInstructions):
+def _prepare(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions):
+    model.set_ranks({})
     params = model.set_trainable(modules)
     optimizer = make_optimizer(params, instructions)
     model.peft.train()
@@ -35,7 +37,7 @@ def _prepare(model: LoraModel, modules: Sequence[str], batch: TokenizedSplit, in
     return optimizer, lambda: training_step(model, optimizer, batch, rows)
 
 
-def measure_peak(model: LoraModel, modules: Sequence[str], batch: TokenizedSplit, instructions: TrainInstructions) -> int:
+def measure_peak(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions) -> int:
     """Peak bytes of a steady-state training step of ``modules`` on ``batch`` (adapter state restored after)."""
     saved = model.state()
     try:
@@ -48,7 +50,7 @@ def measure_peak(model: LoraModel, modules: Sequence[str], batch: TokenizedSplit
         model.load_state(saved)
 
 
-def decompose_step(model: LoraModel, modules: Sequence[str], batch: TokenizedSplit, instructions: TrainInstructions) -> StepMemory:
+def decompose_step(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions) -> StepMemory:
     """Peak of a steady-state step and its parts (adapter state restored after)."""
     saved = model.state()
     try:
@@ -68,13 +70,14 @@ def calibration_settings(model: LoraModel, batch_size: int, seq_len: int, optimi
         "batch_size": batch_size,
         "seq_len": seq_len,
         "optimizer": optimizer,
+        "family": model.family_name,
         "dtype": str(next(iter(model.params.values())).dtype),
         "device": model.device.type,
         "torch": torch.__version__,
     }
 
 
-def calibrate(model: LoraModel, batch: TokenizedSplit, instructions: TrainInstructions, progress: bool = False) -> CostModel:
+def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False) -> CostModel:
     """Profile the L + 2 probes on ``batch`` and fit the cost model (not cached; see :func:`load_or_calibrate`)."""
     layers = model.num_layers
     targets = model.settings.lora.targets
@@ -88,24 +91,34 @@ def calibrate(model: LoraModel, batch: TokenizedSplit, instructions: TrainInstru
         peaks.append(measure_peak(model, modules, batch, instructions))
     fixed, layer_peaks, full_peak = peaks[0], peaks[1:-1], peaks[-1]
 
-    sizes = {t: module_target_bytes(model, t, len(batch), batch.input_ids.shape[1], instructions.optimizer) for t in targets}
+    tokens, rank, optimizer = len(batch) * batch.seq_len, model.rank, instructions.optimizer
+    shapes = {t: model.module_shapes[f"0.{t}"] for t in targets}
+    sizes = {t: lora_module_bytes(*shapes[t], rank, tokens, optimizer) for t in targets}
     if layers > 1:
         per_layer = (full_peak - layer_peaks[0]) / (layers - 1)
         per_target = {t: per_layer * sizes[t] / sum(sizes.values()) for t in targets}
     else:
         per_target = {t: float(s) for t, s in sizes.items()}
-    module = {m: int(round(per_target[m.split(".", 1)[1]])) for m in model.modules}
+    module = {m: int(round(per_target[module_target(m)])) for m in model.modules}
     layer_modules = sum(int(round(per_target[t])) for t in targets)
     activation = tuple(layer_peaks[l] - fixed - layer_modules for l in range(layers))
-    settings = calibration_settings(model, len(batch), batch.input_ids.shape[1], instructions.optimizer)
-    return CostModel(fixed=fixed, activation=activation, module=module, source="calibrated", settings=settings)
+    # What a unit of rank adds is priced analytically (parameters, their state, the rank-r projection).
+    rank_bytes = {
+        m: lora_module_bytes(*model.module_shapes[m], rank + 1, tokens, optimizer) - lora_module_bytes(*model.module_shapes[m], rank, tokens, optimizer)
+        for m in model.modules
+    }
+    settings = calibration_settings(model, len(batch), batch.seq_len, optimizer)
+    return CostModel(
+        fixed=fixed, activation=activation, module=module, layer={m: module_layer(m) for m in model.modules},
+        rank=rank, rank_bytes=rank_bytes, source="calibrated", settings=settings,
+    )
 
 
 def load_or_calibrate(
-    model: LoraModel, batch: TokenizedSplit, instructions: TrainInstructions, progress: bool = False
+    model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False
 ) -> tuple[CostModel, bool]:
     """The calibrated cost model for these settings, from the disk cache when it holds one; ``(model, was_cached)``."""
-    settings = calibration_settings(model, len(batch), batch.input_ids.shape[1], instructions.optimizer)
+    settings = calibration_settings(model, len(batch), batch.seq_len, instructions.optimizer)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "memory" / f"calibration-{digest}.json"
     if path.is_file():

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from fedpilot.client import TrainInstructions
-from fedpilot.data import TokenizedSplit
+from fedpilot.data.split import TensorSplit
 from fedpilot.memory.calibrate import measure_peak
-from fedpilot.memory.costmodel import CostModel
-from fedpilot.models import LoraModel
+from fedpilot.planning.costmodel import CostModel
+from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.messages import TrainInstructions
 
 
 def random_module_sets(modules: Sequence[str], count: int, seed: int) -> list[list[str]]:
@@ -28,7 +28,7 @@ def random_module_sets(modules: Sequence[str], count: int, seed: int) -> list[li
 
 def compare_predictions(
     model: LoraModel,
-    batch: TokenizedSplit,
+    batch: TensorSplit,
     instructions: TrainInstructions,
     sets: Sequence[Sequence[str]],
     cost_models: Mapping[str, CostModel],

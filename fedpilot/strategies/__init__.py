@@ -5,11 +5,11 @@ Each module of this package registers one strategy with ``@STRATEGIES.register("
 
 from __future__ import annotations
 
-from fedpilot.registry import Registry, import_submodules
-from fedpilot.strategies.base import ClientInfo, ClientScores, ClientUpdate, FederationContext, Strategy
+from fedpilot.core.registry import Registry, import_submodules
+from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, FederationContext, Strategy
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 import_submodules(__name__)
 
-__all__ = ["STRATEGIES", "ClientInfo", "ClientScores", "ClientUpdate", "FederationContext", "Strategy"]
+__all__ = ["STRATEGIES", "Assignment", "ClientInfo", "ClientScores", "ClientUpdate", "FederationContext", "Strategy"]

@@ -1,9 +1,19 @@
-"""The strategy contract, in the shape of Flower's: configure a round, then aggregate its results.
+"""The strategy contract, in the shape of Flower's: sample clients, configure a round, aggregate it.
 
-A strategy sees only module names, client descriptions, a cost model and named tensors, never a
-model or a transport, so the simulator and a Flower ServerApp drive the same object. A round has
-an optional scoring phase (``configure_score`` / ``aggregate_score``: clients report per-module
-information) and a training phase (``configure_train`` / ``aggregate_train``).
+A strategy sees client descriptions, the model's module layout, a cost model and named numpy
+tensors, never a model or a transport, so the simulator and a Flower ServerApp drive the same
+object. A round is:
+
+1. ``sample``: which of the available clients take part (uniform without replacement by default);
+2. optional scoring: ``configure_score`` asks clients for per-module information, ``aggregate_score``
+   takes it in;
+3. ``configure_train``: an :class:`Assignment` per client: the modules it trains, their LoRA ranks,
+   which parts (A, B or both) train, and the tensors it receives;
+4. ``aggregate_train``: the next global tensors from the (validated) updates.
+
+``check_budgets`` runs once before the first round and must fail exactly when some later round
+could not be planned. ``state_dict`` / ``load_state_dict`` carry what the strategy remembers between
+rounds (numpy arrays and JSON values), so a checkpoint covers every strategy.
 """
 
 from __future__ import annotations
@@ -13,18 +23,46 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from fedpilot.config import StrictModel
-from fedpilot.memory.costmodel import CostModel
-from fedpilot.models import TensorDict
+import numpy as np
+
+from fedpilot.core.keys import HEAD, LORA_PARTS, check_parts, rank_axis, tensor_key
+from fedpilot.core.settings import StrictModel
+from fedpilot.core.tensors import TensorDict
+from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits, usable
 
 
 @dataclass(frozen=True)
 class ClientInfo:
-    """What the server knows of a client before a round."""
+    """What the server knows of a client before a round. ``cid`` is an id, not a position."""
 
     cid: int
     num_samples: int
     budget_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What one client trains in a round.
+
+    ``ranks`` gives a module's LoRA rank where it differs from the global one; ``parts`` says which
+    LoRA matrices train (the others stay frozen and are not sent back); ``tensors`` is what the
+    client receives (None: the global adapter, every module and the head, since frozen modules
+    take part in the forward pass). The head, where the family has one, always trains.
+    """
+
+    modules: tuple[str, ...]
+    ranks: Mapping[str, int] = field(default_factory=dict)
+    parts: tuple[str, ...] = LORA_PARTS
+    tensors: TensorDict | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modules", tuple(self.modules))
+        object.__setattr__(self, "parts", check_parts(self.parts))
+        stray = set(self.ranks) - set(self.modules)
+        if stray:
+            raise ValueError(f"assignment gives ranks to modules it does not train: {sorted(stray)}")
+        if any(r < 1 for r in self.ranks.values()):
+            raise ValueError(f"assignment ranks must be >= 1, got {dict(self.ranks)}")
 
 
 @dataclass(frozen=True)
@@ -47,12 +85,42 @@ class ClientScores:
 
 @dataclass(frozen=True)
 class FederationContext:
-    """The model's module layout and memory cost model, as strategies need them."""
+    """The model's module layout and memory cost model, and the federation's sampling settings."""
 
     modules: Sequence[str]
-    module_keys: Mapping[str, Sequence[str]]
+    module_keys: Mapping[str, Sequence[str]]  # module (and "head") -> its tensor keys
+    shapes: Mapping[str, tuple[int, ...]]  # tensor key -> shape at the global rank
     num_layers: int
+    rank: int
     cost_model: CostModel
+    memory_margin: float = 0.0
+    clients_per_round: int | None = None
+    seed: int = 0
+
+    @property
+    def head_keys(self) -> list[str]:
+        return list(self.module_keys.get(HEAD, []))
+
+    def usable(self, budget: int) -> int:
+        """The part of ``budget`` planners may fill (the margin absorbs the cost model's error)."""
+        return usable(budget, self.memory_margin)
+
+    def expected_shape(self, key: str, rank: int | None) -> tuple[int, ...]:
+        """The shape of tensor ``key`` at LoRA rank ``rank`` (None: the global rank)."""
+        shape = list(self.shapes[key])
+        axis = rank_axis(key)
+        if rank is not None and axis is not None:
+            shape[axis] = rank
+        return tuple(shape)
+
+    def reply_keys(self, assignment: Assignment) -> list[str]:
+        """The tensor keys a client sends back for ``assignment``: its trained parts and the head."""
+        return [tensor_key(m, p) for m in assignment.modules for p in assignment.parts] + self.head_keys
+
+
+def derived_seed(*parts: int) -> int:
+    """A 31-bit seed that depends on every part (run seed, round, client), so runs replay exactly."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class NoOptions(StrictModel):
@@ -60,36 +128,65 @@ class NoOptions(StrictModel):
 
 
 class Strategy(ABC):
-    """Decides each client's trainable LoRA modules and turns client updates into the next global state."""
+    """Decides who trains which LoRA modules each round and turns their updates into the next global state."""
 
     Options: ClassVar[type[StrictModel]] = NoOptions
+    memory_aware: ClassVar[bool] = True  # plans within budgets (False: says so in results)
     score_batches: int = 1  # batches a client scores on, when configure_score asks it to
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         self.context = context
         self.options = options if options is not None else self.Options()
 
-    def configure_score(
-        self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict
-    ) -> dict[int, list[str]]:
+    # -- before the first round ----------------------------------------------------------------------
+    def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
+        """Fail (one line) when a client's budget could make a later round impossible to plan.
+
+        Default, for strategies that give every client something to train: each usable budget must
+        fit the cheapest trainable set under the federation's cost model.
+        """
+        if not self.memory_aware:
+            return
+        for client in clients:
+            if not fits_something(self.context.cost_model, client.budget_bytes, self.context.memory_margin):
+                raise nothing_fits(self.context.cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
+
+    # -- each round ----------------------------------------------------------------------------------
+    def sample(self, server_round: int, clients: Sequence[ClientInfo]) -> list[ClientInfo]:
+        """The clients that take part this round: ``clients_per_round`` drawn without replacement
+        (seeded by run seed and round), or every client."""
+        wanted = self.context.clients_per_round
+        if wanted is None or wanted >= len(clients):
+            return list(clients)
+        rng = np.random.default_rng(derived_seed(self.context.seed, server_round))
+        chosen = sorted(rng.choice(len(clients), size=wanted, replace=False))
+        return [clients[i] for i in chosen]
+
+    def configure_score(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, list[str]]:
         """The modules each client should score before training this round (none by default)."""
         return {}
 
     def aggregate_score(self, server_round: int, scores: Sequence[ClientScores]) -> None:
         """Take in the clients' scores (ignored by default)."""
 
+    @abstractmethod
+    def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
+        """What each sampled client trains this round, by client id; absent clients sit out."""
+
+    @abstractmethod
+    def aggregate_train(self, server_round: int, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
+        """The new global tensors after this round's updates (already validated against their assignments)."""
+
+    # -- reporting and checkpoints -------------------------------------------------------------------
     def allocation_value(self, cid: int) -> float | None:
         """The value of what the client was last allocated, for strategies that value modules."""
         return None
 
-    @abstractmethod
-    def configure_train(
-        self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict
-    ) -> dict[int, list[str]]:
-        """The LoRA modules each selected client trains this round, by client id; absent clients sit out."""
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy remembers between rounds: JSON values and numpy arrays (empty by default)."""
+        return {}
 
-    @abstractmethod
-    def aggregate_train(
-        self, server_round: int, global_tensors: TensorDict, updates: Sequence[ClientUpdate]
-    ) -> TensorDict:
-        """The new global tensors after this round's updates."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")

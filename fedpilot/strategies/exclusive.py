@@ -1,13 +1,16 @@
-"""Exclusive: only the clients whose budget fits full LoRA take part, as without fedpilot; the
-others sit out every round. FedAvg over the participants."""
+"""Exclusive: only the clients whose usable budget fits full LoRA take part, as without fedpilot;
+the others sit out every round. FedAvg over the participants.
+
+Sampling draws among the eligible clients only, so partial participation never picks a round with
+nobody able to train; a federation with no eligible client at all is refused before the first round.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedpilot.errors import FedpilotError
-from fedpilot.memsize import mib
-from fedpilot.models import TensorDict
+from fedpilot.core.errors import FedpilotError
+from fedpilot.core.sizes import mib
 from fedpilot.strategies import STRATEGIES
 from fedpilot.strategies.base import ClientInfo
 from fedpilot.strategies.fedavg import FedAvg
@@ -15,11 +18,19 @@ from fedpilot.strategies.fedavg import FedAvg
 
 @STRATEGIES.register("exclusive")
 class Exclusive(FedAvg):
-    def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, list[str]]:
+    memory_aware = True
+
+    def eligible(self, clients: Sequence[ClientInfo]) -> list[ClientInfo]:
         full = self.context.cost_model.full()
-        fits = {c.cid for c in clients if c.budget_bytes is None or c.budget_bytes >= full}
-        if not fits:
+        return [c for c in clients if c.budget_bytes is None or self.context.usable(c.budget_bytes) >= full]
+
+    def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
+        if not self.eligible(clients):
+            full = self.context.cost_model.full()
             raise FedpilotError(
-                f"exclusive: no selected client's budget fits full LoRA ({mib(full):.1f} MiB) in round {server_round}"
+                f"federation.budgets: exclusive trains only clients that fit full LoRA ({mib(full):.1f} MiB "
+                f"plus the {self.context.memory_margin:.0%} margin), and no client does; raise a budget or choose another strategy"
             )
-        return {cid: modules for cid, modules in super().configure_train(server_round, clients, global_tensors).items() if cid in fits}
+
+    def sample(self, server_round: int, clients: Sequence[ClientInfo]) -> list[ClientInfo]:
+        return super().sample(server_round, self.eligible(clients))

@@ -2,8 +2,8 @@
 Fine-Tuning with Heterogeneous Clients"): each client trains the LoRA modules worth most under
 its memory budget, and the server compensates the modules few clients trained.
 
-- allocation: the exact position-aware knapsack (fedpilot.allocation) over the calibrated cost model;
-- value: the information-gain score (fedpilot.scoring), local Fisher terms refreshed every
+- allocation: the exact position-aware knapsack (fedpilot.planning.allocation) over the calibrated cost model;
+- value: the information-gain score (fedpilot.planning.scoring), local Fisher terms refreshed every
   ``refresh_rounds`` rounds, global terms every round;
 - aggregation: spatial-temporal compensation (strategy_utils.TemporalCompensation).
 
@@ -12,19 +12,19 @@ The ablations subclass this and override one hook each.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import Field
 
-from fedpilot.allocation import Allocation, Item, Problem, solve
-from fedpilot.config import StrictModel
-from fedpilot.errors import FedpilotError
-from fedpilot.memory.costmodel import CostModel
-from fedpilot.memsize import mib
-from fedpilot.models import TensorDict, module_layer
-from fedpilot.scoring import GlobalChange, ig_scores
+from fedpilot.core.keys import module_layer
+from fedpilot.core.settings import StrictModel
+from fedpilot.core.tensors import TensorDict
+from fedpilot.planning.allocation import Allocation, Problem, solve
+from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits
+from fedpilot.planning.scoring import GlobalChange, ig_scores
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import ClientInfo, ClientScores, ClientUpdate, FederationContext
+from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
 from fedpilot.strategies.strategy_utils import TemporalCompensation
 
@@ -37,14 +37,12 @@ class FedPilotOptions(StrictModel):
     compensation: float = Field(0.5, ge=0, le=1, description="eta: the largest weight of the update history")
     history_decay: float = Field(0.9, ge=0, lt=1, description="beta: momentum of the update history")
     staleness_horizon: int = Field(3, ge=1, description="tau: rounds of staleness until full compensation")
-    memory_margin: float = Field(
-        0.01, ge=0, lt=0.5, description="share of each budget kept free for the cost model's error (benchmarks/memory_model.py)"
-    )
 
 
 @STRATEGIES.register("fedpilot")
 class FedPilot(FedAvg):
     Options = FedPilotOptions
+    memory_aware = True
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         super().__init__(context, options)
@@ -83,39 +81,37 @@ class FedPilot(FedAvg):
             return list(self.context.modules)
         chosen: list[str] = []
         for module in sorted(self.context.modules, key=module_layer, reverse=True):
-            if self.context.cost_model.cost([*chosen, module]) > self.usable(budget):
+            if self.context.cost_model.cost([*chosen, module]) > self.context.usable(budget):
                 break
             chosen.append(module)
         return [m for m in self.context.modules if m in chosen]
 
     # -- training phase ----------------------------------------------------------------------------
-    def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, list[str]]:
+    def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
+        """Every client must fit its cheapest module under the model it is planned with (margin included)."""
+        cost_model, margin = self.allocation_cost_model(), self.context.memory_margin
+        for client in clients:
+            if not fits_something(cost_model, client.budget_bytes, margin):
+                raise nothing_fits(cost_model, client.cid, client.budget_bytes, margin)
+
+    def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
         plan = {}
         for client in clients:
             allocation = self.allocate(client)
             self.allocations[client.cid] = allocation
-            plan[client.cid] = allocation.modules
+            plan[client.cid] = Assignment(tuple(allocation.modules))
         return plan
 
     def allocate(self, client: ClientInfo) -> Allocation:
-        """The most valuable module set that fits the client's budget under the planning cost model."""
+        """The most valuable module set that fits the client's usable budget under the planning cost model."""
         cost_model, values = self.allocation_cost_model(), self.module_values(client.cid)
         if client.budget_bytes is None:
             modules = list(self.context.modules)
             return Allocation(modules, cost_model.cost(modules), sum(values.values()), 0.0)
-        items = [Item(m, module_layer(m), cost_model.module[m], values[m]) for m in self.context.modules]
-        allocation = solve(Problem(self.usable(client.budget_bytes), cost_model.fixed, cost_model.activation, items))
-        if allocation is None:
-            name, cost = cost_model.cheapest()
-            raise FedpilotError(
-                f"client {client.cid}: no LoRA module fits {mib(self.usable(client.budget_bytes)):.1f} MiB "
-                f"(its budget less the {self.options.memory_margin:.0%} margin); {name} alone needs {mib(cost):.1f} MiB"
-            )
+        allocation = solve(Problem(self.context.usable(client.budget_bytes), cost_model, values))
+        if allocation is None:  # check_budgets rules this out before the first round
+            raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
         return allocation
-
-    def usable(self, budget: int) -> int:
-        """The part of a budget allocation may plan with: the rest absorbs the cost model's error."""
-        return int(budget * (1 - self.options.memory_margin))
 
     def allocation_value(self, cid: int) -> float | None:
         return self.allocations[cid].value if cid in self.allocations else None
@@ -124,3 +120,16 @@ class FedPilot(FedAvg):
         aggregated = self.aggregate_modules(global_tensors, updates)
         self.global_change.observe(global_tensors, aggregated)
         return aggregated
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "local_scores": {str(cid): dict(scores) for cid, scores in self.local_scores.items()},
+            "global_change": self.global_change.state_dict(),
+            "compensation": self.compensation.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.local_scores = {int(cid): {m: float(v) for m, v in scores.items()} for cid, scores in state["local_scores"].items()}
+        self.global_change.load_state_dict(state["global_change"])
+        self.compensation.load_state_dict(state["compensation"])

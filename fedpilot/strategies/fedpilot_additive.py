@@ -4,13 +4,14 @@ then overrun the budgets, which the run records as measured violations."""
 
 from __future__ import annotations
 
-from fedpilot.memory.costmodel import CostModel
+from fedpilot.planning.costmodel import CostModel
 from fedpilot.strategies import STRATEGIES
 from fedpilot.strategies.fedpilot import FedPilot
 
 
 @STRATEGIES.register("fedpilot-additive")
 class FedPilotAdditive(FedPilot):
+    memory_aware = False  # it plans with the wrong cost model on purpose
+
     def allocation_cost_model(self) -> CostModel:
-        true = self.context.cost_model
-        return CostModel(true.fixed, tuple(0 for _ in true.activation), true.module, source="additive", settings=true.settings)
+        return self.context.cost_model.without_position()

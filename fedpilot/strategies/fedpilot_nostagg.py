@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedpilot.models import TensorDict
+from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
 from fedpilot.strategies.base import ClientUpdate
 from fedpilot.strategies.fedpilot import FedPilot

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedpilot.config import PartitionSettings
-from fedpilot.errors import ConfigError
+from fedpilot.core.errors import ConfigError
 
 
 def partition_indices(

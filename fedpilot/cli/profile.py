@@ -6,28 +6,32 @@ from typing import Any
 
 import numpy as np
 
-from fedpilot.client import TrainInstructions
 from fedpilot.config import Config
-from fedpilot.memory.analytic import analytic_cost_model
-from fedpilot.memory.calibrate import decompose_step, load_or_calibrate
-from fedpilot.memory.costmodel import CostModel
-from fedpilot.memsize import mib
-from fedpilot.models import module_id
+from fedpilot.core.keys import module_id
+from fedpilot.core.sizes import mib
+from fedpilot.data.datasets import DATASETS
+from fedpilot.families import MODELS
+from fedpilot.planning.costmodel import CostModel
+
+
+def analytic_cost_model(config: Config) -> CostModel:
+    """The family's analytic cost model of ``config``: from the model's config.json alone."""
+    spec = MODELS[config.model.name]
+    num_labels = len(DATASETS.get_or_fail(config.data.dataset)().label_names)
+    return spec.family.analytic(spec, config.model, num_labels, config.train.batch_size, config.data.max_length, config.train.optimizer)
 
 
 def profile_memory(config: Config, analytic: bool = False, progress: bool = True) -> dict[str, Any]:
     """The cost model for ``config``'s model, batch size, sequence length and optimiser, in MiB."""
     if analytic:
-        from fedpilot.datasets import DATASETS
-
-        num_labels = len(DATASETS.get_or_fail(config.data.dataset)().label_names)
-        cost_model = analytic_cost_model(
-            config.model, num_labels, config.train.batch_size, config.data.max_length, config.train.optimizer
-        )
+        cost_model = analytic_cost_model(config)
         cached = False
     else:
-        from fedpilot.data import load_split
-        from fedpilot.models import LoraModel
+        # The torch side, only when a forward pass is wanted (--analytic must stay light).
+        from fedpilot.data.split import load_split
+        from fedpilot.memory.calibrate import decompose_step, load_or_calibrate
+        from fedpilot.runtime.lora import LoraModel
+        from fedpilot.runtime.messages import TrainInstructions
 
         data = load_split(config.data, config.model.name, config.seed)
         model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed)

@@ -17,17 +17,14 @@ sequence T, hidden H, FFN width I, A attention heads, L layers, LoRA rank r:
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Any
 
-from fedpilot.config import ModelSettings
-from fedpilot.memory.costmodel import CostModel
-from fedpilot.models import MODELS, module_id
-
-FLOAT = 4
-OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}
+from fedpilot.core.keys import module_id
+from fedpilot.planning.costmodel import FLOAT_BYTES as FLOAT
+from fedpilot.planning.costmodel import OPTIMIZER_STATES, CostModel, lora_module_bytes
 
 
-def _target_shapes(hidden: int, ffn: int) -> dict[str, tuple[int, int]]:
+def target_shapes(hidden: int, ffn: int) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) of each LoRA target in a BERT layer."""
     return {
         "query": (hidden, hidden),
@@ -39,29 +36,12 @@ def _target_shapes(hidden: int, ffn: int) -> dict[str, tuple[int, int]]:
     }
 
 
-def _module_bytes(shape: tuple[int, int], rank: int, batch: int, seq: int, optimizer: str) -> int:
-    d_in, d_out = shape
-    params = rank * (d_in + d_out)
-    return FLOAT * params * (2 + OPTIMIZER_STATES[optimizer]) + FLOAT * batch * seq * (d_in + rank)
-
-
-def module_target_bytes(model, target: str, batch: int, seq: int, optimizer: str) -> int:
-    """Analytic bytes of one module of ``target`` in a loaded :class:`~fedpilot.models.LoraModel`."""
-    config = model.peft.base_model.model.config
-    shape = _target_shapes(config.hidden_size, config.intermediate_size)[target]
-    return _module_bytes(shape, model.settings.lora.rank, batch, seq, optimizer)
-
-
-def load_model_config(name: str) -> dict:
-    """The base model's ``config.json``: architecture sizes without loading any weight."""
-    return json.loads((Path(MODELS[name].path()) / "config.json").read_text())
-
-
-def analytic_cost_model(settings: ModelSettings, num_labels: int, batch: int, seq: int, optimizer: str) -> CostModel:
-    cfg = load_model_config(settings.name)
+def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, seq: int, optimizer: str) -> CostModel:
+    """The cost model of ``settings`` (a ModelSettings: base_dropout, lora) on ``spec``'s model, from its config.json."""
+    cfg = json.loads((spec.path() / "config.json").read_text())
     hidden, ffn, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     heads, lora = cfg["num_attention_heads"], settings.lora
-    shapes = _target_shapes(hidden, ffn)
+    shapes = target_shapes(hidden, ffn)
     tokens = batch * seq
 
     embeddings = (cfg["vocab_size"] + cfg["max_position_embeddings"] + cfg["type_vocab_size"] + 2) * hidden
@@ -80,10 +60,14 @@ def analytic_cost_model(settings: ModelSettings, num_labels: int, batch: int, se
     if settings.base_dropout > 0:
         per_layer += 2 * tokens * hidden + 3 * FLOAT * batch * heads * seq * seq
     activation = tuple((layers - l) * per_layer for l in range(layers))
-    module = {
-        module_id(l, t): _module_bytes(shapes[t], lora.rank, batch, seq, optimizer)
-        for l in range(layers)
-        for t in lora.targets
-    }
-    settings_key = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer}
-    return CostModel(fixed=fixed, activation=activation, module=module, source="analytic", settings=settings_key)
+    modules = [(module_id(l, t), l, shapes[t]) for l in range(layers) for t in lora.targets]
+    return CostModel(
+        fixed=fixed,
+        activation=activation,
+        module={m: lora_module_bytes(*shape, lora.rank, tokens, optimizer) for m, _, shape in modules},
+        layer={m: l for m, l, _ in modules},
+        rank=lora.rank,
+        rank_bytes={m: lora_module_bytes(*shape, lora.rank + 1, tokens, optimizer) - lora_module_bytes(*shape, lora.rank, tokens, optimizer) for m, _, shape in modules},
+        source="analytic",
+        settings={"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer},
+    )

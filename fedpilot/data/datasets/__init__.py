@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedpilot.registry import Registry, import_submodules
+from fedpilot.core.registry import Registry, import_submodules
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ Both terms are shares that sum to one, so IG_k sums to one over the modules.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-import torch
+import numpy as np
 
-from fedpilot.models import TensorDict
+from fedpilot.core.tensors import TensorDict
 
 EPS = 1e-12
 
@@ -59,8 +60,15 @@ class GlobalChange:
 
     def observe(self, before: TensorDict, after: TensorDict) -> None:
         for m in self.modules:
-            delta = torch.sqrt(sum(((after[k] - before[k]).double() ** 2).sum() for k in self.module_keys[m]))
-            norm = torch.sqrt(sum((before[k].double() ** 2).sum() for k in self.module_keys[m]))
+            keys = self.module_keys[m]
+            delta = np.sqrt(sum(float(np.square((after[k] - before[k]).astype(np.float64)).sum()) for k in keys))
+            norm = np.sqrt(sum(float(np.square(before[k].astype(np.float64)).sum()) for k in keys))
             relative = float(delta / (norm + EPS))
             previous = self.change.get(m)
             self.change[m] = relative if previous is None else self.decay * previous + (1 - self.decay) * relative
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"change": dict(self.change)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.change = {str(k): float(v) for k, v in state["change"].items()}

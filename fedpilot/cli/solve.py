@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from fedpilot.allocation import Allocation, Item, Problem, solve
-from fedpilot.config import StrictModel, describe_error
-from fedpilot.errors import FedpilotError
-from fedpilot.memsize import mib
+from fedpilot.core.errors import FedpilotError
+from fedpilot.core.settings import StrictModel, describe_error
+from fedpilot.core.sizes import mib
+from fedpilot.planning.allocation import Allocation, Item, Problem, solve
 
 
 class NothingFits(FedpilotError):
@@ -66,7 +66,7 @@ class ProblemSpec(StrictModel):
 
     def problem(self) -> Problem:
         items = [Item(m.name, m.layer, m.bytes, m.value) for m in self.modules]
-        return Problem(self.budget_bytes, self.fixed_bytes, self.activation_bytes, items)
+        return Problem.from_items(self.budget_bytes, self.fixed_bytes, self.activation_bytes, items)
 
 
 def parse_problem(text: str) -> Problem:
@@ -86,7 +86,7 @@ def solve_text(text: str) -> dict[str, Any]:
     problem = parse_problem(text)
     allocation: Allocation | None = solve(problem)
     if allocation is None:
-        name, cost = problem.cheapest()
+        name, cost = problem.cost_model.cheapest()
         raise NothingFits(
             f"nothing fits in {problem.budget_bytes} bytes ({mib(problem.budget_bytes):.1f} MiB): "
             f"the cheapest trainable set, {name}, costs {cost} bytes ({mib(cost):.1f} MiB)"

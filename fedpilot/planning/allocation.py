@@ -14,11 +14,14 @@ it); byte sizes are integers and compared exactly.
 from __future__ import annotations
 
 import math
+import random
 import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+
+from fedpilot.planning.costmodel import CostModel
 
 
 @dataclass(frozen=True)
@@ -31,24 +34,31 @@ class Item:
 
 @dataclass(frozen=True)
 class Problem:
+    """Maximise the value of a module set whose :meth:`CostModel.cost` stays within ``budget_bytes``."""
+
     budget_bytes: int
-    fixed_bytes: int
-    activation_bytes: Sequence[int]
-    modules: Sequence[Item]
+    cost_model: CostModel
+    values: Mapping[str, float]
+
+    @classmethod
+    def from_items(cls, budget_bytes: int, fixed_bytes: int, activation_bytes: Sequence[int], items: Sequence[Item]) -> Problem:
+        cost_model = CostModel(
+            fixed=fixed_bytes,
+            activation=tuple(activation_bytes),
+            module={m.name: m.bytes for m in items},
+            layer={m.name: m.layer for m in items},
+            source="input",
+        )
+        return cls(budget_bytes, cost_model, {m.name: m.value for m in items})
+
+    @property
+    def modules(self) -> list[Item]:
+        """The modules as knapsack items, in the cost model's order."""
+        cm = self.cost_model
+        return [Item(m, cm.layer[m], cm.module[m], self.values[m]) for m in cm.module]
 
     def cost(self, names: Sequence[str]) -> int:
-        """The position-aware cost of a set of module names (the formula above)."""
-        by_name = {m.name: m for m in self.modules}
-        chosen = [by_name[n] for n in names]
-        if not chosen:
-            return self.fixed_bytes
-        lowest = min(m.layer for m in chosen)
-        return self.fixed_bytes + self.activation_bytes[lowest] + sum(m.bytes for m in chosen)
-
-    def cheapest(self) -> tuple[str, int]:
-        """The cheapest trainable set (a single module) and its cost."""
-        best = min(self.modules, key=lambda m: (self.activation_bytes[m.layer] + m.bytes, m.name))
-        return best.name, self.fixed_bytes + self.activation_bytes[best.layer] + best.bytes
+        return self.cost_model.cost(names)
 
 
 @dataclass(frozen=True)
@@ -64,11 +74,12 @@ def solve(problem: Problem) -> Allocation | None:
     start = time.perf_counter()
     best_value = -math.inf
     best_set: list[Item] = []
-    layers = sorted({m.layer for m in problem.modules})
+    items = problem.modules
+    layers = sorted({m.layer for m in items})
     searches = []
     for layer in layers:
-        capacity = problem.budget_bytes - problem.fixed_bytes - problem.activation_bytes[layer]
-        candidates = [m for m in problem.modules if m.layer >= layer and m.bytes <= capacity]
+        capacity = problem.budget_bytes - problem.cost_model.fixed - problem.cost_model.activation[layer]
+        candidates = [m for m in items if m.layer >= layer and m.bytes <= capacity]
         if any(m.layer == layer for m in candidates):
             searches.append(_LayerSearch(candidates, layer, capacity))
     # Most promising layers first, so the shared incumbent prunes the others at their root.
@@ -81,7 +92,8 @@ def solve(problem: Problem) -> Allocation | None:
     elapsed = (time.perf_counter() - start) * 1000
     if not best_set:
         return None
-    names = [m.name for m in problem.modules if m in set(best_set)]
+    chosen = {m.name for m in best_set}
+    names = [m.name for m in items if m.name in chosen]
     return Allocation(names, problem.cost(names), float(sum(m.value for m in best_set)), elapsed)
 
 
@@ -137,8 +149,6 @@ class _LayerSearch:
 
 def random_problem(num_modules: int, seed: int, modules_per_layer: int = 8) -> Problem:
     """A synthetic instance shaped like a transformer's: activation falls with depth, modules of a few MiB."""
-    import random
-
     rng = random.Random(seed)
     mib = 1 << 20
     layers = max(1, math.ceil(num_modules / modules_per_layer))
@@ -150,4 +160,4 @@ def random_problem(num_modules: int, seed: int, modules_per_layer: int = 8) -> P
     ]
     fixed = 100 * mib
     budget = fixed + int(rng.uniform(0.15, 0.9) * (activation[0] + sum(m.bytes for m in modules)))
-    return Problem(budget, fixed, activation, modules)
+    return Problem.from_items(budget, fixed, activation, modules)

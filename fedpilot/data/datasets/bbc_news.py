@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedpilot.datasets import DATASETS, Corpus
+from fedpilot.data.datasets import DATASETS, Corpus
 
 
 @DATASETS.register("bbc-news")

@@ -1,4 +1,4 @@
-"""Command line: ``fedpilot run``, ``profile``, ``plan`` and ``solve``."""
+"""Command line: ``fedpilot run``, ``profile``, ``plan`` and ``solve`` (thin: each verb loads only what it needs)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedpilot.errors import FedpilotError
+from fedpilot.core.errors import FedpilotError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def _profile(args: argparse.Namespace) -> int:
     import json
 
     from fedpilot.config import load_config
-    from fedpilot.memory.profile import profile_memory, render_profile
+    from fedpilot.cli.profile import profile_memory, render_profile
 
     config = load_config(args.config)
     report = profile_memory(config, analytic=args.analytic, progress=not args.json)
@@ -36,7 +36,7 @@ def _plan(args: argparse.Namespace) -> int:
     import json
 
     from fedpilot.config import load_config
-    from fedpilot.plan import make_plan, render_plan
+    from fedpilot.cli.plan import make_plan, render_plan
 
     plan = make_plan(load_config(args.config), progress=not args.json)
     print(json.dumps(plan, indent=2) if args.json else render_plan(plan))
@@ -46,7 +46,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _solve(args: argparse.Namespace) -> int:
     import json
 
-    from fedpilot.solve import solve_text
+    from fedpilot.cli.solve import solve_text
 
     print(json.dumps(solve_text(sys.stdin.read())))
     return 0
@@ -86,5 +86,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())

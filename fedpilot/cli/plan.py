@@ -5,37 +5,41 @@ from __future__ import annotations
 from typing import Any
 
 from fedpilot.config import Config
-from fedpilot.memsize import mib
-from fedpilot.models import module_layer
-from fedpilot.simulation import build_federation, run_scoring
-
-TARGET_LETTERS = {"query": "q", "key": "k", "value": "v", "attn_out": "o", "ffn_in": "i", "ffn_out": "f"}
+from fedpilot.core.keys import parse_module
+from fedpilot.core.sizes import mib
+from fedpilot.families import MODELS
+from fedpilot.simulation import build_federation
 
 
 def make_plan(config: Config, progress: bool = True) -> dict[str, Any]:
-    """What the strategy would have each client train in round 1 (scoring phase included)."""
+    """What the strategy would have each client train in round 1 (sampling and scoring included):
+    the server's own :meth:`~fedpilot.runtime.server.Server.plan_round`, stopped before training."""
     federation = build_federation(config, progress)
     server = federation.server
-    selected = server.select_clients(1)
-    run_scoring(federation, 1, selected)
-    assignment = server.strategy.configure_train(1, selected, server.global_tensors)
+    plan = server.plan_round(1, federation.transport())
     cost_model = federation.cost_model
+    letters = MODELS[config.model.name].family.letters
     return {
         "strategy": config.strategy,
         "round": 1,
         "num_layers": federation.model.num_layers,
         "targets": list(config.model.lora.targets),
+        "letters": {t: letters[t] for t in config.model.lora.targets},
         "full_lora_bytes": cost_model.full(),
         "clients": [
             {
                 "cid": info.cid,
                 "num_samples": info.num_samples,
                 "budget_bytes": info.budget_bytes,
-                "modules": assignment.get(info.cid, []),
-                "predicted_bytes": cost_model.cost(assignment[info.cid]) if info.cid in assignment else None,
+                "modules": list(plan.assignments[info.cid].modules) if info.cid in plan.assignments else [],
+                "ranks": dict(plan.assignments[info.cid].ranks) if info.cid in plan.assignments else {},
+                "predicted_bytes": (
+                    cost_model.cost(plan.assignments[info.cid].modules, plan.assignments[info.cid].ranks)
+                    if info.cid in plan.assignments else None
+                ),
                 "value": server.strategy.allocation_value(info.cid),
             }
-            for info in selected
+            for info in plan.selected
         ],
     }
 
@@ -44,7 +48,8 @@ def render_plan(plan: dict[str, Any]) -> str:
     """A layer x client map (top layer first; letters are the LoRA targets trained) and a summary per client."""
     clients, targets = plan["clients"], plan["targets"]
     width = max(len(targets), 6) + 1
-    legend = ", ".join(f"{TARGET_LETTERS[t]}={t}" for t in targets)
+    letters = plan["letters"]
+    legend = ", ".join(f"{letters[t]}={t}" for t in targets)
     lines = [
         f"plan of {plan['strategy']} for round {plan['round']}: {len(clients)} clients; full LoRA needs "
         f"{mib(plan['full_lora_bytes']):.1f} MiB; {legend}, '.' = frozen, blank column = sits out",
@@ -54,8 +59,8 @@ def render_plan(plan: dict[str, Any]) -> str:
     for layer in reversed(range(plan["num_layers"])):
         cells = []
         for client in clients:
-            chosen = {m.split(".", 1)[1] for m in client["modules"] if module_layer(m) == layer}
-            cell = "".join(TARGET_LETTERS[t] if t in chosen else "." for t in targets) if client["modules"] else ""
+            chosen = {target for at, target in map(parse_module, client["modules"]) if at == layer}
+            cell = "".join(letters[t] if t in chosen else "." for t in targets) if client["modules"] else ""
             cells.append(f"{cell:>{width}}")
         lines.append(f"{layer:>5}  " + "".join(cells))
 

@@ -1,6 +1,7 @@
 """Name -> implementation registries, filled by importing every module of a package.
 
-Adding a strategy or a dataset is adding one file that calls ``REGISTRY.register("name")``.
+Adding a strategy, a dataset or a model family is adding one module that calls
+``REGISTRY.register("name")``.
 """
 
 from __future__ import annotations

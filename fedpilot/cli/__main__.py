@@ -1,0 +1,7 @@
+"""``python -m fedpilot.cli``."""
+
+import sys
+
+from fedpilot.cli import main
+
+sys.exit(main())

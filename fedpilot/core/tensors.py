@@ -1,0 +1,21 @@
+"""Named tensors as they travel between clients and server: numpy arrays, keyed as in :mod:`keys`.
+
+The server side (strategies, aggregation, validation) works on numpy only, as Flower's strategies
+do; the runtime converts to and from torch at the model's boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+TensorDict = dict[str, np.ndarray]
+
+
+def tensor_bytes(tensors: Mapping[str, np.ndarray]) -> int:
+    return int(sum(t.nbytes for t in tensors.values()))
+
+
+def copy_tensors(tensors: Mapping[str, np.ndarray]) -> TensorDict:
+    return {k: np.array(v, copy=True) for k, v in tensors.items()}

@@ -1,0 +1,2 @@
+"""Data: corpora registered by name (``datasets``), tokenised stratified splits (``split``) and
+client partitions (``partition``)."""

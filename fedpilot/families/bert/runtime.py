@@ -1,0 +1,57 @@
+"""The torch side of the BERT classification family (transformers' AutoModelForSequenceClassification)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from fedpilot.families.base import FamilyRuntime, ModelSpec
+
+
+class BertClassification(FamilyRuntime):
+    def load_model(self, spec: ModelSpec, num_labels: int, base_dropout: float | None) -> nn.Module:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the "head newly initialised" report is expected
+        hf_logging.disable_progress_bar()
+        try:
+            fields = spec.family.dropout_fields
+            overrides = {} if base_dropout is None else {field: base_dropout for field in fields}
+            return AutoModelForSequenceClassification.from_pretrained(spec.path(), num_labels=num_labels, **overrides)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+
+    def load_tokenizer(self, spec: ModelSpec) -> Any:
+        return AutoTokenizer.from_pretrained(spec.path())
+
+    def encode(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+        return {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].long()}
+
+    def forward(self, model: nn.Module, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=features["input_ids"], attention_mask=features["attention_mask"]).logits
+
+    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(output, labels, reduction=reduction)
+
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        return output.argmax(dim=-1)
+
+    def metrics(self, predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        return {
+            "accuracy": float((predicted == labels).mean()),
+            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        }
+
+    def num_layers(self, model: nn.Module) -> int:
+        return int(model.config.num_hidden_layers)
+
+
+RUNTIME = BertClassification()

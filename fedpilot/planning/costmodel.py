@@ -1,0 +1,137 @@
+"""The position-aware memory cost of a training step: the one formula every planner uses.
+
+    cost(S) = fixed + activation[lowest layer of S] + sum over m in S of module_r[m]
+    module_r[m] = module[m] + (r_m - rank) * rank_bytes[m]
+
+``fixed`` is what any step holds (weights, the head and its optimiser state, forward-pass buffers);
+``activation[l]`` is what backpropagation from the loss down to layer l stores; ``module[m]`` is what
+module m adds at the base LoRA rank (parameters, gradients, optimiser state, its own saved inputs);
+``rank_bytes[m]`` is what each unit of rank adds to it, so a module trained at rank r_m costs
+``module_r[m]``. A smaller rank shrinks only the module term, never the activations.
+
+The allocator, ``fedpilot solve``, ``fedpilot plan``, the start-up budget check and the strategies all
+price sets with :meth:`CostModel.cost` and plan within :func:`usable` of a budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from fedpilot.core.errors import FedpilotError
+from fedpilot.core.keys import module_layer
+from fedpilot.core.sizes import mib
+
+FLOAT_BYTES = 4
+OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}
+
+
+def lora_module_bytes(d_in: int, d_out: int, rank: int, tokens: int, optimizer: str, dtype_bytes: int = FLOAT_BYTES) -> int:
+    """Analytic bytes one trained LoRA module adds to a step: its parameters with gradient and optimiser
+    state, plus what it saves itself for backward (its dropped-out input and the rank-r projection)."""
+    params = rank * (d_in + d_out)
+    return dtype_bytes * params * (2 + OPTIMIZER_STATES[optimizer]) + dtype_bytes * tokens * (d_in + rank)
+
+
+def usable(budget: int, margin: float) -> int:
+    """The part of a budget a planner may fill: the rest absorbs the cost model's error."""
+    return int(budget * (1 - margin))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    fixed: int
+    activation: tuple[int, ...]
+    module: Mapping[str, int]
+    layer: Mapping[str, int] = field(default_factory=dict)
+    rank: int | None = None
+    rank_bytes: Mapping[str, int] = field(default_factory=dict)
+    source: str = "calibrated"
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.layer:  # module ids name their layer
+            object.__setattr__(self, "layer", {m: module_layer(m) for m in self.module})
+        missing = set(self.module) - set(self.layer)
+        if missing:
+            raise ValueError(f"cost model: no layer given for modules {sorted(missing)}")
+        for m, layer in self.layer.items():
+            if not 0 <= layer < len(self.activation):
+                raise ValueError(f"cost model: module {m!r} sits at layer {layer}, outside the {len(self.activation)} layers")
+
+    def module_cost(self, module: str, rank: int | None = None) -> int:
+        """What training ``module`` at ``rank`` (default: the base rank) adds to a step."""
+        base = self.module[module]
+        if rank is None or rank == self.rank:
+            return base
+        if self.rank is None or module not in self.rank_bytes:
+            raise ValueError(f"cost model ({self.source}) cannot price module {module!r} at rank {rank}: it has no per-rank term")
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank} for module {module!r}")
+        return base + (rank - self.rank) * self.rank_bytes[module]
+
+    def cost(self, modules: Iterable[str], ranks: Mapping[str, int] | None = None) -> int:
+        """Predicted peak bytes of a step that trains ``modules`` (and the head) at ``ranks``."""
+        chosen = list(modules)
+        if not chosen:
+            return self.fixed
+        ranks = ranks or {}
+        lowest = min(self.layer[m] for m in chosen)
+        return self.fixed + self.activation[lowest] + sum(self.module_cost(m, ranks.get(m)) for m in chosen)
+
+    def cheapest(self) -> tuple[str, int]:
+        """The cheapest trainable set (one module; ties broken by name) and its cost."""
+        best = min(self.module, key=lambda m: (self.cost([m]), m))
+        return best, self.cost([best])
+
+    def full(self) -> int:
+        return self.cost(self.module)
+
+    def without_position(self) -> CostModel:
+        """The additive model a plain knapsack assumes: activation terms dropped (an ablation)."""
+        return CostModel(
+            self.fixed, tuple(0 for _ in self.activation), self.module, self.layer, self.rank, self.rank_bytes,
+            source=f"{self.source}, additive", settings=self.settings,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "settings": dict(self.settings),
+            "fixed": self.fixed,
+            "activation": list(self.activation),
+            "module": dict(self.module),
+            "layer": dict(self.layer),
+            "rank": self.rank,
+            "rank_bytes": dict(self.rank_bytes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> CostModel:
+        return cls(
+            fixed=int(data["fixed"]),
+            activation=tuple(int(a) for a in data["activation"]),
+            module={str(k): int(v) for k, v in dict(data["module"]).items()},
+            layer={str(k): int(v) for k, v in dict(data.get("layer") or {}).items()},
+            rank=None if data.get("rank") is None else int(data["rank"]),
+            rank_bytes={str(k): int(v) for k, v in dict(data.get("rank_bytes") or {}).items()},
+            source=str(data.get("source", "calibrated")),
+            settings=dict(data.get("settings", {})),
+        )
+
+
+def nothing_fits(cost_model: CostModel, cid: object, budget: int, margin: float) -> FedpilotError:
+    """The one-line error for a client whose usable budget fits no trainable set."""
+    cheapest, cheapest_cost = cost_model.cheapest()
+    room = usable(budget, margin)
+    below = "the fixed cost" if room < cost_model.fixed else "the cheapest trainable set"
+    return FedpilotError(
+        f"federation.budgets: client {cid} has {mib(budget):.1f} MiB ({mib(room):.1f} MiB usable after the "
+        f"{margin:.0%} memory margin), below {below}: training {cheapest} alone needs {mib(cheapest_cost):.1f} MiB "
+        f"(fixed {mib(cost_model.fixed):.1f} MiB); raise its budget or lower train.batch_size / data.max_length"
+    )
+
+
+def fits_something(cost_model: CostModel, budget: int | None, margin: float) -> bool:
+    """Whether a client of this budget can train at least its cheapest module."""
+    return budget is None or cost_model.cheapest()[1] <= usable(budget, margin)

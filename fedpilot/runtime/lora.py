@@ -1,0 +1,184 @@
+"""A base model with LoRA adapters (transformers + PEFT), seen as named tensors grouped by module.
+
+Every LoRA module has an identity ``"<layer>.<target>"`` (:mod:`fedpilot.core.keys`) that the
+allocator, the client and the server share; its tensors are ``"<module>/lora_A"`` and
+``"<module>/lora_B"``, the task head's ``"head/<param>"``. Where the layers and targets sit, how the
+model is loaded and what its task is come from the model's family (:mod:`fedpilot.families`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import Tensor, nn
+
+from fedpilot.core.keys import HEAD, LORA_PARTS, check_parts, module_id, module_of, parse_module, rank_axis, tensor_key
+from fedpilot.core.tensors import TensorDict
+from fedpilot.families import MODELS
+from fedpilot.families.base import FamilyRuntime
+
+# PEFT 0.21 still calls a transformers method that transformers 5 renamed; harmless.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+class LoraModel:
+    """One PEFT model shared by every simulated client; its LoRA state is swapped in and out.
+
+    The base weights are loaded once; what differs between clients is only the named adapter
+    tensors (:meth:`state` / :meth:`load_state`), their LoRA ranks (:meth:`set_ranks`) and which
+    of them train (:meth:`set_trainable`). The LoRA scaling stays alpha / (global rank) at every
+    rank, so zero-padding a lower-rank adapter to the global rank leaves its function unchanged.
+    """
+
+    def __init__(self, settings, num_labels: int, seed: int, device: torch.device | str | None = None) -> None:
+        """``settings`` is the config's ``model`` section (a ModelSettings)."""
+        self.spec = MODELS[settings.name]
+        family = self.spec.family
+        self.runtime: FamilyRuntime = family.load_runtime()
+        torch.manual_seed(seed)  # the head's initial weights and LoRA A matrices
+        base = self.runtime.load_model(self.spec, num_labels, settings.base_dropout)
+        self.num_layers: int = self.runtime.num_layers(base)
+        self.settings = settings
+        self.rank: int = settings.lora.rank
+        self.modules: list[str] = [
+            module_id(layer, target) for layer in range(self.num_layers) for target in settings.lora.targets
+        ]
+        path_to_module = {}
+        for m in self.modules:
+            layer, target = parse_module(m)
+            path_to_module[f"{family.layer_prefix}.{layer}.{family.targets[target]}"] = m
+        lora = settings.lora
+        peft_config = LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(path_to_module),
+            modules_to_save=list(family.head_modules) or None,
+        )
+        self.peft = get_peft_model(base, peft_config)
+        if device is not None:
+            self.peft.to(device)
+        self.params: dict[str, nn.Parameter] = {}
+        self._holders: dict[str, nn.Module] = {}  # LoRA key -> the nn.Linear whose weight it is
+        named_modules = dict(self.peft.named_modules())
+        for name, param in self.peft.named_parameters():
+            key = _canonical_key(name, path_to_module)
+            if key is not None:
+                self.params[key] = param
+                if module_of(key) != HEAD:
+                    self._holders[key] = named_modules[name.removesuffix(".weight")]
+        self.module_keys: dict[str, list[str]] = {m: [] for m in [*self.modules, HEAD]}
+        for key in self.params:
+            self.module_keys[module_of(key)].append(key)
+        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(p.shape) for k, p in self.params.items()}
+        self.module_shapes: dict[str, tuple[int, int]] = {
+            m: (self.shapes[tensor_key(m, "lora_A")][1], self.shapes[tensor_key(m, "lora_B")][0]) for m in self.modules
+        }
+        self.set_trainable(self.modules)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    @property
+    def family_name(self) -> str:
+        return self.spec.family.name
+
+    @property
+    def head_keys(self) -> list[str]:
+        return self.module_keys[HEAD]
+
+    def keys_for(self, modules: Iterable[str], parts: Iterable[str] = LORA_PARTS) -> list[str]:
+        """Tensor keys a client trains for ``modules`` and ``parts`` (the head included)."""
+        parts = check_parts(parts)
+        return [tensor_key(m, p) for m in modules for p in parts if tensor_key(m, p) in self.params] + self.head_keys
+
+    def state(self, keys: Iterable[str] | None = None) -> TensorDict:
+        """A copy of the named adapter tensors (all of them by default), as numpy arrays."""
+        keys = self.params if keys is None else keys
+        return {k: self.params[k].detach().cpu().numpy().copy() for k in keys}
+
+    @torch.no_grad()
+    def load_state(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Copy named tensors into the model; every key must exist and every shape match exactly."""
+        for key, value in tensors.items():
+            if key not in self.params:
+                raise KeyError(f"{key!r} is not a tensor of this model's adapter")
+            param = self.params[key]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"{key}: received shape {tuple(value.shape)}, the model holds {tuple(param.shape)} "
+                    f"(set the module's rank first; nothing is broadcast)"
+                )
+            param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+    @torch.no_grad()
+    def set_ranks(self, ranks: Mapping[str, int]) -> None:
+        """Give each module in ``ranks`` that LoRA rank and every other module the global rank.
+
+        A module whose rank changes gets new (zero) A and B parameters of the new shape; load its
+        tensors afterwards.
+        """
+        unknown = set(ranks) - set(self.modules)
+        if unknown:
+            raise KeyError(f"unknown LoRA modules {sorted(unknown)}")
+        for m in self.modules:
+            rank = ranks.get(m, self.rank)
+            for key in self.module_keys[m]:
+                axis = rank_axis(key)
+                if axis is None or self.params[key].shape[axis] == rank:
+                    continue
+                shape = list(self.shapes[key])
+                shape[axis] = rank
+                old = self.params[key]
+                new = nn.Parameter(torch.zeros(shape, dtype=old.dtype, device=old.device), requires_grad=old.requires_grad)
+                holder = self._holders[key]
+                holder.weight = new
+                holder.in_features, holder.out_features = shape[1], shape[0]
+                self.params[key] = new
+
+    def ranks(self) -> dict[str, int]:
+        """The modules whose current rank differs from the global one, with that rank."""
+        current = {m: self.params[tensor_key(m, "lora_A")].shape[0] for m in self.modules}
+        return {m: r for m, r in current.items() if r != self.rank}
+
+    def set_trainable(self, modules: Iterable[str], parts: Iterable[str] = LORA_PARTS) -> list[nn.Parameter]:
+        """Freeze every LoRA tensor outside ``modules`` x ``parts``; return the parameters that train.
+
+        Gradients left by the previous trainable set are dropped: they would hold memory.
+        """
+        modules = list(modules)
+        unknown = set(modules) - set(self.modules)
+        if unknown:
+            raise KeyError(f"unknown LoRA modules {sorted(unknown)}; known: {self.modules}")
+        chosen = set(self.keys_for(modules, parts))
+        for key, param in self.params.items():
+            param.grad = None
+            param.requires_grad_(key in chosen)
+        return [self.params[k] for k in self.params if k in chosen]
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return self.runtime.forward(self.peft, features)
+
+    def save_adapter(self, directory: Path) -> None:
+        """Write the adapter in PEFT format (safetensors), loadable by ``PeftModel.from_pretrained``."""
+        if self.ranks():
+            raise ValueError(f"cannot export an adapter while modules have non-global ranks: {self.ranks()}")
+        self.peft.save_pretrained(str(directory), safe_serialization=True)
+
+
+def _canonical_key(name: str, path_to_module: Mapping[str, str]) -> str | None:
+    """``base_model.model.<path>.lora_A.default.weight`` -> ``"<module>/lora_A"``; head -> ``"head/..."``."""
+    name = name.removeprefix("base_model.model.")
+    for part in LORA_PARTS:
+        marker = f".{part}.default.weight"
+        if name.endswith(marker):
+            return tensor_key(path_to_module[name.removesuffix(marker)], part)
+    if ".modules_to_save.default." in name:
+        return f"{HEAD}/{name.replace('.modules_to_save.default', '')}"
+    return None

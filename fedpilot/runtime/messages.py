@@ -1,0 +1,86 @@
+"""What travels between server and clients: plain dataclasses of scalars and named numpy tensors,
+so any transport (in-process calls, Flower messages) can carry them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedpilot.core.tensors import TensorDict
+from fedpilot.strategies.base import Assignment
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """How a client trains locally."""
+
+    local_steps: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    seed: int
+
+    @classmethod
+    def from_settings(cls, settings: Any, seed: int) -> TrainInstructions:
+        """From the config's ``train`` section (a TrainSettings)."""
+        return cls(
+            local_steps=settings.local_steps,
+            batch_size=settings.batch_size,
+            optimizer=settings.optimizer,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            seed=seed,
+        )
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScoreInstructions:
+    """How a client computes its local information terms: a few batches of squared gradients."""
+
+    batches: int
+    batch_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    cid: int
+    assignment: Assignment
+    tensors: TensorDict  # what the client receives
+    instructions: TrainInstructions
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    cid: int
+    modules: list[str]
+    tensors: TensorDict
+    instructions: ScoreInstructions
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    cid: int
+    num_samples: int
+    tensors: TensorDict
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoreReply:
+    cid: int
+    scores: Mapping[str, float]
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A client that did not answer, or answered with an error."""
+
+    cid: int
+    reason: str

@@ -1,0 +1,240 @@
+"""The server's side of a round, transport-free and torch-free: the one round loop every driver runs.
+
+``Server.run_round(round, transport)``: the strategy samples clients, an optional scoring phase
+runs, the strategy assigns each client its work, the transport carries the tasks, every reply is
+validated against its assignment (rejected ones are recorded and left out), the strategy
+aggregates, and the evaluator scores the new global adapter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedpilot.core.tensors import TensorDict, tensor_bytes
+from fedpilot.runtime.messages import (
+    Failure,
+    ScoreInstructions,
+    ScoreReply,
+    ScoreTask,
+    TrainInstructions,
+    TrainReply,
+    TrainTask,
+)
+from fedpilot.runtime.transport import Transport
+from fedpilot.runtime.validation import update_problem
+from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, Strategy, derived_seed
+
+Evaluator = Callable[[TensorDict], dict[str, float]]
+
+
+@dataclass
+class RoundPlan:
+    """A round before training: who takes part, what scoring returned, what each client trains."""
+
+    server_round: int
+    selected: list[ClientInfo]
+    scoring: list[dict[str, Any]]
+    assignments: dict[int, Assignment]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RoundResult:
+    """Everything a round did, as plain records (what results.json keeps)."""
+
+    server_round: int
+    metrics: dict[str, float]
+    clients: list[dict[str, Any]]
+    scoring: list[dict[str, Any]]
+    selected: list[int]
+    failures: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    violations: list[dict[str, Any]]
+    skipped: str | None
+    seconds: float
+
+
+class Server:
+    """Holds the global adapter tensors and runs the strategy's hooks round after round."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        clients: Sequence[ClientInfo],
+        initial_tensors: TensorDict,
+        train_settings: Any,
+        seed: int,
+        evaluator: Evaluator | None = None,
+    ) -> None:
+        """``train_settings`` is the config's ``train`` section (local steps, batch size, optimiser)."""
+        ids = [c.cid for c in clients]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"client ids must be unique, got {ids}")
+        self.strategy = strategy
+        self.clients: dict[int, ClientInfo] = {c.cid: c for c in clients}
+        self.global_tensors = initial_tensors
+        self.train_settings = train_settings
+        self.seed = seed
+        self.evaluator = evaluator
+        self.last_metrics: dict[str, float] = {}
+
+    @property
+    def context(self):
+        return self.strategy.context
+
+    def check_budgets(self) -> None:
+        """Before the first round: the strategy refuses budgets that would make a later round impossible."""
+        self.strategy.check_budgets(list(self.clients.values()))
+
+    def evaluate(self) -> dict[str, float]:
+        self.last_metrics = dict(self.evaluator(self.global_tensors)) if self.evaluator else {}
+        return self.last_metrics
+
+    # -- planning ------------------------------------------------------------------------------------
+    def plan_round(self, server_round: int, transport: Transport) -> RoundPlan:
+        """Sampling, the scoring phase and the assignments of a round; nothing is trained."""
+        selected = self.strategy.sample(server_round, list(self.clients.values()))
+        unknown = [c.cid for c in selected if c.cid not in self.clients]
+        if unknown:
+            raise ValueError(f"{type(self.strategy).__name__}.sample returned unknown clients {unknown}")
+        scoring, failures = self._scoring_phase(server_round, selected, transport)
+        assignments = self.strategy.configure_train(server_round, selected, self.global_tensors)
+        chosen = {c.cid for c in selected}
+        stray = sorted(set(assignments) - chosen)
+        if stray:
+            raise ValueError(f"{type(self.strategy).__name__}.configure_train assigned clients it did not sample: {stray}")
+        for cid, assignment in assignments.items():
+            unknown_modules = set(assignment.modules) - set(self.context.modules)
+            if unknown_modules:
+                raise ValueError(f"assignment of client {cid} names unknown modules {sorted(unknown_modules)}")
+        return RoundPlan(server_round, selected, scoring, assignments, failures)
+
+    def _scoring_phase(
+        self, server_round: int, selected: Sequence[ClientInfo], transport: Transport
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        requests = self.strategy.configure_score(server_round, selected, self.global_tensors)
+        tasks = [
+            ScoreTask(
+                cid=client.cid,
+                modules=list(requests[client.cid]),
+                tensors=self.global_tensors,
+                instructions=ScoreInstructions(
+                    batches=self.strategy.score_batches,
+                    batch_size=self.train_settings.batch_size,
+                    seed=derived_seed(self.seed, server_round, client.cid, 1),
+                ),
+            )
+            for client in selected
+            if requests.get(client.cid)
+        ]
+        if not tasks:
+            return [], []
+        records, results, failures = [], [], []
+        asked = {t.cid: t.modules for t in tasks}
+        for reply in transport.score(server_round, tasks):
+            if isinstance(reply, Failure):
+                failures.append({"cid": reply.cid, "phase": "scoring", "reason": reply.reason})
+                continue
+            if set(reply.scores) != set(asked[reply.cid]):
+                failures.append({"cid": reply.cid, "phase": "scoring", "reason": "scores do not match the modules asked"})
+                continue
+            results.append(ClientScores(reply.cid, dict(reply.scores)))
+            record = {"cid": reply.cid, "modules": asked[reply.cid], "budget_bytes": self.clients[reply.cid].budget_bytes, **reply.metrics}
+            records.append(record)
+        self.strategy.aggregate_score(server_round, results)
+        return records, failures
+
+    # -- a whole round -------------------------------------------------------------------------------
+    def run_round(self, server_round: int, transport: Transport) -> RoundResult:
+        start = time.perf_counter()
+        plan = self.plan_round(server_round, transport)
+        tasks = [
+            TrainTask(
+                cid=client.cid,
+                assignment=plan.assignments[client.cid],
+                tensors=plan.assignments[client.cid].tensors if plan.assignments[client.cid].tensors is not None else self.global_tensors,
+                instructions=TrainInstructions.from_settings(self.train_settings, derived_seed(self.seed, server_round, client.cid)),
+            )
+            for client in plan.selected
+            if client.cid in plan.assignments
+        ]
+        by_cid = {t.cid: t for t in tasks}
+        failures, rejected, records, updates = list(plan.failures), [], [], []
+        for reply in transport.train(server_round, tasks) if tasks else []:
+            if isinstance(reply, Failure):
+                failures.append({"cid": reply.cid, "phase": "training", "reason": reply.reason})
+                continue
+            task = by_cid.get(reply.cid)
+            if task is None:
+                rejected.append({"round": server_round, "cid": reply.cid, "reason": "reply from a client that had no task"})
+                continue
+            problem = update_problem(self.context, task.assignment, reply.tensors, self.global_tensors, reply.num_samples)
+            if problem is not None:
+                rejected.append({"round": server_round, "cid": reply.cid, "reason": problem})
+                continue
+            updates.append(ClientUpdate(reply.cid, reply.num_samples, reply.tensors, reply.metrics))
+            records.append(self._client_record(task, reply))
+        skipped = None
+        if updates:
+            self._apply(self.strategy.aggregate_train(server_round, self.global_tensors, updates))
+            metrics = self.evaluate()
+        else:
+            skipped = "no client was sampled" if not plan.selected else (
+                "no sampled client was assigned work" if not tasks else "no valid update arrived"
+            )
+            metrics = dict(self.last_metrics)  # the global model did not change
+        violations = [
+            {"round": server_round, "phase": phase, "cid": r["cid"], "modules": r["modules"], "peak_bytes": r["peak_bytes"], "budget_bytes": r["budget_bytes"]}
+            for phase, group in (("scoring", plan.scoring), ("training", records))
+            for r in group
+            if self._over_budget(r)
+        ]
+        return RoundResult(
+            server_round=server_round,
+            metrics=metrics,
+            clients=records,
+            scoring=plan.scoring,
+            selected=[c.cid for c in plan.selected],
+            failures=failures,
+            rejected=rejected,
+            violations=violations,
+            skipped=skipped,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _client_record(self, task: TrainTask, reply: TrainReply) -> dict[str, Any]:
+        assignment = task.assignment
+        record: dict[str, Any] = {
+            "cid": task.cid,
+            "modules": list(assignment.modules),
+            "download_bytes": tensor_bytes(task.tensors),
+            "budget_bytes": self.clients[task.cid].budget_bytes,
+            "predicted_bytes": self.context.cost_model.cost(assignment.modules, assignment.ranks),
+            **reply.metrics,
+        }
+        if assignment.ranks:
+            record["ranks"] = dict(assignment.ranks)
+        if len(assignment.parts) < 2:
+            record["parts"] = list(assignment.parts)
+        return record
+
+    @staticmethod
+    def _over_budget(record: dict[str, Any]) -> bool:
+        """Flag (in the record) a measured peak above the client's budget."""
+        budget, peak = record.get("budget_bytes"), record.get("peak_bytes")
+        record["over_budget"] = budget is not None and peak is not None and peak > budget
+        return record["over_budget"]
+
+    def _apply(self, new_tensors: Mapping[str, Any]) -> None:
+        """Take the aggregate as the global adapter, if it keeps every key and shape (never a silent change)."""
+        if set(new_tensors) != set(self.global_tensors):
+            missing, extra = sorted(set(self.global_tensors) - set(new_tensors)), sorted(set(new_tensors) - set(self.global_tensors))
+            raise ValueError(f"{type(self.strategy).__name__}.aggregate_train changed the adapter's keys (missing {missing[:3]}, extra {extra[:3]})")
+        for key, value in new_tensors.items():
+            old = self.global_tensors[key]
+            if value.shape != old.shape or value.dtype != old.dtype:
+                raise ValueError(f"{type(self.strategy).__name__}.aggregate_train changed {key} from {old.shape} {old.dtype} to {value.shape} {value.dtype}")
+        self.global_tensors = dict(new_tensors)

@@ -1,0 +1,54 @@
+"""How the server's tasks reach clients. A driver supplies a :class:`Transport`; the round loop in
+:class:`~fedpilot.runtime.server.Server` is the same whatever carries the messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from fedpilot.runtime.messages import Failure, ScoreReply, ScoreTask, TrainReply, TrainTask
+
+
+class Transport(Protocol):
+    """Runs tasks on clients and returns, per task, a reply or a failure (a client that did not answer)."""
+
+    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[TrainReply | Failure]: ...
+
+    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ScoreReply | Failure]: ...
+
+
+class InProcessTransport:
+    """Calls :class:`~fedpilot.runtime.client.Client` objects of this process one after another.
+
+    A client's exception propagates: in one process it is a bug, not a device that dropped out.
+    """
+
+    def __init__(self, clients: Mapping[int, object], progress: bool = False) -> None:
+        self.clients = clients
+        self.progress = progress
+
+    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[TrainReply | Failure]:
+        replies: list[TrainReply | Failure] = []
+        bar = tqdm(tasks, desc=f"round {server_round} clients", unit="client", leave=False, disable=not self.progress)
+        for task in bar:
+            client = self.clients.get(task.cid)
+            if client is None:
+                replies.append(Failure(task.cid, "no such client"))
+                continue
+            tensors, metrics = client.train(task.assignment, task.tensors, task.instructions)
+            replies.append(TrainReply(task.cid, client.num_samples, tensors, metrics))
+            bar.set_postfix(client=task.cid, loss=f"{metrics['train_loss']:.3f}")
+        return replies
+
+    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ScoreReply | Failure]:
+        replies: list[ScoreReply | Failure] = []
+        for task in tasks:
+            client = self.clients.get(task.cid)
+            if client is None:
+                replies.append(Failure(task.cid, "no such client"))
+                continue
+            scores, metrics = client.score(task.modules, task.tensors, task.instructions)
+            replies.append(ScoreReply(task.cid, scores, metrics))
+        return replies
