@@ -3,7 +3,8 @@
 Usage: .venv/bin/python benchmarks/solve.py [--instances 200] [--modules 200]
 
 Prints the median and worst solve time (the solver's own clock, as `fedpilot solve` reports it)
-and exits 1 if the median exceeds 10 ms or the worst 50 ms.
+and exits 1 if the median exceeds 10 ms or the worst 50 ms (the limits are for 200 modules;
+`--modules 1000` shows how it scales: tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> int:
     for seed in range(args.instances):
         allocation = solve(random_problem(args.modules, seed))
         if allocation is not None:
+            assert allocation.optimal  # no time limit was given
             times.append(allocation.solve_ms)
     median, worst = statistics.median(times), max(times)
     print(f"solve: {len(times)} instances of {args.modules} modules, median {median:.2f} ms, worst {worst:.2f} ms")

@@ -4,24 +4,57 @@
     subject to fixed + activation[lowest layer of S] + sum of bytes[m] for m in S <= budget,  S non-empty
 
 The cost is not additive, so a plain knapsack is wrong. For each candidate lowest layer l we solve
-a 0/1 knapsack over the modules at layers >= l with capacity ``budget - fixed - activation[l]``
-and the side constraint that S holds a module of layer l, by depth-first branch and bound with
-the fractional (Dantzig) upper bound. The best value found so far is shared across layers, so a
-layer whose bound cannot beat it is skipped at its root. Values must be >= 0 (the bound assumes
-it); byte sizes are integers and compared exactly.
+a knapsack over the modules at layers >= l with capacity ``budget - fixed - activation[l]`` and the
+side constraint that S holds a module of layer l. Where no layer above l holding modules has a
+larger activation term than l (the usual shape: activations shrink with depth), the side constraint
+is dropped: a set without a layer-l module is then still within budget at its own lowest layer.
+
+Each layer's knapsack is solved exactly, without recursion:
+
+- **exact arithmetic**: byte sizes are integers; values (finite floats >= 0) are turned into exact
+  integers (a common power-of-two denominator, divided by their gcd), so sums, comparisons and
+  bounds are exact and every bound can be rounded down to an integer;
+- **grouping**: modules with the same bytes and value that are alike for this layer (both at layer
+  l or both above it; any layer when the side constraint is dropped) form one item with a count;
+  modules of zero bytes are always taken;
+- **dominance**: with ties broken in a fixed order, some optimum takes a module only together with
+  every module that is no larger, worth at least as much and no less able to meet the side
+  constraint; so a group keeps only the copies that fit next to all their dominators;
+- **expanding core** (Pisinger's minimal algorithm, on groups): from the greedy solution by value
+  density, a core of groups around the split group grows one group at a time, alternately the next
+  one that could be added and the next one that could be removed. Its states are the
+  Pareto-optimal (bytes, value, holds a layer-l module) outcomes of the choices inside the core; a
+  state is dropped once its bound (the rest filled, or freed, at the density of the next group
+  outside the core, rounded down) cannot beat the best set found. Identical copies add one state
+  per count, not one per subset; where many modules are nearly alike (a few sizes, similar
+  values: a real model's modules) the states stay few where depth-first branch and bound tried
+  exponentially many sets.
+
+The best set found so far is shared across layers (starting from the best single module), and the
+layers are searched in decreasing order of their root (Dantzig) bound, so most are skipped at their
+root. An optional time limit stops the search early, at its next look at the clock: the answer is
+then the best set found, which fits the budget but may not be optimal (``Allocation.optimal`` is
+False). Subset-sum-like instances (value proportional to bytes, no exact fill) stay exponential:
+that is what the limit is for.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import random
 import time
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
 from fedpilot.planning.costmodel import CostModel
+
+#: the solver's clock (seconds); a test may replace it
+_clock = time.perf_counter
+
+#: how many states the search makes between two looks at the clock
+_CLOCK_EVERY = 1024
 
 
 @dataclass(frozen=True)
@@ -67,84 +100,342 @@ class Allocation:
     predicted_bytes: int
     value: float
     solve_ms: float
+    optimal: bool = True  # False: a time limit stopped the search; the set fits but may not be the best
 
 
-def solve(problem: Problem) -> Allocation | None:
-    """The optimal non-empty set of modules, or None when no single module fits the budget."""
-    start = time.perf_counter()
-    best_value = -math.inf
-    best_set: list[Item] = []
+def solve(problem: Problem, time_limit_s: float | None = None) -> Allocation | None:
+    """The optimal non-empty set of modules, or None when no single module fits the budget.
+
+    With ``time_limit_s``, the search stops once it has run that long and returns the best set found
+    so far with ``optimal=False`` (at worst the most valuable single module that fits).
+    """
+    start = _clock()
+    deadline = None if time_limit_s is None else start + time_limit_s
     items = problem.modules
-    layers = sorted({m.layer for m in items})
-    searches = []
-    for layer in layers:
-        capacity = problem.budget_bytes - problem.cost_model.fixed - problem.cost_model.activation[layer]
-        candidates = [m for m in items if m.layer >= layer and m.bytes <= capacity]
-        if any(m.layer == layer for m in candidates):
-            searches.append(_LayerSearch(candidates, layer, capacity))
-    # Most promising layers first, so the shared incumbent prunes the others at their root.
-    for search in sorted(searches, key=lambda s: -s.root_bound):
-        if search.root_bound <= best_value:
-            continue
-        value, chosen = search.run(best_value)
-        if chosen is not None and value > best_value:
-            best_value, best_set = value, chosen
-    elapsed = (time.perf_counter() - start) * 1000
-    if not best_set:
+    if not items:
         return None
-    chosen = {m.name for m in best_set}
-    names = [m.name for m in items if m.name in chosen]
-    return Allocation(names, problem.cost(names), float(sum(m.value for m in best_set)), elapsed)
+    cm = problem.cost_model
+    sizes = [_bytes(m) for m in items]
+    scaled, scale_num, scale_den = _exact_values(items)
+    budget = problem.budget_bytes
+    budget = math.floor(budget) if isinstance(budget, float) and math.isfinite(budget) else _whole(budget, "the budget")
+    spare = budget - _whole(cm.fixed, "the fixed cost")  # the capacity at layer l is spare - activation[l]
+    activation = [_whole(a, f"activation[{layer}]") for layer, a in enumerate(cm.activation)]
+
+    # The incumbent to beat: the most valuable single module that fits (none fits: nothing does,
+    # since a set costs at least as much as its lowest module alone).
+    best_value, best_set = -1, None
+    for idx, m in enumerate(items):
+        if sizes[idx] + activation[m.layer] <= spare and scaled[idx] > best_value:
+            best_value, best_set = scaled[idx], [idx]
+    if best_set is None:
+        return None
+
+    # Modules by value density (exactly: floor(value * 2^shift / bytes) orders the fractions
+    # strictly, as two different ones differ by at least 1 / (b1 * b2)), then by class and layer,
+    # so that modules of the same bytes and value sit together, lowest layer first.
+    shift = 2 * max(sizes).bit_length() + 1
+    order = sorted(
+        ((sizes[i], scaled[i], items[i].layer, i) for i in range(len(items)) if sizes[i] > 0),
+        key=lambda t: (-((t[1] << shift) // t[0]), t[0], t[2], t[3]),
+    )
+    zero_sized = [(scaled[i], items[i].layer, i) for i in range(len(items)) if sizes[i] == 0]
+
+    layers = sorted({m.layer for m in items})
+    highest_above = list(accumulate((activation[l] for l in reversed(layers)), max, initial=-1))[::-1]
+    smallest_at: dict[int, int] = {}
+    for idx, m in enumerate(items):
+        smallest_at[m.layer] = min(sizes[idx], smallest_at.get(m.layer, sizes[idx]))
+
+    searches = []
+    optimal = True
+    for position, layer in enumerate(layers):
+        if deadline is not None and _clock() > deadline:
+            optimal = False
+            searches = []
+            break
+        capacity = spare - activation[layer]
+        if capacity < smallest_at[layer]:
+            continue  # no module of this layer fits
+        root = sum(t[0] for t in zero_sized if t[1] >= layer) + _root_bound(order, layer, capacity)
+        relaxed = activation[layer] >= highest_above[position + 1]
+        searches.append((root, layer, capacity, relaxed))
+
+    searches.sort(key=lambda s: (-s[0], s[1]))
+    for root, layer, capacity, relaxed in searches:
+        if root <= best_value:
+            break  # sorted: no later layer can beat the incumbent either
+        if deadline is not None and _clock() > deadline:
+            optimal = False
+            break
+        candidates = [t for t in order if t[2] >= layer and t[0] <= capacity]
+        zeros = [t for t in zero_sized if t[1] >= layer]
+        search = _LayerSearch(candidates, zeros, layer, capacity, relaxed)
+        value, chosen, finished = search.run(best_value, deadline)
+        if chosen is not None:
+            best_value, best_set = value, chosen
+        if not finished:
+            optimal = False
+            break
+
+    names = [items[i].name for i in sorted(best_set)]
+    value = _to_float(best_value * scale_num, scale_den)
+    elapsed = (_clock() - start) * 1000
+    return Allocation(names, problem.cost(names), value, elapsed, optimal)
+
+
+def _whole(number: object, what: str) -> int:
+    """A byte count as an exact int (numpy integers and integral floats accepted)."""
+    try:
+        return operator.index(number)
+    except TypeError:
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
+        raise ValueError(f"{what} is {number!r}; byte counts must be integers") from None
+
+
+def _bytes(item: Item) -> int:
+    size = _whole(item.bytes, f"module {item.name!r}'s size")
+    if size < 0:
+        raise ValueError(f"module {item.name!r} has {size} bytes; byte sizes must be >= 0")
+    return size
+
+
+def _exact_values(items: Sequence[Item]) -> tuple[list[int], int, int]:
+    """Values as integers v_i with value_i = v_i * num / den exactly (den a power of two, gcd(v) = 1)."""
+    ratios = []
+    for m in items:
+        try:
+            value = float(m.value)
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"module {m.name!r} has value {m.value!r}; values must be finite and >= 0")
+        ratios.append(value.as_integer_ratio())
+    exponent = max(den.bit_length() - 1 for _, den in ratios)
+    scaled = [num << (exponent - den.bit_length() + 1) for num, den in ratios]
+    common = math.gcd(*scaled) or 1
+    return [v // common for v in scaled], common, 1 << exponent
+
+
+def _to_float(num: int, den: int) -> float:
+    try:
+        return num / den  # correctly rounded
+    except OverflowError:
+        return math.inf
+
+
+def _root_bound(order: Sequence[tuple[int, int, int, int]], layer: int, capacity: int) -> int:
+    """The fractional-knapsack (Dantzig) value of the modules at layers >= ``layer`` that fit
+    ``capacity`` on their own, rounded down: an upper bound on any set with this lowest layer."""
+    value, room = 0, capacity
+    for size, item_value, at, _ in order:
+        if at < layer or size > capacity:
+            continue
+        if size > room:
+            return value + item_value * room // size
+        room -= size
+        value += item_value
+    return value
 
 
 class _LayerSearch:
-    """Branch and bound for one candidate lowest layer: items by value density, best first."""
+    """The knapsack of one candidate lowest layer: grouped, dominance-reduced items, an expanding core."""
 
-    def __init__(self, items: list[Item], layer: int, capacity: int) -> None:
-        self.items = sorted(items, key=lambda m: (-(m.value / m.bytes) if m.bytes else -math.inf, m.name))
+    def __init__(self, candidates: list[tuple[int, int, int, int]], zeros: list[tuple[int, int, int]],
+                 layer: int, capacity: int, relaxed: bool) -> None:
         self.capacity = capacity
-        self.required = [m.layer == layer for m in self.items]
-        # required_left[i]: how many required items sit at positions >= i
-        self.required_left = list(accumulate(reversed(self.required), initial=0))[::-1]
-        self.prefix_bytes = list(accumulate((m.bytes for m in self.items), initial=0))
-        self.prefix_value = list(accumulate((m.value for m in self.items), initial=0.0))
-        self.root_bound = self._bound(0, capacity)
+        # zero-byte modules cost nothing: always taken
+        self.base_value = sum(t[0] for t in zeros)
+        self.base_set = [t[2] for t in zeros]
+        self.base_required = relaxed or any(t[1] == layer for t in zeros)
+        # groups: consecutive candidates of the same bytes, value and role (required: at layer l)
+        sizes: list[int] = []
+        values: list[int] = []
+        required: list[bool] = []
+        members: list[list[tuple[int, int]]] = []
+        for size, value, at, idx in candidates:
+            role = relaxed or at == layer
+            if sizes and sizes[-1] == size and values[-1] == value and required[-1] == role:
+                members[-1].append((at, idx))
+            else:
+                sizes.append(size)
+                values.append(value)
+                required.append(role)
+                members.append([(at, idx)])
+        counts = _dominance_caps(sizes, values, [len(g) for g in members], required, capacity, relaxed)
+        keep = [i for i, n in enumerate(counts) if n > 0]
+        self.sizes = [sizes[i] for i in keep]
+        self.values = [values[i] for i in keep]
+        self.counts = [counts[i] for i in keep]
+        self.required = [required[i] for i in keep]
+        # which copies a count takes: the highest layers first (the cost is lowest or equal)
+        self.members = [[idx for _, idx in sorted(members[i], key=lambda t: (-t[0], t[1]))] for i in keep]
 
-    def _bound(self, start: int, capacity: int) -> float:
-        """Fractional-knapsack value of items[start:] in ``capacity``: an upper bound on any completion."""
-        limit = self.prefix_bytes[start] + capacity
-        end = bisect_right(self.prefix_bytes, limit, lo=start) - 1  # items[start:end] fit whole
-        bound = self.prefix_value[end] - self.prefix_value[start]
-        if end < len(self.items):
-            item = self.items[end]
-            bound += item.value * (limit - self.prefix_bytes[end]) / item.bytes
-        return bound
+    def run(self, incumbent: int, deadline: float | None) -> tuple[int, list[int] | None, bool]:
+        """(best value, its module indices or None if nothing beat ``incumbent``, whether the search finished).
 
-    def run(self, incumbent: float) -> tuple[float, list[Item] | None]:
-        items, n = self.items, len(self.items)
-        best_value = incumbent
-        best: list[Item] | None = None
-        chosen: list[Item] = []
+        An expanding core (Pisinger's minimal algorithm, on groups): start from the greedy solution
+        (whole groups by density while they fit, then as many copies of the split group as fit) and
+        widen a core around the split group one group at a time, to the right (copies that may be
+        added) and to the left (copies that may be removed). The states are the Pareto-optimal
+        (bytes, value, holds a required module) outcomes of the decisions inside the core; everything
+        left of it is taken, everything right of it is not. A state is dropped once its bound (the
+        rest filled, or freed, at the density of the next group outside the core) cannot beat the
+        best set found; the search ends when no state is left or the core spans every group.
+        """
+        sizes, values, counts, required = self.sizes, self.values, self.counts, self.required
+        g, capacity = len(sizes), self.capacity
+        best_value, best_trace = incumbent, None
+        if not g:  # only modules of zero bytes
+            if self.base_required and self.base_value > best_value:
+                return self.base_value, list(self.base_set), True
+            return incumbent, None, True
+        # the greedy (break) solution
+        room, split, taken_at_split = capacity, g, 0
+        for i in range(g):
+            whole = counts[i] * sizes[i]
+            if whole > room:
+                split, taken_at_split = i, room // sizes[i]
+                break
+            room -= whole
+        left = [(i, counts[i]) for i in range(split)] + ([(split, taken_at_split)] if taken_at_split else [])
+        right = ([(split, counts[split] - taken_at_split)] if split < g else []) + [(i, counts[i]) for i in range(split + 1, g)]
+        # left_required[a]: a required group among left[:a] (taken in every state while outside the core)
+        left_required = list(accumulate((required[i] for i, _ in left), operator.or_, initial=False))
+        # right_required[b]: a required group among right[b:] (one a state could still add)
+        right_required = list(accumulate((required[i] for i, _ in reversed(right)), operator.or_, initial=False))[::-1]
+        a, b = len(left), 0  # the core holds left[a:] and right[:b]
+        weight = sum(sizes[i] * n for i, n in left)
+        value = self.base_value + sum(values[i] * n for i, n in left)
+        # a state: (bytes, -value, holds no required module from the core, bound, trace of its decisions)
+        states = [(weight, -value, True, 0, None)]
+        by_bytes_then_value = operator.itemgetter(0, 1, 2)
+        group, copies, sign = 0, 0, 1  # the group just added to the core: none yet
+        work, finished, to_the_right = 0, True, True
+        while True:
+            # every state with 0..copies of the new group added (right) or removed (left), bounded
+            # with the densities of the next groups outside the core
+            outside_required = self.base_required or left_required[a]
+            can_add_required = right_required[b]
+            add_size = sizes[right[b][0]] if b < len(right) else 0
+            add_value = values[right[b][0]] if b < len(right) else 0
+            free_size = sizes[left[a - 1][0]] if a else 0
+            free_value = values[left[a - 1][0]] if a else 0
+            size, worth, is_required = sign * sizes[group], sign * values[group], required[group]
+            candidates = []
+            for weight, negative, was_missing, _, trace in states:
+                for k in range(copies + 1):
+                    # right: k copies added; left: k copies removed (copies - k kept)
+                    if k:
+                        weight += size
+                        negative -= worth
+                        step = (group, sign * k, trace)
+                    else:
+                        step = trace
+                    missing = was_missing and not (is_required and (k > 0 if sign > 0 else k < copies))
+                    if missing and not (outside_required or can_add_required):
+                        continue  # the side constraint can no longer be met
+                    if weight <= capacity:
+                        if -negative > best_value and (outside_required or not missing):
+                            best_value, best_trace = -negative, step
+                        bound = -negative + (capacity - weight) * add_value // add_size if add_size else -negative
+                    elif free_size:
+                        bound = -negative + (capacity - weight) * free_value // free_size
+                    else:
+                        continue  # over the capacity with nothing left to free
+                    if bound > best_value:
+                        candidates.append((weight, negative, missing, bound, step))
+                work += copies + 1
+                if deadline is not None and work > _CLOCK_EVERY:
+                    work = 0
+                    if _clock() > deadline:
+                        finished = False
+                        break
+            if not finished:
+                break  # the time is up: the best set is recorded, the rest would not be searched
+            candidates.sort(key=by_bytes_then_value)
+            # keep the Pareto-optimal states that can still beat the best set: no other is as light,
+            # as valuable and as able to meet the side constraint
+            states, best_any, best_with = [], None, None
+            for n, state in enumerate(candidates):
+                if deadline is not None and n % (16 * _CLOCK_EVERY) == 16 * _CLOCK_EVERY - 1 and _clock() > deadline:
+                    finished = False
+                    break
+                negative, missing = state[1], state[2]
+                if state[3] <= best_value:
+                    continue
+                if missing:
+                    if best_any is not None and negative >= best_any:
+                        continue
+                elif best_with is not None and negative >= best_with:
+                    continue
+                states.append(state)
+                if best_any is None or negative < best_any:
+                    best_any = negative
+                if not missing and (best_with is None or negative < best_with):
+                    best_with = negative
+            if not finished or not states or (a == 0 and b == len(right)):
+                break
+            if deadline is not None and _clock() > deadline:
+                finished = False
+                break
+            # widen the core by one group, alternating sides while both have groups left
+            if (to_the_right and b < len(right)) or a == 0:
+                (group, copies), sign = right[b], 1
+                b += 1
+            else:
+                a -= 1
+                (group, copies), sign = left[a], -1
+            to_the_right = not to_the_right
+        if best_trace is None and best_value == incumbent:
+            return incumbent, None, finished
+        take = [counts[i] if i < split else 0 for i in range(g)]
+        if split < g:
+            take[split] = taken_at_split
+        trace = best_trace
+        while trace is not None:
+            group, delta, trace = trace
+            take[group] += delta
+        chosen = list(self.base_set)
+        for group, k in zip(self.members, take):
+            chosen.extend(group[:k])
+        return best_value, chosen, finished
 
-        def visit(i: int, capacity: int, value: float, has_required: bool) -> None:
-            nonlocal best_value, best
-            if not has_required and self.required_left[i] == 0:
-                return
-            if i == n:
-                if value > best_value:
-                    best_value, best = value, list(chosen)
-                return
-            if value + self._bound(i, capacity) <= best_value:
-                return
-            item = items[i]
-            if item.bytes <= capacity:
-                chosen.append(item)
-                visit(i + 1, capacity - item.bytes, value + item.value, has_required or self.required[i])
-                chosen.pop()
-            visit(i + 1, capacity, value, has_required)
 
-        visit(0, self.capacity, 0.0, False)
-        return best_value, best
+def _dominance_caps(sizes: list[int], values: list[int], counts: list[int], required: list[bool],
+                    capacity: int, relaxed: bool) -> list[int]:
+    """How many copies of each group some optimum may take, by dominance.
+
+    Order the modules by (bytes, -value, required first, then copy). Module j dominates a later
+    module i when value_j >= value_i and (j is required or i is not). Swapping a dominated module
+    in a set for a missing dominator keeps the set feasible, its value and the side constraint, and
+    lowers the sum of positions in the order, so some optimum holds every dominator of each of its
+    modules: copy c of a group fits only if c * bytes + the dominators' bytes <= capacity.
+    """
+    g = len(sizes)
+    ranks = {v: r for r, v in enumerate(sorted(set(values), reverse=True), start=1)}  # 1 = most valuable
+    width = len(ranks)
+    all_tree = [0] * (width + 1)  # Fenwick trees of bytes by value rank: every module / required ones
+    required_tree = all_tree if relaxed else [0] * (width + 1)
+    caps = [0] * g
+    for t in sorted(range(g), key=lambda t: (sizes[t], -values[t], not required[t])):
+        rank = ranks[values[t]]
+        tree = required_tree if required[t] else all_tree
+        dominators, r = 0, rank
+        while r:
+            dominators += tree[r]
+            r &= r - 1
+        room = capacity - dominators
+        caps[t] = min(counts[t], room // sizes[t]) if room >= sizes[t] else 0
+        weight = counts[t] * sizes[t]
+        trees = (all_tree,) if relaxed or not required[t] else (all_tree, required_tree)
+        for tree in trees:
+            r = rank
+            while r <= width:
+                tree[r] += weight
+                r += r & -r
+    return caps
 
 
 def random_problem(num_modules: int, seed: int, modules_per_layer: int = 8) -> Problem:
