@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_serializer, field_validator, model_validator
 
 from fedpilot.core.errors import ConfigError
 from fedpilot.core.settings import StrictModel, describe_error
-from fedpilot.core.sizes import parse_memory
+from fedpilot.core.sizes import format_memory, parse_memory
 from fedpilot.data.datasets import DATASETS
 from fedpilot.families import MODELS
 from fedpilot.strategies import STRATEGIES
@@ -91,6 +91,10 @@ class MemoryTier(StrictModel):
     def _parse(cls, value: Any) -> int:
         return parse_memory(value)
 
+    @field_serializer("memory", when_used="json")
+    def _written(self, memory: int) -> str:
+        return format_memory(memory)  # a bare number would read back as MiB
+
 
 class TieredBudgets(StrictModel):
     """Clients split into memory tiers, e.g. 40 % at 600MiB, 60 % at 1GiB (assigned in client order)."""
@@ -125,6 +129,10 @@ class FederationSettings(StrictModel):
         0.01, ge=0, lt=0.5,
         description="share of each budget planners keep free for the cost model's error (benchmarks/memory_model.py)",
     )
+    update_norm_bound: float | None = Field(
+        10.0, gt=1,
+        description="reject an update whose RMS change exceeds this multiple of the round's median (null: no bound)",
+    )
     budgets: int | tuple[int, ...] | TieredBudgets | None = Field(
         TieredBudgets.model_validate(
             {"tiers": [{"fraction": 0.4, "memory": "150MiB"}, {"fraction": 0.3, "memory": "190MiB"}, {"fraction": 0.3, "memory": "256MiB"}]}
@@ -157,6 +165,15 @@ class FederationSettings(StrictModel):
                 f"budgets lists {len(self.budgets)} sizes for {self.num_clients} clients; give one per client"
             )
         return self
+
+    @field_serializer("budgets", when_used="json")
+    def _written(self, budgets: Any) -> Any:
+        """Sizes with their unit, so that a dumped config parses back to the same bytes."""
+        if isinstance(budgets, int):
+            return format_memory(budgets)
+        if isinstance(budgets, tuple):
+            return [format_memory(b) for b in budgets]
+        return budgets
 
     def client_budgets(self) -> list[int | None]:
         """Each client's memory budget in bytes (None: unlimited)."""
@@ -207,6 +224,29 @@ class Config(StrictModel):
         return STRATEGIES.get_or_fail(self.strategy).Options.model_validate(self.strategy_options)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (not "last one wins")."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:  # unhashable key: let the default constructor report it
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def parse_config(data: Any, source: str = "config") -> Config:
     """Validate a mapping (as read from YAML) into a :class:`Config`."""
     if data is None:
@@ -233,7 +273,7 @@ def load_config(path: str | Path | None = None) -> Config:
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {str(path)!r} cannot be read: {err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""

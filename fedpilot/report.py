@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ class RunRecorder:
                 "clients": clients,
                 "scoring": scoring or [],
                 **(extra or {}),
+                "finished_at": datetime.now(timezone.utc).isoformat(),
             }
         )
         self.save()

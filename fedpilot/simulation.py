@@ -7,8 +7,12 @@ and records what each round returns.
 
 from __future__ import annotations
 
+import shutil
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,13 +20,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from fedpilot.config import Config
+from fedpilot.config import Config, parse_config
+from fedpilot.core.errors import FedpilotError
 from fedpilot.core.sizes import mib
 from fedpilot.data.partition import partition_indices
 from fedpilot.data.split import SplitData, load_split
 from fedpilot.memory.calibrate import load_or_calibrate
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.report import RunRecorder
+from fedpilot.runtime.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from fedpilot.runtime.client import Client, StepPeaks
 from fedpilot.runtime.evaluation import Evaluator
 from fedpilot.runtime.lora import LoraModel
@@ -74,8 +80,16 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
     )
     strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
     evaluator = Evaluator(model, data.test, config.train.eval_batch_size)
-    server = Server(strategy, infos, model.state(), config.train, config.seed, evaluator)
+    server = Server(strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound)
     server.check_budgets()
+    short = {cid: c.num_samples for cid, c in clients.items() if c.num_samples < config.train.batch_size}
+    if short:  # said once; each client record carries the batch rows it really used
+        listed = ", ".join(f"{cid} ({n})" for cid, n in list(short.items())[:8]) + (" ..." if len(short) > 8 else "")
+        print(
+            f"warning: train.batch_size {config.train.batch_size} exceeds the shard of {len(short)} clients "
+            f"(id (samples): {listed}); they train on batches of their whole shard (recorded as batch_rows)",
+            file=sys.stderr,
+        )
     return Federation(data, model, clients, infos, cost_model, cached, server)
 
 
@@ -105,10 +119,75 @@ def _report(result: RoundResult, recorder: RunRecorder) -> None:
         tqdm.write(f"round {result.server_round}: global model unchanged: {result.skipped}", file=sys.stderr)
 
 
-def run_simulation(config: Config, out_dir: Path | None = None, progress: bool = True) -> RunResult:
-    """Run ``config.federation.rounds`` rounds; results are saved to ``out_dir`` after every round."""
+RUN_FILES = ("results.json", "metrics.csv", "accuracy.png", "adapter", CHECKPOINT)
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) -> None:
+    """Check, before anything slow, that ``out_dir`` can take this run; never replace a run silently."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FedpilotError(f"output folder {str(out_dir)!r} exists and is not a folder; choose another --out")
+    holds_run = any((out_dir / name).exists() for name in RUN_FILES)
+    if holds_run and not (overwrite or resume):
+        raise FedpilotError(
+            f"{str(out_dir)!r} holds a run already; pass --resume {out_dir} to continue it or --overwrite to replace it"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".fedpilot-write-probe-{time.monotonic_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise FedpilotError(f"output folder {str(out_dir)!r} is not writable ({err.strerror}); choose another --out") from None
+    if overwrite and not resume:
+        for name in RUN_FILES:
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C while a run is going, so it saves its results and says so."""
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_simulation(
+    config: Config | None, out_dir: Path | None = None, progress: bool = True, *, overwrite: bool = False, resume: bool = False
+) -> RunResult:
+    """Run ``config.federation.rounds`` rounds; results and a checkpoint are saved after every round.
+
+    ``resume``: continue the run in ``out_dir`` from its last checkpoint, with the config stored
+    there (``config``, if given, must equal it). The resumed run ends exactly as an uninterrupted one.
+    """
     start = time.perf_counter()
+    checkpoint = None
+    if resume:
+        if out_dir is None:
+            raise FedpilotError("resume needs the run's folder")
+        out_dir = Path(out_dir)
+        checkpoint = load_checkpoint(out_dir)
+        stored = parse_config(checkpoint.results.get("config"), f"{out_dir / CHECKPOINT} config")
+        if config is not None and config != stored:
+            raise FedpilotError(f"--config differs from the config of the run in {str(out_dir)!r}; resume without --config")
+        config = stored
+    if config is None:
+        raise FedpilotError("no config given")
     out_dir = Path(out_dir or config.output_dir)
+    prepare_out_dir(out_dir, overwrite=overwrite, resume=resume)
     federation = build_federation(config, progress)
     data, model, server = federation.data, federation.model, federation.server
     recorder = RunRecorder(
@@ -134,28 +213,50 @@ def run_simulation(config: Config, out_dir: Path | None = None, progress: bool =
             "memory": {"cost_model": federation.cost_model.to_dict(), "calibration_cached": federation.calibration_cached},
             "budget_violations": [],
             "rejected_updates": [],
+            "elapsed_seconds": 0.0,
+            "resumed_after_rounds": [],
         },
     )
     say = tqdm.write if progress else (lambda _message: None)
     transport = federation.transport(progress)
-    status = "interrupted"
+    status, first_round, elapsed_before = "interrupted", 1, 0.0
+    if checkpoint is not None:
+        server.restore(checkpoint)
+        recorder.results = {**checkpoint.results, "status": "running"}
+        recorder.results["resumed_after_rounds"] = [*checkpoint.results.get("resumed_after_rounds", []), checkpoint.server_round]
+        first_round, elapsed_before = checkpoint.server_round + 1, float(checkpoint.results.get("elapsed_seconds", 0.0))
+        say(f"resuming after round {checkpoint.server_round} of {config.federation.rounds}")
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - start
+
     try:
-        metrics = server.evaluate()
-        recorder.record_round(0, metrics, [], seconds=0.0)
-        say(f"round 0: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
-        rounds_bar = tqdm(range(1, config.federation.rounds + 1), desc="rounds", unit="round", disable=not progress)
-        for server_round in rounds_bar:
-            result = server.run_round(server_round, transport)
-            _report(result, recorder)
-            recorder.record_result(result)
-            metrics = result.metrics
-            rounds_bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", loss=f"{metrics['loss']:.3f}")
-        model.set_ranks({})
-        model.load_state(server.global_tensors)
-        model.save_adapter(out_dir / "adapter")
-        status = "finished"
+        with sigterm_as_interrupt():
+            if checkpoint is None:
+                metrics = server.evaluate()
+                recorder.record_round(0, metrics, [], seconds=0.0)
+                recorder.results["elapsed_seconds"] = elapsed()
+                save_checkpoint(out_dir, server.snapshot(0, recorder.results))
+                say(f"round 0: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
+            metrics = server.last_metrics
+            rounds_bar = tqdm(
+                range(first_round, config.federation.rounds + 1), desc="rounds", unit="round", disable=not progress,
+                initial=first_round - 1, total=config.federation.rounds,
+            )
+            for server_round in rounds_bar:
+                result = server.run_round(server_round, transport)
+                _report(result, recorder)
+                recorder.results["elapsed_seconds"] = elapsed()
+                recorder.record_result(result)
+                save_checkpoint(out_dir, server.snapshot(server_round, recorder.results))
+                metrics = result.metrics
+                rounds_bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", loss=f"{metrics['loss']:.3f}")
+            model.set_ranks({})
+            model.load_state(server.global_tensors)
+            model.save_adapter(out_dir / "adapter")
+            status = "finished"
         say(f"final (round {config.federation.rounds}): test accuracy {metrics['accuracy']:.3f}, "
             f"macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
     finally:
-        recorder.finish(status, wall_seconds=time.perf_counter() - start)
+        recorder.finish(status, wall_seconds=elapsed())
     return RunResult(out_dir, recorder.results)

@@ -96,3 +96,34 @@ def test_default_tiers_leave_the_smallest_unable_to_afford_full_lora() -> None:
     full = analytic_cost_model(config).full()
     assert len(set(budgets)) >= 3 and config.strategy == "fedpilot"
     assert min(budgets) < full < max(budgets)
+
+
+def test_random_malformed_configs_are_one_line_errors() -> None:
+    """Whatever a config file holds, loading it gives a Config or one ConfigError line, never another exception."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=12), st.sampled_from(["1GiB", "600MiB", ".inf", "-3", "0B", "query", "dirichlet", "fedpilot"]),
+    )
+    values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none()), inner, max_size=4)), max_leaves=12)
+    fields = {
+        "model": ["name", "base_dropout", "lora"], "data": ["dataset", "test_fraction", "max_length", "max_samples", "partition"],
+        "federation": ["num_clients", "clients_per_round", "rounds", "budgets", "memory_margin", "update_norm_bound"],
+        "train": ["local_steps", "batch_size", "lr", "optimizer"], "strategy": [], "strategy_options": [], "seed": [],
+    }
+    sections = st.sampled_from(sorted(fields)).flatmap(
+        lambda section: st.tuples(st.just(section), st.dictionaries(st.sampled_from(fields[section] or ["x"]), values, max_size=3) if fields[section] else values)
+    )
+    documents = st.one_of(values, st.lists(sections, max_size=4).map(dict))
+
+    @settings(max_examples=300, deadline=None)
+    @given(documents)
+    def check(document) -> None:
+        try:
+            parse_config(document)
+        except ConfigError as err:
+            assert "\n" not in str(err) and str(err)
+
+    check()

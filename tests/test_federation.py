@@ -51,7 +51,7 @@ def test_outputs_are_written(tiny_run: Path, tiny_config: Config) -> None:
 
 def _without_timings(result: RunResult) -> list[dict]:
     """Round records without what measures the process rather than the learning: time and allocator peaks."""
-    drop = {"seconds", "peak_bytes", "over_budget"}
+    drop = {"seconds", "peak_bytes", "over_budget", "finished_at"}
 
     def clean(value):
         if isinstance(value, dict):

@@ -1,4 +1,4 @@
-"""Command line: ``fedpilot run``, ``profile``, ``plan`` and ``solve`` (thin: each verb loads only what it needs)."""
+"""Command line: ``fedpilot run``, ``compare``, ``profile``, ``plan`` and ``solve`` (thin: each verb loads only what it needs)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,36 @@ def _run(args: argparse.Namespace) -> int:
     from fedpilot.config import load_config
     from fedpilot.simulation import run_simulation
 
-    config = load_config(args.config)
-    result = run_simulation(config, args.out, progress=not args.quiet)
+    if args.resume is not None:
+        if args.out is not None and args.out != args.resume:
+            raise FedpilotError("--out and --resume name different folders; --resume DIR continues the run in DIR")
+        if args.overwrite:
+            raise FedpilotError("--resume continues a run and --overwrite replaces it; give one of them")
+        config = load_config(args.config) if args.config is not None else None
+        result = run_simulation(config, args.resume, progress=not args.quiet, resume=True)
+    else:
+        config = load_config(args.config)
+        result = run_simulation(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"results: {result.out_dir / 'results.json'}  plot: {result.out_dir / 'accuracy.png'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedpilot import comparison
+    from fedpilot.config import load_config
+
+    strategies = comparison.parse_strategies(args.strategies)
+    seeds = comparison.parse_seeds(args.seeds)
+    target = comparison.parse_target(args.target)
+    comparison.parse_preset(args.preset)
+    config = load_config(args.config)
+    out = args.out or comparison.default_out(args.preset)
+    result = comparison.run_comparison(
+        config, strategies, seeds, out, preset=args.preset, target=target, progress=not args.quiet,
+        config_source=None if args.config is None else str(args.config),
+    )
+    print(f"runs: {len(result.executed)} run now, {len(result.skipped)} skipped (already finished) in {result.out_dir}")
+    print("outputs: " + "  ".join(str(path) for path in result.paths))
     return 0
 
 
@@ -43,34 +70,64 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _solve(args: argparse.Namespace) -> int:
-    import json
+def _add_compare(verb) -> None:
+    from fedpilot.comparison import DEFAULT_OUT, PRESETS, TARGET_FRACTION
 
-    from fedpilot.cli.solve import solve_text
-
-    print(json.dumps(solve_text(sys.stdin.read())))
-    return 0
+    presets = "; ".join(f"{name}: {preset.description} ({preset.timing})" for name, preset in PRESETS.items())
+    compare = verb(
+        "compare",
+        help="run strategies x seeds on one config and compare them (resumable)",
+        description="Run every (strategy, seed) on one config (same data, partitions, budgets, seeds), keep each "
+        "finished run in OUT/<strategy>-seed<seed>/ and skip it when run again, then write comparison.md, "
+        "comparison.json, accuracy.png, memory.png and allocation.png to OUT.",
+    )
+    compare.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
+    compare.add_argument("--strategies", metavar="A,B,...", help="comma-separated strategy names (default: every registered strategy)")
+    compare.add_argument("--seeds", metavar="0,1,2", help="comma-separated seeds, integers >= 0 (default: 0,1,2)")
+    compare.add_argument(
+        "--out", type=Path,
+        help=f"comparison folder (default: {DEFAULT_OUT}, or {DEFAULT_OUT}-<preset> with --preset); finished runs in it are reused",
+    )
+    compare.add_argument("--preset", metavar="NAME", help=f"a smaller variant of the config. {presets}")
+    compare.add_argument(
+        "--target", metavar="ACCURACY",
+        help=f"test accuracy for the rounds-to-target column (default: {TARGET_FRACTION:g} x the best mean final accuracy)",
+    )
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(handler=_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedpilot", description="Memory-aware federated LoRA fine-tuning.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    parser = argparse.ArgumentParser(prog="fedpilot", description="Memory-aware federated LoRA fine-tuning.", parents=[common])
     verbs = parser.add_subparsers(dest="verb", required=True)
-    run = verbs.add_parser("run", help="run a federation as an in-process simulation")
-    run.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
-    run.add_argument("--out", type=Path, help="run directory (default: the config's output_dir)")
+
+    def verb(name: str, **kwargs) -> argparse.ArgumentParser:  # every verb takes --debug
+        return verbs.add_parser(name, parents=[common], **kwargs)
+
+    run = verb("run", help="run a federation as an in-process simulation (results and a checkpoint after every round)")
+    run.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml; with --resume: the run's own)")
+    run.add_argument("--out", type=Path, help="run directory (default: the config's output_dir); an existing run there is never replaced silently")
+    run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last finished round")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
-    profile = verbs.add_parser("profile", help="what training each LoRA module costs in memory, per layer")
+    _add_compare(verb)
+    profile = verb("profile", help="what training each LoRA module costs in memory, per layer")
     profile.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
     profile.add_argument("--json", action="store_true", help="print the same as JSON")
     profile.add_argument("--analytic", action="store_true", help="estimate from the model config alone (no forward pass)")
     profile.set_defaults(handler=_profile)
-    plan = verbs.add_parser("plan", help="each client's budget, allocated modules, predicted memory and value, before training")
+    plan = verb("plan", help="each client's budget, allocated modules, predicted memory and value, before training")
     plan.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
     plan.add_argument("--json", action="store_true", help="print the same as JSON")
     plan.set_defaults(handler=_plan)
-    solve = verbs.add_parser("solve", help="exact module allocation for a JSON problem on stdin (see fedpilot/solve.py)")
-    solve.set_defaults(handler=_solve)
+    from fedpilot.cli import solve as solve_verb
+
+    solve = verb("solve", help="exact module allocation for a JSON problem on stdin (see fedpilot/cli/solve.py)")
+    solve_verb.add_arguments(solve)
+    solve.set_defaults(handler=solve_verb.run)
     return parser
 
 
@@ -79,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except FedpilotError as err:
+        if getattr(args, "debug", False):
+            raise
         print(f"fedpilot: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

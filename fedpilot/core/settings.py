@@ -16,7 +16,7 @@ class StrictModel(BaseModel):
     @classmethod
     def _reject_unknown_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            unknown = sorted(set(data) - set(cls.model_fields))
+            unknown = sorted((k for k in data if k not in cls.model_fields), key=repr)
             if unknown:
                 allowed = f"allowed keys: {', '.join(cls.model_fields)}" if cls.model_fields else "no keys are allowed here"
                 raise ValueError(f"unknown key {unknown[0]!r}; {allowed}")

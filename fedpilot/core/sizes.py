@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 MIB = 1 << 20
+MAX_SIZE = 1 << 60
 
 _UNITS = {
     "b": 1,
@@ -23,6 +25,8 @@ def parse_memory(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a memory size; write e.g. 600MiB or 1.5GiB")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a memory size; write e.g. 600MiB or 1.5GiB")
         number, unit = float(value), "mib"
     elif isinstance(value, str) and (match := _PATTERN.match(value)):
         number, unit = float(match.group(1)), (match.group(2).lower() or "mib")
@@ -30,6 +34,8 @@ def parse_memory(value: object) -> int:
         raise ValueError(f"{value!r} is not a memory size; write e.g. 600MiB or 1.5GiB")
     if unit not in _UNITS:
         raise ValueError(f"unknown unit {unit!r} in {value!r}; use one of B, KiB, MiB, GiB, KB, MB, GB")
+    if not math.isfinite(number * _UNITS[unit]) or number * _UNITS[unit] > MAX_SIZE:
+        raise ValueError(f"{value!r} is larger than any memory ({MAX_SIZE >> 60} EiB)")
     size = int(round(number * _UNITS[unit]))
     if size <= 0:
         raise ValueError(f"{value!r} is not a positive memory size")
@@ -39,3 +45,11 @@ def parse_memory(value: object) -> int:
 def mib(size_bytes: float) -> float:
     """``size_bytes`` in MiB, for people."""
     return size_bytes / MIB
+
+
+def format_memory(size_bytes: int) -> str:
+    """A size as :func:`parse_memory` reads it back exactly: ``"600MiB"``, or ``"123456B"``."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size_bytes % factor == 0:
+            return f"{size_bytes // factor}{unit}"
+    return f"{size_bytes}B"

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fedpilot.core.tensors import TensorDict, tensor_bytes
 from fedpilot.runtime.messages import (
     Failure,
@@ -24,7 +26,8 @@ from fedpilot.runtime.messages import (
     TrainTask,
 )
 from fedpilot.runtime.transport import Transport
-from fedpilot.runtime.validation import update_problem
+from fedpilot.runtime.checkpoint import Checkpoint
+from fedpilot.runtime.validation import outliers, update_problem, update_rms
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, Strategy, derived_seed
 
 Evaluator = Callable[[TensorDict], dict[str, float]]
@@ -68,8 +71,10 @@ class Server:
         train_settings: Any,
         seed: int,
         evaluator: Evaluator | None = None,
+        update_norm_bound: float | None = None,
     ) -> None:
-        """``train_settings`` is the config's ``train`` section (local steps, batch size, optimiser)."""
+        """``train_settings`` is the config's ``train`` section (local steps, batch size, optimiser);
+        ``update_norm_bound``: reject an update whose RMS change exceeds this multiple of the round's median."""
         ids = [c.cid for c in clients]
         if len(set(ids)) != len(ids):
             raise ValueError(f"client ids must be unique, got {ids}")
@@ -79,6 +84,7 @@ class Server:
         self.train_settings = train_settings
         self.seed = seed
         self.evaluator = evaluator
+        self.update_norm_bound = update_norm_bound
         self.last_metrics: dict[str, float] = {}
 
     @property
@@ -177,6 +183,12 @@ class Server:
                 continue
             updates.append(ClientUpdate(reply.cid, reply.num_samples, reply.tensors, reply.metrics))
             records.append(self._client_record(task, reply))
+        norms = [update_rms(u.tensors, by_cid[u.cid].tensors) for u in updates]
+        for i in reversed(outliers(norms, self.update_norm_bound)):
+            median = float(np.median(norms))
+            reason = f"update RMS {norms[i]:.3g} exceeds {self.update_norm_bound:g} x the round's median {median:.3g}"
+            rejected.append({"round": server_round, "cid": updates[i].cid, "reason": reason})
+            del updates[i], records[i]
         skipped = None
         if updates:
             self._apply(self.strategy.aggregate_train(server_round, self.global_tensors, updates))
@@ -227,6 +239,21 @@ class Server:
         budget, peak = record.get("budget_bytes"), record.get("peak_bytes")
         record["over_budget"] = budget is not None and peak is not None and peak > budget
         return record["over_budget"]
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def snapshot(self, server_round: int, results: dict[str, Any]) -> Checkpoint:
+        """What decides the rounds after ``server_round``."""
+        return Checkpoint(server_round, dict(self.global_tensors), self.strategy.state_dict(), dict(self.last_metrics), results)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        if set(checkpoint.global_tensors) != set(self.global_tensors):
+            raise ValueError("the checkpoint's adapter keys differ from this model's")
+        for key, value in checkpoint.global_tensors.items():
+            if value.shape != self.global_tensors[key].shape or value.dtype != self.global_tensors[key].dtype:
+                raise ValueError(f"the checkpoint's {key} is {value.shape} {value.dtype}, the model's {self.global_tensors[key].shape}")
+        self.global_tensors = dict(checkpoint.global_tensors)
+        self.strategy.load_state_dict(checkpoint.strategy_state)
+        self.last_metrics = dict(checkpoint.last_metrics)
 
     def _apply(self, new_tensors: Mapping[str, Any]) -> None:
         """Take the aggregate as the global adapter, if it keeps every key and shape (never a silent change)."""

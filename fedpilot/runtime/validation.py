@@ -1,7 +1,10 @@
 """What the server accepts from a client: exactly the tensors its assignment trains, in the shapes
-and dtype of that assignment, all finite. One place, used by every driver before aggregation."""
+and dtype of that assignment, all finite, and a change no larger than a bound relative to the
+round's other updates. One place, used by every driver before aggregation."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -37,3 +40,23 @@ def update_problem(
         if not np.isfinite(value).all():
             return f"{key}: holds NaN or Inf"
     return None
+
+
+def update_rms(sent: TensorDict, received: Mapping[str, np.ndarray]) -> float:
+    """Root-mean-square change of an update: ||sent - received|| / sqrt(elements), over the sent tensors.
+
+    Per element, so clients that trained different numbers of modules compare.
+    """
+    squares = sum(float(np.square(sent[k].astype(np.float64) - received[k].astype(np.float64)).sum()) for k in sent)
+    elements = sum(sent[k].size for k in sent)
+    return float(np.sqrt(squares / elements)) if elements else 0.0
+
+
+def outliers(norms: Sequence[float], bound: float | None) -> list[int]:
+    """Positions of norms above ``bound`` x the median norm (none when bound is None or the median is 0)."""
+    if bound is None or len(norms) < 2:
+        return []
+    median = float(np.median(norms))
+    if median <= 0:
+        return []
+    return [i for i, n in enumerate(norms) if n > bound * median]

@@ -1,0 +1,185 @@
+"""`fedpilot compare` end to end on the tiny federation: outputs, numbers, resuming, refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedpilot.cli import main
+from fedpilot.comparison import PRESETS
+from fedpilot.config import load_config, parse_config
+from tests.conftest import TINY
+
+STRATEGIES = ["fedpilot", "fedavg"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def compare(config_file: Path, out: Path, *extra: str) -> int:
+    return main(["compare", "--config", str(config_file), "--strategies", ",".join(STRATEGIES), "--seeds", "0",
+                 "--out", str(out), "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def comparison(config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("compare") / "out"
+    assert compare(config_file, out) == 0
+    return out
+
+
+def run_results(out: Path) -> dict[str, dict]:
+    return {s: json.loads((out / f"{s}-seed0" / "results.json").read_text()) for s in STRATEGIES}
+
+
+def mtimes(out: Path) -> dict[str, int]:
+    return {s: (out / f"{s}-seed0" / "results.json").stat().st_mtime_ns for s in STRATEGIES}
+
+
+def test_outputs_exist_and_parse(comparison: Path) -> None:
+    data = json.loads((comparison / "comparison.json").read_text())
+    assert data["strategies"] == STRATEGIES and data["seeds"] == [0]
+    assert sorted(data["executed"]) == sorted(f"{s}-seed0" for s in STRATEGIES) and data["skipped"] == []
+    text = (comparison / "comparison.md").read_text()
+    assert "| `fedpilot` |" in text and "| `fedavg` † |" in text  # fedavg is memory-unaware
+    assert "0.9 x the best mean final accuracy" in text
+    for name in ("accuracy.png", "memory.png", "allocation.png"):
+        assert (comparison / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (comparison / name).stat().st_size > 5_000
+    for s in STRATEGIES:
+        results = json.loads((comparison / f"{s}-seed0" / "results.json").read_text())
+        assert results["status"] == "finished" and results["config"]["strategy"] == s and results["config"]["seed"] == 0
+        assert len(results["rounds"]) == TINY["federation"]["rounds"] + 1
+
+
+def test_numbers_match_the_runs(comparison: Path) -> None:
+    data = json.loads((comparison / "comparison.json").read_text())
+    runs = run_results(comparison)
+    finals = {s: r["rounds"][-1]["accuracy"] for s, r in runs.items()}
+    target = 0.9 * max(finals.values())
+    assert data["target"]["source"] == "default"
+    assert data["target"]["accuracy"] == pytest.approx(target)
+    for s, results in runs.items():
+        row, trained = data["summary"][s], results["rounds"][1:]
+        records = [c for r in trained for c in r["clients"]]
+        ratios = [c["peak_bytes"] / c["budget_bytes"] for c in records]
+        assert row["memory_aware"] is results["memory_aware"]
+        assert row["final_accuracy"] == {"mean": pytest.approx(finals[s]), "std": 0.0}
+        assert row["best_accuracy"]["mean"] == pytest.approx(max(r["accuracy"] for r in trained))
+        assert row["client_rounds"] == {
+            "sampled": sum(len(r["selected"]) for r in trained),
+            "trained": len(records),
+            "lost": sum(len(r["selected"]) for r in trained) - len(records),
+        }
+        assert row["peak_over_budget"]["mean"] == pytest.approx(statistics.fmean(ratios))
+        assert row["peak_over_budget"]["max"] == pytest.approx(max(ratios))
+        assert row["budget_violations"] == len(results["budget_violations"])
+        assert row["upload_mib_per_round"] == pytest.approx(statistics.fmean(r["upload_bytes"] for r in trained) / 2**20)
+        assert row["wall_seconds"]["mean"] == pytest.approx(results["wall_seconds"])
+        first = next((r["round"] for r in results["rounds"] if r["accuracy"] >= target), None)
+        assert row["rounds_to_target"]["mean"] == first
+    fedavg = data["summary"]["fedavg"]
+    assert fedavg["client_rounds"]["lost"] == 0  # every sampled client trains full LoRA
+
+
+def test_a_second_invocation_reruns_nothing(comparison: Path, config_file: Path, capsys: pytest.CaptureFixture) -> None:
+    before = mtimes(comparison)
+    capsys.readouterr()
+    assert compare(config_file, comparison) == 0
+    assert "0 run now, 2 skipped" in capsys.readouterr().out
+    assert mtimes(comparison) == before
+    data = json.loads((comparison / "comparison.json").read_text())
+    assert data["executed"] == [] and all(run["skipped"] for run in data["runs"])
+
+
+def test_an_unfinished_run_is_rerun(comparison: Path, config_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy"  # a moved comparison still counts as finished: output_dir is not compared
+    shutil.copytree(comparison, out)
+    path = out / "fedavg-seed0" / "results.json"
+    results = json.loads(path.read_text())
+    results["status"] = "running"
+    results["rounds"] = results["rounds"][:1]
+    path.write_text(json.dumps(results))
+    before = mtimes(out)
+    assert compare(config_file, out) == 0
+    data = json.loads((out / "comparison.json").read_text())
+    assert data["executed"] == ["fedavg-seed0"] and data["skipped"] == ["fedpilot-seed0"]
+    after = mtimes(out)
+    assert after["fedpilot"] == before["fedpilot"] and after["fedavg"] != before["fedavg"]
+    rerun = json.loads(path.read_text())
+    assert rerun["status"] == "finished" and len(rerun["rounds"]) == TINY["federation"]["rounds"] + 1
+
+
+def test_a_finished_run_of_another_config_is_kept(comparison: Path, config_file: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(comparison, out)
+    path = out / "fedpilot-seed0" / "results.json"
+    results = json.loads(path.read_text())
+    results["config"]["train"]["lr"] = 0.1
+    path.write_text(json.dumps(results))
+    before = mtimes(out)
+    capsys.readouterr()
+    assert compare(config_file, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "fedpilot-seed0" in err and "train.lr" in err and "--out" in err
+    assert mtimes(out) == before
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--strategies", "fedpilot,nosuch"], ["nosuch", "available"]),
+        (["--strategies", "fedavg,fedavg"], ["twice"]),
+        (["--seeds", "0,x"], ["'x'"]),
+        (["--seeds", "-1"], ["'-1'"]),
+        (["--preset", "slow"], ["slow", "quick"]),
+        (["--target", "1.5"], ["--target"]),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv: list[str], words: list[str], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fedpilot: error:")
+    assert all(word in err for word in words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_quick_preset_caps_rounds_steps_and_samples() -> None:
+    quick = PRESETS["quick"]
+    default = load_config()
+    smaller = quick.apply(default)
+    assert (smaller.federation.rounds, smaller.train.local_steps, smaller.data.max_samples) == (3, 4, 1000)
+    assert quick.changes(default) == {"federation.rounds": (5, 3), "train.local_steps": (8, 4), "data.max_samples": (None, 1000)}
+    assert smaller.model_dump(exclude={"federation": {"rounds"}, "train": {"local_steps"}, "data": {"max_samples"}}) == \
+        default.model_dump(exclude={"federation": {"rounds"}, "train": {"local_steps"}, "data": {"max_samples"}})
+    tiny = parse_config(TINY)
+    assert quick.changes(tiny) == {} and quick.apply(tiny) == tiny  # already smaller: unchanged
+
+
+def test_the_benchmark_rewrites_only_the_generated_block(comparison: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text(f"# Title\n\n{benchmark.BEGIN}\nold table\n{benchmark.END}\n\n## Findings\n\nhand-written\n")
+    benchmark.update_docs(comparison, docs)
+    text = (docs / "results.md").read_text()
+    assert text.startswith("# Title\n") and text.endswith("## Findings\n\nhand-written\n")
+    assert "old table" not in text and "| `fedpilot` |" in text
+    for image in benchmark.IMAGES.values():
+        assert f"]({image})" in text and (docs / image).is_file()
