@@ -63,3 +63,10 @@ def test_same_seed_same_partition(train_labels: np.ndarray) -> None:
 def test_impossible_pathological_request_names_the_field(train_labels: np.ndarray) -> None:
     with pytest.raises(ConfigError, match="classes_per_client: 6 exceeds the 5 classes"):
         partition_indices(train_labels, 8, PartitionSettings(kind="pathological", classes_per_client=6), seed=0)
+
+
+def test_an_impossible_dirichlet_request_is_one_line_naming_the_fix() -> None:
+    labels = np.repeat(np.arange(5), 356)
+    with pytest.raises(ConfigError, match=r"data.partition.min_partition_size: Dirichlet\(0.5\) could not give each of 100 clients 10 .* lower min_partition_size, raise alpha, or use fewer clients") as err:
+        partition_indices(labels, 100, PartitionSettings(alpha=0.5, min_partition_size=10), seed=0)
+    assert "\n" not in str(err.value)

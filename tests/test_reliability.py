@@ -271,3 +271,48 @@ def test_cli_run_flags_and_errors_are_one_line(tmp_path: Path, capsys: pytest.Ca
         assert err.count("\n") == 1 and message in err, err
     with pytest.raises(FedpilotError):
         main(["run", "--debug", "--out", str(tmp_path / "file")])
+
+
+def test_sigterm_saves_results_and_marks_the_run_interrupted(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    from tests.conftest import TINY
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**TINY, "federation": {**TINY["federation"], "rounds": 6}}))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_cli("run", "--config", str(tmp_path / "c.yaml"), "--out", str(run_dir), "--quiet"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run_dir / CHECKPOINT).exists() and load_checkpoint(run_dir).server_round >= 1:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted; results so far are saved" in err and "Traceback" not in err
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted" and len(results["rounds"]) >= 2
+
+
+def test_a_batch_larger_than_a_shard_is_said_once_and_recorded(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_config.model_copy(update={
+        "strategy": "fedavg",
+        "federation": tiny_config.federation.model_copy(update={"rounds": 1, "budgets": None}),
+        "train": tiny_config.train.model_copy(update={"batch_size": 70, "local_steps": 1}),
+    })
+    result = run_simulation(config, tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    shards = {c["cid"]: c["num_samples"] for c in result.results["clients"]}
+    short = {cid for cid, n in shards.items() if n < 70}
+    assert short and err.count("train.batch_size 70 exceeds the shard of") == 1
+    for record in result.rounds[1]["clients"]:
+        assert record["batch_rows"] == min(70, shards[record["cid"]])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from fedpilot.config import PartitionSettings
@@ -48,4 +50,16 @@ def partition_indices(
     # IidPartitioner shards contiguously and our split is ordered by label: shuffle first.
     rows = Dataset.from_dict({"label": labels.tolist(), "index": list(range(len(labels)))})
     partitioner.dataset = rows.shuffle(seed=seed)
-    return [np.array(sorted(partitioner.load_partition(cid)["index"]), dtype=np.int64) for cid in range(num_clients)]
+    try:
+        with warnings.catch_warnings():  # flwr-datasets warns at every retry; its final failure is what matters
+            warnings.simplefilter("ignore", UserWarning)
+            return [np.array(sorted(partitioner.load_partition(cid)["index"]), dtype=np.int64) for cid in range(num_clients)]
+    except ValueError as err:
+        if settings.kind != "dirichlet":
+            raise ConfigError(f"data.partition: {settings.kind} partitioning of {len(labels)} samples over {num_clients} clients failed: {err}") from None
+        average = len(labels) // num_clients
+        raise ConfigError(
+            f"data.partition.min_partition_size: Dirichlet({settings.alpha:g}) could not give each of {num_clients} clients "
+            f"{settings.min_partition_size} of the {len(labels)} training samples ({average} on average); "
+            f"lower min_partition_size, raise alpha, or use fewer clients"
+        ) from None
