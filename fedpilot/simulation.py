@@ -58,7 +58,8 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
     """Load data and model, partition, calibrate the memory model, make the strategy, check budgets."""
     data = load_split(config.data, config.model.name, config.seed)
     shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
-    model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed)
+    strategy_class = STRATEGIES.get_or_fail(config.strategy)
+    model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed, base_deltas=strategy_class.base_deltas)
     calibration_batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
     cost_model, cached = load_or_calibrate(
         model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress
@@ -77,8 +78,9 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
         memory_margin=config.federation.memory_margin,
         clients_per_round=config.federation.clients_per_round,
         seed=config.seed,
+        scaling=config.model.lora.alpha / config.model.lora.rank,
     )
-    strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
+    strategy = strategy_class(context, config.strategy_settings())
     evaluator = Evaluator(model, data.test, config.train.eval_batch_size)
     server = Server(strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound)
     server.check_budgets()

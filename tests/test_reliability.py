@@ -85,9 +85,12 @@ def corrupt(tensors: dict, task: TrainTask, kind: str, rng: np.random.Generator)
 
 
 def make_server(name: str) -> Server:
-    strategy = STRATEGIES[name](CONTEXT)
+    shapes = dict(SHAPES)
+    if STRATEGIES[name].base_deltas:  # strategies that merge into the frozen weights carry a delta per module
+        shapes |= {f"{m}/base_delta": (D, D) for m in MODULES}
+    strategy = STRATEGIES[name](FederationContext(MODULES, KEYS, shapes, 3, RANK, COST, memory_margin=0.0))
     clients = [ClientInfo(cid, 10 + cid, None) for cid in range(4)]
-    initial = {k: np.random.default_rng(1).standard_normal(shape).astype(np.float32) for k, shape in SHAPES.items()}
+    initial = {k: np.random.default_rng(1).standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
     server = Server(strategy, clients, initial, TrainSettings(), seed=0, update_norm_bound=10.0)
     server.check_budgets()  # as every driver does before round 1
     return server

@@ -14,6 +14,7 @@ HEAD = "head"
 LORA_A = "lora_A"
 LORA_B = "lora_B"
 LORA_PARTS: tuple[str, str] = (LORA_A, LORA_B)
+BASE_DELTA = "base_delta"  # a dense change of a module's frozen weight (strategies that merge into the base)
 
 
 def module_id(layer: int, target: str) -> str:

@@ -77,7 +77,7 @@ class Client:
         A payload that lacks a tensor is refused: on a shared model the missing tensor would hold
         whatever the previous client left there.
         """
-        missing = set(self.model.params) - set(tensors)
+        missing = set(self.model.tensor_keys) - set(tensors)
         if missing:
             raise ValueError(f"client {self.cid}: the payload lacks {len(missing)} tensors, e.g. {sorted(missing)[0]!r}")
         self.model.set_ranks(ranks or {})

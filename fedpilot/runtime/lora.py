@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
-from fedpilot.core.keys import HEAD, LORA_PARTS, check_parts, module_id, module_of, parse_module, rank_axis, tensor_key
+from fedpilot.core.keys import BASE_DELTA, HEAD, LORA_PARTS, check_parts, module_id, module_of, parse_module, rank_axis, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.families import MODELS
 from fedpilot.families.base import FamilyRuntime
@@ -35,8 +35,15 @@ class LoraModel:
     rank, so zero-padding a lower-rank adapter to the global rank leaves its function unchanged.
     """
 
-    def __init__(self, settings, num_labels: int, seed: int, device: torch.device | str | None = None) -> None:
-        """``settings`` is the config's ``model`` section (a ModelSettings)."""
+    def __init__(
+        self, settings, num_labels: int, seed: int, device: torch.device | str | None = None, base_deltas: bool = False
+    ) -> None:
+        """``settings`` is the config's ``model`` section (a ModelSettings).
+
+        ``base_deltas``: the adapter state also holds ``"<module>/base_delta"``, a dense change of
+        each adapted module's frozen weight (d_out x d_in), for strategies that merge updates into
+        the base (FLoRA, FedEx-LoRA). Loading one sets the frozen weight to its original plus the delta.
+        """
         self.spec = MODELS[settings.name]
         family = self.spec.family
         self.runtime: FamilyRuntime = family.load_runtime()
@@ -75,7 +82,15 @@ class LoraModel:
         self.module_keys: dict[str, list[str]] = {m: [] for m in [*self.modules, HEAD]}
         for key in self.params:
             self.module_keys[module_of(key)].append(key)
-        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(p.shape) for k, p in self.params.items()}
+        self.deltas: dict[str, torch.Tensor] = {}  # "<module>/base_delta" -> the current delta
+        self._base_weights: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}  # key -> (frozen weight, its original)
+        if base_deltas:
+            for path, m in path_to_module.items():
+                weight = named_modules[f"base_model.model.{path}"].get_base_layer().weight
+                key = tensor_key(m, BASE_DELTA)
+                self._base_weights[key] = (weight, weight.detach().clone())
+                self.deltas[key] = torch.zeros_like(weight)
+        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(p.shape) for k, p in [*self.params.items(), *self.deltas.items()]}
         self.module_shapes: dict[str, tuple[int, int]] = {
             m: (self.shapes[tensor_key(m, "lora_A")][1], self.shapes[tensor_key(m, "lora_B")][0]) for m in self.modules
         }
@@ -98,15 +113,23 @@ class LoraModel:
         parts = check_parts(parts)
         return [tensor_key(m, p) for m in modules for p in parts if tensor_key(m, p) in self.params] + self.head_keys
 
+    @property
+    def tensor_keys(self) -> list[str]:
+        """Every key of the adapter state: LoRA matrices, the head, base deltas if enabled."""
+        return [*self.params, *self.deltas]
+
     def state(self, keys: Iterable[str] | None = None) -> TensorDict:
         """A copy of the named adapter tensors (all of them by default), as numpy arrays."""
-        keys = self.params if keys is None else keys
-        return {k: self.params[k].detach().cpu().numpy().copy() for k in keys}
+        keys = self.tensor_keys if keys is None else keys
+        return {k: (self.params[k] if k in self.params else self.deltas[k]).detach().cpu().numpy().copy() for k in keys}
 
     @torch.no_grad()
     def load_state(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Copy named tensors into the model; every key must exist and every shape match exactly."""
         for key, value in tensors.items():
+            if key in self.deltas:
+                self._set_delta(key, value)
+                continue
             if key not in self.params:
                 raise KeyError(f"{key!r} is not a tensor of this model's adapter")
             param = self.params[key]
@@ -116,6 +139,24 @@ class LoraModel:
                     f"(set the module's rank first; nothing is broadcast)"
                 )
             param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+    @torch.no_grad()
+    def _set_delta(self, key: str, value: np.ndarray) -> None:
+        weight, original = self._base_weights[key]
+        if tuple(value.shape) != tuple(original.shape):
+            raise ValueError(f"{key}: received shape {tuple(value.shape)}, the frozen weight is {tuple(original.shape)}")
+        delta = torch.from_numpy(np.ascontiguousarray(value)).to(device=original.device, dtype=original.dtype)
+        self.deltas[key] = delta
+        weight.copy_(original + delta)
+
+    def merged_base_weights(self) -> dict[str, torch.Tensor]:
+        """The frozen weights that base deltas changed, by their name in the base model (original + delta)."""
+        out = {}
+        for name, param in self.peft.base_model.model.named_parameters():
+            for key, (weight, _) in self._base_weights.items():
+                if param is weight and bool(self.deltas[key].any()):
+                    out[name.replace(".base_layer.", ".")] = param.detach().cpu().clone()
+        return out
 
     @torch.no_grad()
     def set_ranks(self, ranks: Mapping[str, int]) -> None:
@@ -166,10 +207,20 @@ class LoraModel:
         return self.runtime.forward(self.peft, features)
 
     def save_adapter(self, directory: Path) -> None:
-        """Write the adapter in PEFT format (safetensors), loadable by ``PeftModel.from_pretrained``."""
+        """Write the adapter in PEFT format (safetensors), loadable by ``PeftModel.from_pretrained``.
+
+        Where base deltas moved frozen weights, those weights (original + delta) are written beside
+        it as ``base_weights.safetensors``, named as in the base model: load the base model, then
+        ``model.load_state_dict(safetensors.torch.load_file(...), strict=False)``, then the adapter.
+        """
         if self.ranks():
             raise ValueError(f"cannot export an adapter while modules have non-global ranks: {self.ranks()}")
         self.peft.save_pretrained(str(directory), safe_serialization=True)
+        merged = self.merged_base_weights()
+        if merged:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in merged.items()}, str(Path(directory) / "base_weights.safetensors"))
 
 
 def _canonical_key(name: str, path_to_module: Mapping[str, str]) -> str | None:

@@ -96,6 +96,7 @@ class FederationContext:
     memory_margin: float = 0.0
     clients_per_round: int | None = None
     seed: int = 0
+    scaling: float = 1.0  # LoRA's alpha / rank: a module's update is scaling * B @ A
 
     @property
     def head_keys(self) -> list[str]:
@@ -132,6 +133,7 @@ class Strategy(ABC):
 
     Options: ClassVar[type[StrictModel]] = NoOptions
     memory_aware: ClassVar[bool] = True  # plans within budgets (False: says so in results)
+    base_deltas: ClassVar[bool] = False  # the global state also holds "<module>/base_delta" (merges into frozen weights)
     score_batches: int = 1  # batches a client scores on, when configure_score asks it to
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
