@@ -207,6 +207,29 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fedpilot.cli", *args]
 
 
+def _stop_after_a_round(argv: list[str], run_dir: Path, sig: int) -> tuple[int, str]:
+    """Start ``fedpilot`` as a real process, send it ``sig`` once round 1 is checkpointed; (exit code, stderr).
+    The process is always gone when this returns."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(_cli(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run_dir / CHECKPOINT).exists() and load_checkpoint(run_dir).server_round >= 1:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
 def test_a_sigkilled_run_resumes_through_the_cli_to_the_same_end(tmp_path: Path) -> None:
     """A real process killed with SIGKILL after a round: --resume finishes it exactly as an uninterrupted run."""
     import signal
@@ -220,20 +243,8 @@ def test_a_sigkilled_run_resumes_through_the_cli_to_the_same_end(tmp_path: Path)
     config = {**TINY, "federation": {**TINY["federation"], "rounds": 4}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_cli("run", "--config", str(tmp_path / "c.yaml"), "--out", str(run_dir), "--quiet"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (run_dir / CHECKPOINT).exists() and load_checkpoint(run_dir).server_round >= 1:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    code, _ = _stop_after_a_round(["run", "--config", str(tmp_path / "c.yaml"), "--out", str(run_dir), "--quiet"], run_dir, signal.SIGKILL)
+    assert code == -signal.SIGKILL
     done = load_checkpoint(run_dir).server_round
     assert 1 <= done < 4
     before = json.loads((run_dir / "results.json").read_text())
@@ -278,8 +289,6 @@ def test_cli_run_flags_and_errors_are_one_line(tmp_path: Path, capsys: pytest.Ca
 
 def test_sigterm_saves_results_and_marks_the_run_interrupted(tmp_path: Path) -> None:
     import signal
-    import subprocess
-    import time
 
     import yaml
 
@@ -287,21 +296,8 @@ def test_sigterm_saves_results_and_marks_the_run_interrupted(tmp_path: Path) -> 
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**TINY, "federation": {**TINY["federation"], "rounds": 6}}))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_cli("run", "--config", str(tmp_path / "c.yaml"), "--out", str(run_dir), "--quiet"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (run_dir / CHECKPOINT).exists() and load_checkpoint(run_dir).server_round >= 1:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be stopped"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and "interrupted; results so far are saved" in err and "Traceback" not in err
+    code, err = _stop_after_a_round(["run", "--config", str(tmp_path / "c.yaml"), "--out", str(run_dir), "--quiet"], run_dir, signal.SIGTERM)
+    assert code == 130 and "interrupted; results so far are saved" in err and "Traceback" not in err
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and len(results["rounds"]) >= 2
 
