@@ -28,13 +28,13 @@ from fedpilot.data.split import SplitData, load_split
 from fedpilot.memory.calibrate import load_or_calibrate
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.report import RunRecorder
-from fedpilot.runtime.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from fedpilot.runtime.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from fedpilot.runtime.client import Client, StepPeaks
 from fedpilot.runtime.evaluation import Evaluator
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.server import RoundResult, Server
-from fedpilot.runtime.transport import InProcessTransport
+from fedpilot.runtime.transport import InProcessTransport, Transport
 from fedpilot.strategies import STRATEGIES, ClientInfo, FederationContext
 
 
@@ -58,16 +58,39 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
     """Load data and model, partition, calibrate the memory model, make the strategy, check budgets."""
     data = load_split(config.data, config.model.name, config.seed)
     shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
-    strategy_class = STRATEGIES.get_or_fail(config.strategy)
-    model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed, base_deltas=strategy_class.base_deltas)
-    calibration_batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
-    cost_model, cached = load_or_calibrate(
-        model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress
-    )
+    model = make_model(config, data)
+    cost_model, cached = calibration_cost_model(config, data, model, progress)
     budgets = config.federation.client_budgets()
     peaks = StepPeaks()
     clients = {cid: Client(cid, model, data.train.subset(shard), peaks) for cid, shard in enumerate(shards)}
     infos = [ClientInfo(cid, client.num_samples, budget) for (cid, client), budget in zip(clients.items(), budgets)]
+    server = make_server(config, model, data, infos, cost_model)
+    short = {cid: c.num_samples for cid, c in clients.items() if c.num_samples < config.train.batch_size}
+    if short:  # said once; each client record carries the batch rows it really used
+        listed = ", ".join(f"{cid} ({n})" for cid, n in list(short.items())[:8]) + (" ..." if len(short) > 8 else "")
+        print(
+            f"warning: train.batch_size {config.train.batch_size} exceeds the shard of {len(short)} clients "
+            f"(id (samples): {listed}); they train on batches of their whole shard (recorded as batch_rows)",
+            file=sys.stderr,
+        )
+    return Federation(data, model, clients, infos, cost_model, cached, server)
+
+
+def calibration_cost_model(config: Config, data: SplitData, model: LoraModel, progress: bool = False) -> tuple[CostModel, bool]:
+    """The cost model calibrated on the first ``train.batch_size`` rows of the train split, cached on
+    disk; ``(cost model, was cached)``. Every driver (and every Flower node, on its own device) uses it."""
+    calibration_batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
+    return load_or_calibrate(model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress)
+
+
+def make_model(config: Config, data: SplitData) -> LoraModel:
+    """The model for ``config`` (with base deltas where the strategy keeps them)."""
+    strategy_class = STRATEGIES.get_or_fail(config.strategy)
+    return LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed, base_deltas=strategy_class.base_deltas)
+
+
+def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[ClientInfo], cost_model: CostModel) -> Server:
+    """The strategy and the server (evaluating on ``data.test``), budgets checked before round 1."""
     context = FederationContext(
         modules=model.modules,
         module_keys=model.module_keys,
@@ -80,19 +103,11 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
         seed=config.seed,
         scaling=config.model.lora.alpha / config.model.lora.rank,
     )
-    strategy = strategy_class(context, config.strategy_settings())
+    strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
     evaluator = Evaluator(model, data.test, config.train.eval_batch_size)
     server = Server(strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound)
     server.check_budgets()
-    short = {cid: c.num_samples for cid, c in clients.items() if c.num_samples < config.train.batch_size}
-    if short:  # said once; each client record carries the batch rows it really used
-        listed = ", ".join(f"{cid} ({n})" for cid, n in list(short.items())[:8]) + (" ..." if len(short) > 8 else "")
-        print(
-            f"warning: train.batch_size {config.train.batch_size} exceeds the shard of {len(short)} clients "
-            f"(id (samples): {listed}); they train on batches of their whole shard (recorded as batch_rows)",
-            file=sys.stderr,
-        )
-    return Federation(data, model, clients, infos, cost_model, cached, server)
+    return server
 
 
 @dataclass
@@ -175,7 +190,6 @@ def run_simulation(
     ``resume``: continue the run in ``out_dir`` from its last checkpoint, with the config stored
     there (``config``, if given, must equal it). The resumed run ends exactly as an uninterrupted one.
     """
-    start = time.perf_counter()
     checkpoint = None
     if resume:
         if out_dir is None:
@@ -191,36 +205,54 @@ def run_simulation(
     out_dir = Path(out_dir or config.output_dir)
     prepare_out_dir(out_dir, overwrite=overwrite, resume=resume)
     federation = build_federation(config, progress)
-    data, model, server = federation.data, federation.model, federation.server
-    recorder = RunRecorder(
-        out_dir,
+    data = federation.data
+    clients = [
         {
-            "title": f"{config.strategy} on {config.data.dataset}, {config.federation.num_clients} clients, "
-            f"{config.data.partition.kind} partition",
-            "config": config.model_dump(mode="json"),
-            "label_names": data.label_names,
-            "train_samples": len(data.train),
-            "test_samples": len(data.test),
-            "modules": model.modules,
-            "memory_aware": server.strategy.memory_aware,
-            "clients": [
-                {
-                    "cid": info.cid,
-                    "num_samples": info.num_samples,
-                    "budget_bytes": info.budget_bytes,
-                    "label_counts": np.bincount(federation.clients[info.cid].data.labels.numpy(), minlength=len(data.label_names)).tolist(),
-                }
-                for info in federation.infos
-            ],
-            "memory": {"cost_model": federation.cost_model.to_dict(), "calibration_cached": federation.calibration_cached},
-            "budget_violations": [],
-            "rejected_updates": [],
-            "elapsed_seconds": 0.0,
-            "resumed_after_rounds": [],
-        },
-    )
+            "cid": info.cid,
+            "num_samples": info.num_samples,
+            "budget_bytes": info.budget_bytes,
+            "label_counts": np.bincount(federation.clients[info.cid].data.labels.numpy(), minlength=len(data.label_names)).tolist(),
+        }
+        for info in federation.infos
+    ]
+    header = run_header(config, data, federation.model, federation.server, clients, federation.cost_model, federation.calibration_cached)
+    return drive_rounds(config, federation.model, federation.server, federation.transport(progress), out_dir, header, progress, checkpoint)
+
+
+def run_header(
+    config: Config, data: SplitData, model: LoraModel, server: Server, clients: list[dict[str, Any]],
+    cost_model: CostModel, calibration_cached: bool,
+) -> dict[str, Any]:
+    """The fields of results.json written before round 0; ``clients``: one record per client (cid,
+    num_samples, budget_bytes, label_counts, and whatever a driver adds)."""
+    return {
+        "title": f"{config.strategy} on {config.data.dataset}, {config.federation.num_clients} clients, "
+        f"{config.data.partition.kind} partition",
+        "config": config.model_dump(mode="json"),
+        "label_names": data.label_names,
+        "train_samples": len(data.train),
+        "test_samples": len(data.test),
+        "modules": model.modules,
+        "memory_aware": server.strategy.memory_aware,
+        "clients": clients,
+        "memory": {"cost_model": cost_model.to_dict(), "calibration_cached": calibration_cached},
+        "budget_violations": [],
+        "rejected_updates": [],
+        "elapsed_seconds": 0.0,
+        "resumed_after_rounds": [],
+    }
+
+
+def drive_rounds(
+    config: Config, model: LoraModel, server: Server, transport: Transport, out_dir: Path, header: dict[str, Any],
+    progress: bool = True, checkpoint: Checkpoint | None = None,
+) -> RunResult:
+    """The round loop of every driver, whatever the transport: evaluate, ``config.federation.rounds``
+    rounds of ``server.run_round``, results and a checkpoint after every round, the final adapter in
+    ``out_dir / "adapter"``. With ``checkpoint``, continue after its round."""
+    start = time.perf_counter()
+    recorder = RunRecorder(out_dir, header)
     say = tqdm.write if progress else (lambda _message: None)
-    transport = federation.transport(progress)
     status, first_round, elapsed_before = "interrupted", 1, 0.0
     if checkpoint is not None:
         server.restore(checkpoint)

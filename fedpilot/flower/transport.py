@@ -1,0 +1,137 @@
+"""The :class:`~fedpilot.runtime.transport.Transport` of a Flower deployment: one Message per node per
+task, sent through the ServerApp's Grid with a per-round timeout.
+
+A node that does not answer in time, answers with an error, or answers with a message that does not
+decode becomes a :class:`~fedpilot.runtime.messages.Failure` naming why; the round goes on with the
+others (``Server.run_round`` records the failures).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedpilot.flower.codec import (
+    CONFIG,
+    decode_score_reply,
+    decode_train_reply,
+    encode_score_task,
+    encode_train_task,
+)
+from fedpilot.runtime.messages import Failure, ScoreReply, ScoreTask, TrainReply, TrainTask
+
+TRAIN_TYPE = "train"  # ClientApp @app.train()
+SCORE_TYPE = "train.score"  # ClientApp @app.train("score"): backpropagation, like training
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Serialized size of a message's content: what travels on the wire besides a few metadata bytes."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+class FlowerTransport:
+    """Carries train and score tasks to SuperNodes over a Flower Grid.
+
+    ``nodes`` maps a client id (its partition id) to its Flower node id. ``run_config`` (the
+    fedpilot config as JSON) travels in every message, since a ClientApp process lives for one
+    message. ``wire_log`` gets one row per task: round, phase, cid, bytes down and up on the wire.
+    """
+
+    def __init__(
+        self,
+        grid: Any,
+        nodes: Mapping[int, int],
+        timeout: float | None,
+        run_config: str,
+        measure_wire: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.grid = grid
+        self.nodes = dict(nodes)
+        self.timeout = timeout
+        self.run_config = run_config
+        self.measure_wire = measure_wire
+        self.log = log
+        self.wire_log: list[dict[str, Any]] = []
+
+    # -- the two phases ------------------------------------------------------------------------------
+    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[TrainReply | Failure]:
+        contents = {t.cid: encode_train_task(t.assignment, t.tensors, t.instructions) for t in tasks}
+
+        def decode(cid: int, content: RecordDict) -> TrainReply:
+            num_samples, tensors, metrics = decode_train_reply(content)
+            return TrainReply(cid, num_samples, tensors, metrics)
+
+        return self._exchange(server_round, "training", TRAIN_TYPE, contents, decode)
+
+    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ScoreReply | Failure]:
+        contents = {t.cid: encode_score_task(t.modules, t.tensors, t.instructions) for t in tasks}
+
+        def decode(cid: int, content: RecordDict) -> ScoreReply:
+            scores, metrics = decode_score_reply(content)
+            return ScoreReply(cid, scores, metrics)
+
+        return self._exchange(server_round, "scoring", SCORE_TYPE, contents, decode)
+
+    # -- one exchange --------------------------------------------------------------------------------
+    def _exchange(self, server_round: int, phase: str, message_type: str, contents: Mapping[int, RecordDict], decode) -> list:
+        answers: dict[int, Any] = {}
+        messages, cid_of_node = [], {}
+        for cid, content in contents.items():
+            node = self.nodes.get(cid)
+            if node is None:
+                answers[cid] = Failure(cid, "no Flower node serves this client")
+                continue
+            content[CONFIG] = ConfigRecord({CONFIG: self.run_config})
+            messages.append(Message(content=content, dst_node_id=node, message_type=message_type, group_id=str(server_round)))
+            cid_of_node[node] = cid
+        down = {cid_of_node[m.metadata.dst_node_id]: content_bytes(m.content) for m in messages} if self.measure_wire else {}
+        start = time.monotonic()
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+        waited = time.monotonic() - start
+        # Flower's Grid sets each message's id when it pushes it; a reply names the message it answers
+        # (the SuperLink's own error replies, e.g. "node unavailable", come from the SuperLink's node id).
+        cid_of_message = {m.metadata.message_id: cid_of_node[m.metadata.dst_node_id] for m in messages if m.metadata.message_id}
+        up: dict[int, int] = {}
+        for reply in replies:
+            cid = cid_of_message.get(reply.metadata.reply_to_message_id, cid_of_node.get(reply.metadata.src_node_id))
+            if cid is None or cid in answers:
+                continue  # a node we did not ask, or a second answer: ignored
+            if reply.has_error():
+                who = "node" if reply.metadata.src_node_id == self.nodes[cid] else "SuperLink"
+                answers[cid] = Failure(cid, f"{who} answered with an error (code {reply.error.code}): {reply.error.reason}")
+                continue
+            try:
+                answers[cid] = decode(cid, reply.content)
+            except Exception as err:  # noqa: BLE001 - a malformed reply is that client's failure
+                answers[cid] = Failure(cid, f"reply does not decode: {type(err).__name__}: {err}")
+                continue
+            if self.measure_wire:
+                up[cid] = content_bytes(reply.content)
+        for cid in contents:
+            if cid not in answers:
+                within = f" within the round timeout of {self.timeout:g} s" if self.timeout and waited >= self.timeout else f" (the grid returned after {waited:.0f} s)"
+                answers[cid] = Failure(cid, f"no reply{within}")
+        for cid in contents:
+            if isinstance(answers[cid], Failure) and self.log:
+                self.log(f"round {server_round}, client {cid} ({phase}): {answers[cid].reason}")
+            if self.measure_wire:
+                self.wire_log.append(
+                    {"round": server_round, "phase": phase, "cid": cid, "wire_down_bytes": down.get(cid), "wire_up_bytes": up.get(cid)}
+                )
+        return [self._with_wire(answers[cid], down.get(cid), up.get(cid)) for cid in contents]
+
+    @staticmethod
+    def _with_wire(answer: Any, down: int | None, up: int | None) -> Any:
+        """A reply's metrics gain the bytes its messages took on the wire (they land in results.json)."""
+        if isinstance(answer, Failure) or down is None:
+            return answer
+        metrics = {**answer.metrics, "wire_down_bytes": down, "wire_up_bytes": up}
+        if isinstance(answer, TrainReply):
+            return TrainReply(answer.cid, answer.num_samples, answer.tensors, metrics)
+        return ScoreReply(answer.cid, answer.scores, metrics)

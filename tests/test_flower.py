@@ -1,0 +1,491 @@
+"""The Flower driver: codecs round-trip exactly, the transport over a fake Grid (timeouts, errors), and a
+loopback federation on a real SuperLink and three SuperNodes that ends as the simulator does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fedpilot.flower import codec
+from fedpilot.flower.transport import SCORE_TYPE, TRAIN_TYPE, FlowerTransport, content_bytes
+from fedpilot.planning.costmodel import CostModel
+from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreReply, ScoreTask, TrainInstructions, TrainReply, TrainTask
+from fedpilot.strategies.base import Assignment
+
+from flwr.app import Error, Message, RecordDict  # noqa: E402
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages take their run, node and task ids from the process's TaskIdentity, set in a real ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def wire(content: RecordDict) -> RecordDict:
+    """Through protobuf and back, as on the wire."""
+    return recorddict_from_proto(recorddict_to_proto(content))
+
+
+def tensors() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "0.query/lora_A": rng.standard_normal((4, 8)).astype(np.float32),
+        "0.query/lora_B": rng.standard_normal((8, 4)).astype(np.float32),
+        "1.value/lora_A": np.asfortranarray(rng.standard_normal((2, 8)).astype(np.float32)),
+        "head/classifier.weight": rng.standard_normal((5, 8)).astype(np.float64),
+        "head/classifier.bias": np.zeros((0,), dtype=np.float16),
+    }
+
+
+def same_tensors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        assert np.array_equal(a[key], b[key]), key
+
+
+# -- codecs ---------------------------------------------------------------------------------------------
+def test_tensors_round_trip_exactly() -> None:
+    sent = tensors()
+    same_tensors(codec.tensors_from_record(wire(RecordDict({"t": codec.tensors_to_record(sent)})).array_records["t"]), sent)
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        Assignment(("0.query", "1.value")),
+        Assignment(("1.value",), ranks={"1.value": 2}, parts=("lora_B",)),
+        Assignment((), ranks={}),
+    ],
+)
+def test_train_tasks_round_trip_exactly(assignment: Assignment) -> None:
+    instructions = TrainInstructions(local_steps=3, batch_size=8, optimizer="adamw", lr=0.003, weight_decay=0.01, seed=2**31 - 1)
+    got_assignment, got_tensors, got_instructions = codec.decode_train_task(wire(codec.encode_train_task(assignment, tensors(), instructions)))
+    assert got_assignment == assignment and got_instructions == instructions
+    assert dict(got_assignment.ranks) == dict(assignment.ranks) and got_assignment.parts == assignment.parts
+    same_tensors(got_tensors, tensors())
+
+
+def test_an_assignment_with_its_own_tensors_gets_them_back() -> None:
+    own = {k: v for k, v in tensors().items() if k.startswith("1.")}
+    assignment = Assignment(("1.value",), ranks={"1.value": 2}, tensors=own)
+    instructions = TrainInstructions(1, 2, "sgd", 0.1, 0.0, 5)
+    got, got_tensors, _ = codec.decode_train_task(wire(codec.encode_train_task(assignment, own, instructions)))
+    same_tensors(got.tensors, own)
+    assert got.modules == assignment.modules and got.ranks == assignment.ranks
+
+
+def test_score_tasks_and_replies_round_trip_exactly() -> None:
+    instructions = ScoreInstructions(batches=2, batch_size=8, seed=7)
+    modules, got_tensors, got_instructions = codec.decode_score_task(wire(codec.encode_score_task(["5.query", "4.value"], tensors(), instructions)))
+    assert modules == ["5.query", "4.value"] and got_instructions == instructions
+    same_tensors(got_tensors, tensors())
+    scores = {"5.query": 1.2345678901234567e-9, "4.value": 0.0}
+    metrics = {"seconds": 0.25, "scored": 2, "peak_bytes": 123456789012}
+    got_scores, got_metrics = codec.decode_score_reply(wire(codec.encode_score_reply(scores, metrics)))
+    assert got_scores == scores and got_metrics == metrics
+    assert [type(v) for v in got_metrics.values()] == [float, int, int]
+
+
+def test_train_replies_round_trip_exactly_metrics_keep_their_types() -> None:
+    metrics = {"train_loss": 1.0 / 3.0, "num_samples": 40, "steps": 4, "batch_rows": 8, "upload_bytes": 2**40, "peak_bytes": None,
+               "note": "x", "flag": True, "ranks": [1, 2]}
+    num_samples, got_tensors, got_metrics = codec.decode_train_reply(wire(codec.encode_train_reply(40, tensors(), metrics)))
+    assert num_samples == 40 and got_metrics == metrics and list(got_metrics) == list(metrics)
+    assert [type(v) for v in got_metrics.values()] == [type(v) for v in metrics.values()]
+    same_tensors(got_tensors, tensors())
+
+
+def test_node_info_round_trips() -> None:
+    cost = CostModel(fixed=100, activation=(50, 20), module={"0.query": 7, "1.query": 9}, rank=8, rank_bytes={"0.query": 1, "1.query": 1})
+    for budget in (None, 150 * 2**20):
+        info = codec.decode_node_info(wire(codec.encode_node_info(2, 3, 41, budget, cost, {"label_counts": [1, 2], "device": "cpu"})))
+        assert info == {"partition_id": 2, "num_partitions": 3, "num_samples": 41, "budget_bytes": budget, "cost_model": cost,
+                        "label_counts": [1, 2], "device": "cpu"}
+
+
+# -- the transport over a fake Grid ---------------------------------------------------------------------
+class FakeGrid:
+    """send_and_receive as Flower's Grid does it: replies of the nodes that answered within the timeout.
+
+    ``behaviour[node]``: "ok" (echo through a fedpilot handler), "silent" (never answers: a timeout),
+    "error" (an error reply), "garbage" (a reply that does not decode).
+    """
+
+    def __init__(self, behaviour: dict[int, str]) -> None:
+        self.behaviour = behaviour
+        self.sent: list[Message] = []
+        self.timeouts: list[float | None] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        replies = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = f"message-{len(self.sent)}"  # as Grid.push_messages does
+            self.sent.append(message)
+            content = wire(message.content)
+            kind = self.behaviour[message.metadata.dst_node_id]
+            if kind == "silent":
+                continue
+            if kind == "unavailable":  # the SuperLink answers for a node that stopped sending heartbeats
+                reply = Message(Error(code=3, reason="Error: Node Unavailable"), reply_to=message)
+                reply.metadata.__dict__["_src_node_id"] = 1
+                replies.append(reply)
+                continue
+            if kind == "error":
+                replies.append(Message(Error(code=0, reason="ClientApp raised ValueError: boom"), reply_to=message))
+            elif kind == "garbage":
+                replies.append(Message(RecordDict(), reply_to=message))
+            elif message.metadata.message_type == TRAIN_TYPE:
+                assignment, received, _ = codec.decode_train_task(content)
+                trained = {k: v + 1 for k, v in received.items() if k.split("/")[0] in assignment.modules}
+                replies.append(Message(codec.encode_train_reply(10, trained, {"train_loss": 0.5, "peak_bytes": 99}), reply_to=message))
+            else:
+                modules, _, _ = codec.decode_score_task(content)
+                replies.append(Message(codec.encode_score_reply({m: 1.0 for m in modules}, {"seconds": 0.1}), reply_to=message))
+        return replies
+
+
+def train_tasks(cids) -> list[TrainTask]:
+    instructions = TrainInstructions(1, 2, "adamw", 0.01, 0.0, 3)
+    return [TrainTask(cid, Assignment(("0.query",)), tensors(), instructions) for cid in cids]
+
+
+def test_the_transport_sends_one_message_per_node_and_decodes_replies() -> None:
+    grid = FakeGrid({100: "ok", 101: "ok"})
+    transport = FlowerTransport(grid, {0: 100, 1: 101}, timeout=30.0, run_config="{}")
+    replies = transport.train(1, train_tasks([1, 0]))
+    assert [r.cid for r in replies] == [1, 0] and all(isinstance(r, TrainReply) for r in replies)
+    assert [m.metadata.dst_node_id for m in grid.sent] == [101, 100] and grid.timeouts == [30.0]
+    assert all(m.metadata.message_type == TRAIN_TYPE and m.metadata.group_id == "1" for m in grid.sent)
+    assert replies[0].num_samples == 10 and replies[0].metrics["peak_bytes"] == 99
+    assert np.array_equal(replies[0].tensors["0.query/lora_A"], tensors()["0.query/lora_A"] + 1)
+    assert replies[0].metrics["wire_down_bytes"] > sum(v.nbytes for v in tensors().values())
+    assert [(w["round"], w["phase"], w["cid"]) for w in transport.wire_log] == [(1, "training", 1), (1, "training", 0)]
+    scores = transport.score(2, [ScoreTask(0, ["0.query"], tensors(), ScoreInstructions(1, 2, 3))])
+    assert isinstance(scores[0], ScoreReply) and scores[0].scores == {"0.query": 1.0}
+    assert grid.sent[-1].metadata.message_type == SCORE_TYPE
+
+
+def test_a_silent_node_an_error_and_garbage_become_failures_with_reasons() -> None:
+    grid = FakeGrid({100: "ok", 101: "silent", 102: "error", 103: "garbage", 105: "unavailable"})
+    transport = FlowerTransport(grid, {0: 100, 1: 101, 2: 102, 3: 103, 5: 105}, timeout=5.0, run_config="{}")
+    replies = transport.train(2, train_tasks([0, 1, 2, 3, 4, 5]))
+    assert isinstance(replies[0], TrainReply)
+    assert all(isinstance(r, Failure) for r in replies[1:])
+    reasons = {r.cid: r.reason for r in replies[1:]}
+    assert reasons[1].startswith("no reply")
+    assert reasons[5] == "SuperLink answered with an error (code 3): Error: Node Unavailable"
+    assert reasons[2].startswith("node answered with an error") and "boom" in reasons[2]
+    assert "does not decode" in reasons[3]
+    assert "no Flower node" in reasons[4]
+
+
+def test_a_node_silent_past_the_timeout_is_a_failure_that_says_so() -> None:
+    class SlowGrid(FakeGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = super().send_and_receive(messages, timeout=timeout)
+            time.sleep(timeout)  # the real Grid polls until the timeout when a reply is missing
+            return replies
+
+    transport = FlowerTransport(SlowGrid({100: "ok", 101: "silent"}), {0: 100, 1: 101}, timeout=0.2, run_config="{}")
+    replies = transport.train(1, train_tasks([0, 1]))
+    assert isinstance(replies[0], TrainReply)
+    assert replies[1] == Failure(1, "no reply within the round timeout of 0.2 s")
+
+
+def test_the_server_round_loop_runs_over_the_flower_transport(tiny_config, tiny_data, shared_model, tiny_cost_model) -> None:
+    """Server.run_round with a FlowerTransport whose fake Grid calls real Clients: a dropped node is a
+    failure, the round aggregates the others."""
+    from fedpilot.runtime.client import Client, StepPeaks
+    from fedpilot.simulation import make_server
+    from fedpilot.data.partition import partition_indices
+    from fedpilot.strategies import ClientInfo
+
+    config = tiny_config
+    shards = partition_indices(tiny_data.train.labels.numpy(), 3, config.data.partition, config.seed)
+    clients = {cid: Client(cid, shared_model, tiny_data.train.subset(s), StepPeaks()) for cid, s in enumerate(shards)}
+    infos = [ClientInfo(cid, c.num_samples, None) for cid, c in clients.items()]
+    server = make_server(config, shared_model, tiny_data, infos, tiny_cost_model)
+
+    class ClientGrid(FakeGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = []
+            for message in messages:
+                cid = message.metadata.dst_node_id - 100
+                if cid == 2:
+                    continue  # node 102 dropped out
+                content = wire(message.content)
+                if message.metadata.message_type == TRAIN_TYPE:
+                    assignment, received, instructions = codec.decode_train_task(content)
+                    trained, metrics = clients[cid].train(assignment, received, instructions)
+                    replies.append(Message(codec.encode_train_reply(clients[cid].num_samples, trained, metrics), reply_to=message))
+                else:
+                    modules, received, instructions = codec.decode_score_task(content)
+                    scores, metrics = clients[cid].score(modules, received, instructions)
+                    replies.append(Message(codec.encode_score_reply(scores, metrics), reply_to=message))
+            return replies
+
+    transport = FlowerTransport(ClientGrid({}), {cid: 100 + cid for cid in clients}, timeout=1.0, run_config="{}")
+    result = server.run_round(1, transport)
+    assert sorted(r["cid"] for r in result.clients) == [0, 1]
+    assert {(f["cid"], f["phase"]) for f in result.failures} >= {(2, "training")}
+    assert result.skipped is None and "accuracy" in result.metrics
+    assert all(r["wire_up_bytes"] > r["upload_bytes"] for r in result.clients)
+
+
+# -- a real loopback federation: one SuperLink, three SuperNodes, `flwr run` ---------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Loopback:
+    """Processes started in their own sessions, each stopped (its whole process group) on exit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(folder / "flwr-home"),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "FEDPILOT_ROUND_TIMEOUT": "300",
+            "FEDPILOT_NODE_WAIT": "120",
+        }
+        self.env.setdefault("FEDPILOT_CACHE", str(Path.home() / ".cache" / "fedpilot"))
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def start_federation(self, budgets: list[int]) -> None:
+        """A SuperLink on a free port and one SuperNode per budget (partition i of len(budgets))."""
+        self.port = port = free_port()
+        home = Path(self.env["FLWR_HOME"])
+        home.mkdir()
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        bin_dir = Path(sys.executable).parent
+        superlink = self.start(
+            "superlink",
+            [str(bin_dir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+             "--database", str(self.folder / "state.db"), "--host", "127.0.0.1", "--port", str(port)],
+        )
+        wait_for_port(port, superlink)
+        self.nodes: list[subprocess.Popen] = []
+        for cid, budget in enumerate(budgets):
+            node_port = free_port()
+            node = self.start(
+                f"supernode-{cid}",
+                [str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
+                 "--node-config", f'partition-id={cid} num-partitions={len(budgets)} memory-budget="{budget}B"'],
+            )
+            wait_for_port(node_port, node)
+            self.nodes.append(node)
+
+    def flwr_run(self, config_path: Path, background: bool = False):
+        """``flwr run ROOT loop --run-config 'config="..."' --stream``; its output in flwr-run.log."""
+        args = [str(Path(sys.executable).parent / "flwr"), "run", str(ROOT), "loop", "--run-config", f'config="{config_path}"', "--stream"]
+        if background:
+            return self.start("flwr-run", args)
+        run = subprocess.run(args, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=900)
+        (self.folder / "flwr-run.log").write_text(f"exit {run.returncode}\n{run.stdout}\n{run.stderr}")
+        return run
+
+    def logs(self, tail: int = 3000) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in sorted(self.folder.glob("*.log")))
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 15
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:  # the group may hold children (SuperExec, ServerApp, ClientApp processes) that outlive it
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on {port} after {seconds} s")
+
+
+@pytest.fixture
+def loopback(tmp_path: Path):
+    group = Loopback(tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+def three_budgets(cost_model: CostModel, margin: float) -> list[int]:
+    """Three budgets that buy different module sets: a quarter, half and all of the way from the cheapest
+    trainable set to full LoRA (plus the planner's margin)."""
+    cheapest, full = cost_model.cheapest()[1], cost_model.full()
+    return [int(np.ceil((cheapest + f * (full - cheapest)) / (1 - margin))) + 1 for f in (0.25, 0.5, 1.0)]
+
+
+def tiny_config_settings_with(budgets: list[int], out_dir: Path) -> dict:
+    from conftest import TINY
+
+    settings = json.loads(json.dumps(TINY))
+    settings["federation"]["budgets"] = [f"{b}B" for b in budgets]
+    settings["strategy"] = "fedpilot"
+    settings["output_dir"] = str(out_dir)
+    return settings
+
+
+def tiny_flower_config(cost_model: CostModel, folder: Path) -> tuple[list[int], dict, Path]:
+    """conftest's TINY federation with the fedpilot strategy, three budgets and outputs in ``folder / "flower-run"``."""
+    from conftest import TINY
+
+    from fedpilot.config import parse_config
+
+    budgets = three_budgets(cost_model, parse_config(TINY).federation.memory_margin)
+    settings = tiny_config_settings_with(budgets, folder / "flower-run")
+    config_path = folder / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(settings))
+    return budgets, settings, config_path
+
+
+NEEDS_FLOWER = pytest.mark.skipif(shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) is None, reason="flwr not installed")
+
+
+@NEEDS_FLOWER
+def test_a_loopback_federation_on_flower_ends_as_the_simulator(loopback: Loopback, tiny_cost_model, tmp_path: Path) -> None:
+    from fedpilot.config import parse_config
+    from fedpilot.simulation import run_simulation
+
+    budgets, settings, config_path = tiny_flower_config(tiny_cost_model, tmp_path)
+
+    loopback.start_federation(budgets)
+    start = time.perf_counter()
+    run = loopback.flwr_run(config_path)
+    flower_seconds = time.perf_counter() - start
+    results_path = tmp_path / "flower-run" / "results.json"
+    assert results_path.is_file(), loopback.logs()
+    results = json.loads(results_path.read_text())
+    assert results["status"] == "finished", loopback.logs()
+    for name in ("metrics.csv", "accuracy.png", "adapter", "checkpoint.safetensors"):
+        assert (tmp_path / "flower-run" / name).exists(), name
+
+    start = time.perf_counter()
+    simulated = run_simulation(parse_config(settings), tmp_path / "sim-run", progress=False).results
+    sim_seconds = time.perf_counter() - start
+
+    assert [c["budget_bytes"] for c in results["clients"]] == budgets
+    planned_sets = set()
+    for flower_round, sim_round in zip(results["rounds"][1:], simulated["rounds"][1:]):
+        assert not flower_round["failures"] and not flower_round["rejected"]
+        by_cid = {c["cid"]: c for c in sim_round["clients"]}
+        for record in flower_round["clients"]:
+            # trained exactly what the plan gave it: validation accepted exactly the assigned tensors, and the
+            # plan is the simulator's plan for the same budgets
+            assert record["modules"] == by_cid[record["cid"]]["modules"]
+            assert record["peak_bytes"] <= record["budget_bytes"], record
+            assert record["predicted_bytes"] <= record["budget_bytes"]
+            planned_sets.add(tuple(record["modules"]))
+    assert len(planned_sets) >= 2, "three budgets should buy different module sets"
+    assert not results["budget_violations"]
+    final_flower, final_sim = results["rounds"][-1]["accuracy"], simulated["rounds"][-1]["accuracy"]
+    assert abs(final_flower - final_sim) <= 0.01
+    report = {
+        "flower_seconds": flower_seconds, "simulator_seconds": sim_seconds, "final_accuracy": [final_flower, final_sim],
+        "exact": final_flower == final_sim and results["rounds"][-1]["loss"] == simulated["rounds"][-1]["loss"],
+        "wire": results["wire"],
+        "tensor_bytes": [[c["download_bytes"] + c["upload_bytes"] for c in r["clients"]] for r in results["rounds"][1:]],
+    }
+    (tmp_path / "loopback-report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
+    report_to = os.environ.get("FEDPILOT_LOOPBACK_REPORT")
+    if report_to:
+        Path(report_to).write_text(json.dumps(report, indent=1))
+
+
+@NEEDS_FLOWER
+def test_a_supernode_killed_in_round_2_is_recorded_and_the_round_aggregates_the_others(loopback: Loopback, tiny_cost_model, tmp_path: Path) -> None:
+    from fedpilot.config import parse_config
+    from fedpilot.runtime.messages import Failure
+    from fedpilot.simulation import build_federation
+
+    budgets, settings, config_path = tiny_flower_config(tiny_cost_model, tmp_path)
+    loopback.env["FEDPILOT_ROUND_TIMEOUT"] = "150"
+    loopback.start_federation(budgets)
+    run = loopback.flwr_run(config_path, background=True)
+    results_path = tmp_path / "flower-run" / "results.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and run.poll() is None:  # round 1 recorded: round 2 is under way
+        if results_path.is_file() and len(json.loads(results_path.read_text() or "{}").get("rounds", [])) >= 2:
+            break
+        time.sleep(0.5)
+    assert run.poll() is None, loopback.logs()
+    os.killpg(loopback.nodes[2].pid, signal.SIGKILL)  # node of partition 2 dies, with its ClientApp
+    run.wait(timeout=600)
+    results = json.loads(results_path.read_text())
+    assert results["status"] == "finished", loopback.logs()
+    last = results["rounds"][-1]
+    assert sorted(c["cid"] for c in last["clients"]) == [0, 1]
+    assert [(f["cid"], f["phase"]) for f in last["failures"]] == [(2, "training")], last["failures"]
+    reason = last["failures"][0]["reason"]
+    assert "Node Unavailable" in reason or reason.startswith("no reply within the round timeout"), reason
+    assert last["skipped"] is None
+
+    # The same federation in process, client 2 dropping out of round 2: the same global model.
+    federation = build_federation(parse_config(settings), progress=False)
+    inner = federation.transport()
+
+    class Dropping:
+        def score(self, server_round, tasks):
+            return inner.score(server_round, tasks)
+
+        def train(self, server_round, tasks):
+            kept = [t for t in tasks if not (server_round == 2 and t.cid == 2)]
+            return inner.train(server_round, kept) + [Failure(2, "dropped")] * (len(tasks) - len(kept))
+
+    federation.server.evaluate()
+    for server_round in (1, 2):
+        expected = federation.server.run_round(server_round, Dropping())
+    assert last["accuracy"] == expected.metrics["accuracy"] and last["loss"] == expected.metrics["loss"]
