@@ -68,7 +68,7 @@ def _encode_corpus(dataset: str, model_name: str, max_length: int) -> tuple[Tens
         cached = torch.load(path)
         return TensorSplit(cached["features"], cached["labels"]), corpus.label_names
     runtime = spec.family.load_runtime()
-    features = runtime.encode(runtime.load_tokenizer(spec), corpus.texts, max_length)
+    features = runtime.encode_task(runtime.load_tokenizer(spec), corpus.texts, corpus.label_names, max_length)
     split = TensorSplit(features, torch.tensor(corpus.labels, dtype=torch.long))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")

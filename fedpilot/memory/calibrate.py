@@ -22,7 +22,7 @@ from fedpilot.memory.measure import PeakMeter, StepMemory, measure_step, release
 from fedpilot.planning.costmodel import CostModel, lora_module_bytes
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.messages import TrainInstructions
-from fedpilot.runtime.training import make_optimizer, training_step
+from fedpilot.runtime.training import batch_loss, make_optimizer, training_step
 
 CALIBRATION_VERSION = 2  # 2: per-rank module terms and explicit layers
 
@@ -30,9 +30,11 @@ CALIBRATION_VERSION = 2  # 2: per-rank module terms and explicit layers
 def _prepare(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions):
     model.set_ranks({})
     params = model.set_trainable(modules)
-    optimizer = make_optimizer(params, instructions)
     model.peft.train()
     rows = torch.arange(len(batch))
+    if not params:  # nothing trains (a family without a task head): the probe is the forward pass alone
+        return None, lambda: batch_loss(model, batch, rows).item()
+    optimizer = make_optimizer(params, instructions)
     training_step(model, optimizer, batch, rows)  # the optimiser state exists in every later step
     return optimizer, lambda: training_step(model, optimizer, batch, rows)
 
@@ -42,7 +44,8 @@ def measure_peak(model: LoraModel, modules: Sequence[str], batch: TensorSplit, i
     saved = model.state()
     try:
         optimizer, step = _prepare(model, modules, batch, instructions)
-        release_gradients(optimizer)
+        if optimizer is not None:
+            release_gradients(optimizer)
         with PeakMeter(model.device) as meter:
             step()
         return meter.peak_bytes

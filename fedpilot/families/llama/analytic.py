@@ -1,0 +1,95 @@
+"""The Llama cost model estimated from the model's config alone: no weights loaded, no forward pass.
+
+Terms, in float32 bytes, for batch B, sequence T (tokens N = B·T), hidden H, MLP width I, A query
+heads and KV key/value heads of size D (grouped-query attention: k_proj and v_proj map H to KV·D,
+smaller than q_proj's A·D), L layers, vocabulary V, LoRA rank r:
+
+- fixed = every weight (embeddings, the LM head unless tied, the layers, the norms, all LoRA
+  matrices) + the forward pass's largest live buffers, 4·N·(3I + 2H + 3A·D) + 4·B·A·T² (the MLP's
+  gate, up and product tensors, the attention's q, k and v with their rotated copies, the scores)
+  + the answer logits, 4·3·B·V (logits, their log-softmax and its gradient, at the last position only).
+- activation[l] = (L - l) · per_layer, where per_layer is what one frozen decoder layer saves so that
+  the gradient can cross it: 4·N·(2H + 4A·D + 3I) (the two RMSNorm inputs, the attention's q, k, v
+  (k and v repeated to A heads) and output, the SiLU input, its output and the up projection), plus
+  one byte per input element for each LoRA dropout mask on the path, plus, with attention dropout,
+  a B·A·T² mask and the dropped-out probabilities.
+- module[m] = its parameters with gradient and optimiser state, 4·P·(2 + states), plus the inputs it
+  saves itself: the dropped-out input 4·N·d_in and the rank-r projection 4·N·r.
+
+Pure: reads the model's config.json (or, for a model shipped only as GGUF, its known config).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from fedpilot.core.keys import module_id
+from fedpilot.planning.costmodel import FLOAT_BYTES as FLOAT
+from fedpilot.planning.costmodel import OPTIMIZER_STATES, CostModel, lora_module_bytes
+
+
+def model_config(spec: Any) -> dict[str, Any]:
+    """The model's config.json as a dict: the known config of a GGUF-only model, else the folder's file."""
+    from fedpilot.families.llama.known_configs import KNOWN_CONFIGS
+
+    if spec.name in KNOWN_CONFIGS and (spec.weights_file or "").endswith(".gguf"):
+        return dict(KNOWN_CONFIGS[spec.name])
+    return json.loads((spec.path() / "config.json").read_text())
+
+
+def head_dim(cfg: Mapping[str, Any]) -> int:
+    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+
+
+def target_shapes(cfg: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each LoRA target in a Llama decoder layer (GQA-aware)."""
+    hidden, ffn, d = cfg["hidden_size"], cfg["intermediate_size"], head_dim(cfg)
+    q = cfg["num_attention_heads"] * d
+    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * d
+    return {
+        "q_proj": (hidden, q),
+        "k_proj": (hidden, kv),
+        "v_proj": (hidden, kv),
+        "o_proj": (q, hidden),
+        "gate_proj": (hidden, ffn),
+        "up_proj": (hidden, ffn),
+        "down_proj": (ffn, hidden),
+    }
+
+
+def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, seq: int, optimizer: str) -> CostModel:
+    """The cost model of ``settings`` (a ModelSettings: base_dropout, lora) on ``spec``'s model, from its config."""
+    cfg = model_config(spec)
+    hidden, ffn, layers, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads, lora = cfg["num_attention_heads"], settings.lora
+    attn = heads * head_dim(cfg)
+    shapes = target_shapes(cfg)
+    tokens = batch * seq
+
+    embeddings = vocab * hidden * (1 if cfg.get("tie_word_embeddings", True) else 2)
+    per_layer_weights = sum(d_in * d_out for d_in, d_out in shapes.values()) + 2 * hidden
+    lora_params = layers * sum(lora.rank * (d_in + d_out) for d_in, d_out in (shapes[t] for t in lora.targets))
+    weights = FLOAT * (embeddings + layers * per_layer_weights + hidden + lora_params)
+    forward_buffers = FLOAT * tokens * (3 * ffn + 2 * hidden + 3 * attn) + FLOAT * batch * heads * seq * seq
+    answer_logits = FLOAT * 3 * batch * vocab
+    fixed = weights + forward_buffers + answer_logits
+
+    per_layer = FLOAT * tokens * (2 * hidden + 4 * attn + 3 * ffn)
+    if lora.dropout > 0:
+        per_layer += tokens * sum(shapes[t][0] for t in lora.targets)
+    if settings.base_dropout:
+        per_layer += (1 + FLOAT) * batch * heads * seq * seq
+    activation = tuple((layers - l) * per_layer for l in range(layers))
+    modules = [(module_id(l, t), l, shapes[t]) for l in range(layers) for t in lora.targets]
+    return CostModel(
+        fixed=fixed,
+        activation=activation,
+        module={m: lora_module_bytes(*shape, lora.rank, tokens, optimizer) for m, _, shape in modules},
+        layer={m: l for m, l, _ in modules},
+        rank=lora.rank,
+        rank_bytes={m: lora_module_bytes(*shape, lora.rank + 1, tokens, optimizer) - lora_module_bytes(*shape, lora.rank, tokens, optimizer) for m, _, shape in modules},
+        source="analytic",
+        settings={"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer},
+    )
