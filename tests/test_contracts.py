@@ -261,3 +261,26 @@ def test_a_round_with_nothing_to_train_is_skipped_and_recorded(federation: Feder
     result = server.run_round(1, federation.transport())
     assert result.skipped == "no sampled client was assigned work" and result.clients == []
     assert server.global_tensors == before and result.metrics == server.last_metrics
+
+
+class EmptyAssignments(Strategy):
+    memory_aware = False
+
+    def configure_train(self, server_round, clients, global_tensors):
+        return {c.cid: Assignment(()) for c in clients}
+
+    def aggregate_train(self, server_round, global_tensors, updates):
+        return global_tensors
+
+
+def test_an_assignment_that_trains_nothing_is_refused_for_a_model_without_a_head() -> None:
+    from fedpilot.config import TrainSettings
+
+    headless = synthetic_context(0, margin=0.0)
+    headless = FederationContext(headless.modules, {m: k for m, k in headless.module_keys.items() if m != "head"},
+                                 {k: v for k, v in headless.shapes.items() if not k.startswith("head/")}, 4, 2, headless.cost_model)
+    server = Server(EmptyAssignments(headless), [ClientInfo(0, 10)], {}, TrainSettings(), seed=0)
+    with pytest.raises(ValueError, match="client 0 trains nothing: no modules, and the model has no task head"):
+        server.plan_round(1, transport=None)
+    with_head = synthetic_context(0, margin=0.0)  # with a head, an empty assignment trains the head alone
+    assert Server(EmptyAssignments(with_head), [ClientInfo(0, 10)], {}, TrainSettings(), seed=0).plan_round(1, None).assignments[0].modules == ()

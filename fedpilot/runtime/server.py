@@ -116,6 +116,8 @@ class Server:
             unknown_modules = set(assignment.modules) - set(self.context.modules)
             if unknown_modules:
                 raise ValueError(f"assignment of client {cid} names unknown modules {sorted(unknown_modules)}")
+            if not assignment.modules and not self.context.head_keys:
+                raise ValueError(f"assignment of client {cid} trains nothing: no modules, and the model has no task head")
         return RoundPlan(server_round, selected, scoring, assignments, failures)
 
     def _scoring_phase(
