@@ -364,16 +364,18 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
     rounds = results["rounds"]
     trained_rounds = rounds[1:]
     records = [c for r in trained_rounds for c in r["clients"]]
-    sampled = sum(len(r.get("selected", r["clients"])) for r in trained_rounds)
+    federation = results["config"]["federation"]
+    per_round = federation["clients_per_round"] or federation["num_clients"]
+    planned = per_round * len(trained_rounds)  # what the config asks; a strategy may sample fewer (e.g. only who fits)
     ratios = [c["peak_bytes"] / c["budget_bytes"] for c in records if c.get("peak_bytes") is not None and c.get("budget_bytes")]
     return {
         "accuracy_curve": [r["accuracy"] for r in rounds],
         "final_accuracy": rounds[-1]["accuracy"],
         "best_accuracy": max((r["accuracy"] for r in trained_rounds), default=rounds[-1]["accuracy"]),
         "final_macro_f1": rounds[-1].get("macro_f1"),
-        "sampled_client_rounds": sampled,
+        "planned_client_rounds": planned,
         "trained_client_rounds": len(records),
-        "lost_client_rounds": sampled - len(records),
+        "lost_client_rounds": planned - len(records),
         "peak_over_budget_mean": _mean(ratios),
         "peak_over_budget_max": max(ratios, default=None),
         "budget_violations": len(results.get("budget_violations", [])),
@@ -421,7 +423,7 @@ def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], ta
             "best_accuracy": {"mean": statistics.fmean(bests), "std": _std(bests)},
             "final_macro_f1": {"mean": _mean(f1s), "std": _std(f1s)},
             "rounds_to_target": {"mean": _mean(reached), "reached": len(reached), "runs": len(rs)},
-            "client_rounds": {key: sum(r[f"{key}_client_rounds"] for r in rs) for key in ("sampled", "trained", "lost")},
+            "client_rounds": {key: sum(r[f"{key}_client_rounds"] for r in rs) for key in ("planned", "trained", "lost")},
             "peak_over_budget": {"mean": _mean(means), "max": max(maxes, default=None)},
             "budget_violations": sum(r["budget_violations"] for r in rs),
             "upload_mib_per_round": statistics.fmean(r["upload_mib_per_round"] for r in rs),
@@ -502,7 +504,7 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         "",
         target_line,
         "",
-        "| strategy | final accuracy | best accuracy | final macro-F1 | rounds to target | client-rounds trained / sampled (lost) "
+        "| strategy | final accuracy | best accuracy | final macro-F1 | rounds to target | client-rounds trained / planned (lost) "
         "| peak / budget, mean | peak / budget, max | budget violations | upload MiB / round | wall s / run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -519,7 +521,7 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         cr = row["client_rounds"]
         lines.append(
             f"| `{strategy}`{mark} | {_pm(row['final_accuracy'])} | {_pm(row['best_accuracy'])} | {_pm(row['final_macro_f1'])} "
-            f"| {to_target} | {cr['trained']} / {cr['sampled']} ({cr['lost']}) | {_ratio(row['peak_over_budget']['mean'])} "
+            f"| {to_target} | {cr['trained']} / {cr['planned']} ({cr['lost']}) | {_ratio(row['peak_over_budget']['mean'])} "
             f"| {_ratio(row['peak_over_budget']['max'])} | {row['budget_violations']} | {row['upload_mib_per_round']:.2f} "
             f"| {row['wall_seconds']['mean']:.0f} |"
         )
@@ -527,8 +529,9 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         "",
         "- Accuracies are on the test split, mean ± sample standard deviation over seeds; best is the highest of rounds 1 to R.",
         "- Rounds to target: the first round whose accuracy reaches the target, mean over the seeds that reached it.",
-        "- Client-rounds are totals over seeds and rounds: sampled by the strategy, trained (a valid update arrived), "
-        "and lost (sampled but not trained: given no work, failed, or rejected).",
+        "- Client-rounds are totals over seeds and rounds: planned (what the config asks each round: "
+        "clients_per_round, or every client), trained (a valid update arrived), and lost (planned but not trained: "
+        "a client the strategy leaves out because nothing it trains fits its budget, given no work, failed, or rejected).",
         "- Peak / budget: each trained client-round's peak memory measured at the allocator over its budget; mean and max "
         "over client-rounds. Budget violations: client-rounds (training or scoring) whose measured peak exceeded the budget, "
         "total over seeds.",

@@ -77,11 +77,8 @@ def test_numbers_match_the_runs(comparison: Path) -> None:
         assert row["memory_aware"] is results["memory_aware"]
         assert row["final_accuracy"] == {"mean": pytest.approx(finals[s]), "std": 0.0}
         assert row["best_accuracy"]["mean"] == pytest.approx(max(r["accuracy"] for r in trained))
-        assert row["client_rounds"] == {
-            "sampled": sum(len(r["selected"]) for r in trained),
-            "trained": len(records),
-            "lost": sum(len(r["selected"]) for r in trained) - len(records),
-        }
+        planned = results["config"]["federation"]["num_clients"] * len(trained)  # every client, every round
+        assert row["client_rounds"] == {"planned": planned, "trained": len(records), "lost": planned - len(records)}
         assert row["peak_over_budget"]["mean"] == pytest.approx(statistics.fmean(ratios))
         assert row["peak_over_budget"]["max"] == pytest.approx(max(ratios))
         assert row["budget_violations"] == len(results["budget_violations"])
@@ -90,7 +87,7 @@ def test_numbers_match_the_runs(comparison: Path) -> None:
         first = next((r["round"] for r in results["rounds"] if r["accuracy"] >= target), None)
         assert row["rounds_to_target"]["mean"] == first
     fedavg = data["summary"]["fedavg"]
-    assert fedavg["client_rounds"]["lost"] == 0  # every sampled client trains full LoRA
+    assert fedavg["client_rounds"]["lost"] == 0  # every client trains full LoRA
 
 
 def test_a_second_invocation_reruns_nothing(comparison: Path, config_file: Path, capsys: pytest.CaptureFixture) -> None:
