@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from fedpilot.families.base import FamilyRuntime, ModelSpec
+from fedpilot.families.base import ModelSpec
+from fedpilot.runtime.classification import LabelClassification
 
 
-class BertClassification(FamilyRuntime):
+class BertClassification(LabelClassification):
     def load_model(self, spec: ModelSpec, num_labels: int, base_dropout: float | None) -> nn.Module:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the "head newly initialised" report is expected
@@ -40,18 +39,6 @@ class BertClassification(FamilyRuntime):
 
     def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         return F.cross_entropy(output, labels, reduction=reduction)
-
-    def predict(self, output: torch.Tensor) -> torch.Tensor:
-        return output.argmax(dim=-1)
-
-    def metrics(self, predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return {
-            "accuracy": float((predicted == labels).mean()),
-            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-        }
-
-    def num_layers(self, model: nn.Module) -> int:
-        return int(model.config.num_hidden_layers)
 
 
 RUNTIME = BertClassification()

@@ -32,15 +32,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
 from fedpilot.core.files import fsync_dir, write_atomic
-from fedpilot.families.base import FamilyRuntime, ModelSpec
+from fedpilot.families.base import ModelSpec
+from fedpilot.runtime.classification import LabelClassification
 
 CONVERSION_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -117,7 +116,7 @@ def answer_tokens(tokenizer: Any, label_names: Sequence[str]) -> list[int]:
     return firsts
 
 
-class LlamaInstruct(FamilyRuntime):
+class LlamaInstruct(LabelClassification):
     def load_model(self, spec: ModelSpec, num_labels: int, base_dropout: float | None) -> nn.Module:
         folder = prepared_folder(spec)
         overrides = {} if base_dropout is None else {field: base_dropout for field in spec.family.dropout_fields}
@@ -171,18 +170,6 @@ class LlamaInstruct(FamilyRuntime):
         if reduction == "sum":
             return nll.sum()
         return nll
-
-    def predict(self, output: torch.Tensor) -> torch.Tensor:
-        return output.argmax(dim=-1)
-
-    def metrics(self, predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return {
-            "accuracy": float((predicted == labels).mean()),
-            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-        }
-
-    def num_layers(self, model: nn.Module) -> int:
-        return int(model.config.num_hidden_layers)
 
 
 RUNTIME = LlamaInstruct()
