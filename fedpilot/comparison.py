@@ -214,6 +214,17 @@ def _first_difference(ours: Any, theirs: Any, path: str = "") -> str:
     return f"{path or 'config'} is {json.dumps(theirs)} there, {json.dumps(ours)} here"
 
 
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config re-validated, so that fields added since that run was made take their defaults
+    (which keep the old behaviour) and the run still counts as done; as stored if it no longer validates."""
+    from fedpilot.config import parse_config
+
+    try:
+        return parse_config({k: v for k, v in stored.items()}, "stored config").model_dump(mode="json")
+    except FedpilotError:
+        return stored
+
+
 def run_state(run: PlannedRun) -> str:
     """``"finished"`` (keep), ``"missing"`` or ``"unfinished"`` (run from scratch); refuses what it must not delete."""
     results_path = run.dir / "results.json"
@@ -232,7 +243,7 @@ def run_state(run: PlannedRun) -> str:
     if not isinstance(results, dict) or results.get("status") != "finished":
         return "unfinished"
     ours, theirs = comparable_config(run.config.model_dump(mode="json")), results.get("config")
-    theirs = comparable_config(theirs) if isinstance(theirs, dict) else theirs
+    theirs = comparable_config(_with_defaults(theirs)) if isinstance(theirs, dict) else theirs
     if ours != theirs:
         raise FedpilotError(
             f"{run.dir} holds a finished run of a different config ({_first_difference(ours, theirs)}); "

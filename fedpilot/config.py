@@ -74,6 +74,11 @@ class DataSettings(StrictModel):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_length: int = Field(64, ge=8, le=512)
     max_samples: int | None = Field(None, ge=10, description="use a stratified subset of the corpus")
+    proxy_fraction: float | None = Field(
+        None, gt=0, lt=0.5,
+        description="share of each class held out of the train split as the server's proxy set (for strategies "
+        "that score on the server, e.g. fisher); null: none, or the strategy's own default if it needs one",
+    )
     partition: PartitionSettings = PartitionSettings()
 
     @field_validator("dataset")
@@ -222,6 +227,14 @@ class Config(StrictModel):
     def strategy_settings(self) -> StrictModel:
         """``strategy_options`` validated by the chosen strategy's own Options model."""
         return STRATEGIES.get_or_fail(self.strategy).Options.model_validate(self.strategy_options)
+
+    def proxy_fraction(self) -> float | None:
+        """The share of each class held out as the server's proxy set: ``data.proxy_fraction`` if given,
+        else the strategy's default where it needs a proxy set, else None (no proxy set)."""
+        if self.data.proxy_fraction is not None:
+            return self.data.proxy_fraction
+        strategy = STRATEGIES.get_or_fail(self.strategy)
+        return strategy.proxy_default_fraction if strategy.needs_proxy else None
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -67,7 +67,8 @@ class RunRecorder:
         """Record what :meth:`Server.run_round` returned."""
         self.record_round(
             result.server_round, result.metrics, result.clients, seconds=result.seconds, scoring=result.scoring,
-            extra={"selected": result.selected, "failures": result.failures, "rejected": result.rejected, "skipped": result.skipped},
+            extra={"selected": result.selected, "failures": result.failures, "rejected": result.rejected, "skipped": result.skipped,
+                   **({"proxy": result.proxy} if result.proxy is not None else {})},
         )
 
     def finish(self, status: str, wall_seconds: float) -> None:

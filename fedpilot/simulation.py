@@ -33,6 +33,7 @@ from fedpilot.runtime.client import Client, StepPeaks
 from fedpilot.runtime.evaluation import Evaluator
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.messages import TrainInstructions
+from fedpilot.runtime.proxy import ProxyScorer
 from fedpilot.runtime.server import RoundResult, Server
 from fedpilot.runtime.transport import InProcessTransport, Transport
 from fedpilot.strategies import STRATEGIES, ClientInfo, FederationContext
@@ -56,7 +57,7 @@ class Federation:
 
 def build_federation(config: Config, progress: bool = True) -> Federation:
     """Load data and model, partition, calibrate the memory model, make the strategy, check budgets."""
-    data = load_split(config.data, config.model.name, config.seed)
+    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction())
     shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
     model = make_model(config, data)
     cost_model, cached = calibration_cost_model(config, data, model, progress)
@@ -105,7 +106,10 @@ def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[C
     )
     strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
     evaluator = Evaluator(model, data.test, config.train.eval_batch_size)
-    server = Server(strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound)
+    proxy = ProxyScorer(model, data.proxy) if data.proxy is not None else None
+    server = Server(
+        strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound, proxy
+    )
     server.check_budgets()
     return server
 

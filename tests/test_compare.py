@@ -14,6 +14,7 @@ import yaml
 from fedpilot.cli import main
 from fedpilot.comparison import PRESETS
 from fedpilot.config import load_config, parse_config
+from fedpilot.core.errors import FedpilotError
 from tests.conftest import TINY
 
 STRATEGIES = ["fedpilot", "fedavg"]
@@ -180,3 +181,22 @@ def test_the_benchmark_rewrites_only_the_generated_block(comparison: Path, tmp_p
     assert "old table" not in text and "| `fedpilot` |" in text
     for image in benchmark.IMAGES.values():
         assert f"]({image})" in text and (docs / image).is_file()
+
+
+def test_a_finished_run_from_before_a_new_config_field_still_counts_as_done(tmp_path: Path) -> None:
+    """Fields added to the config since a run was made take their defaults (which keep the old
+    behaviour), so a long comparison resumes across code versions; a real difference is still refused."""
+    from fedpilot.comparison import PlannedRun, run_state
+    from fedpilot.config import parse_config
+
+    config = parse_config({"federation": {"rounds": 2}, "output_dir": str(tmp_path / "run")})
+    stored = config.model_dump(mode="json")
+    del stored["data"]["proxy_fraction"]  # as written by a version without that field
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps({"status": "finished", "config": stored}))
+    assert run_state(PlannedRun("fedpilot", 0, config, run_dir)) == "finished"
+    stored["federation"]["rounds"] = 3
+    (run_dir / "results.json").write_text(json.dumps({"status": "finished", "config": stored}))
+    with pytest.raises(FedpilotError, match="federation.rounds"):
+        run_state(PlannedRun("fedpilot", 0, config, run_dir))

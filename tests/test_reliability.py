@@ -91,7 +91,9 @@ def make_server(name: str) -> Server:
     strategy = STRATEGIES[name](FederationContext(MODULES, KEYS, shapes, 3, RANK, COST, memory_margin=0.0))
     clients = [ClientInfo(cid, 10 + cid, None) for cid in range(4)]
     initial = {k: np.random.default_rng(1).standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
-    server = Server(strategy, clients, initial, TrainSettings(), seed=0, update_norm_bound=10.0)
+    # strategies that score on the server's proxy set get fixed scores (a layer's importance grows with depth)
+    proxy = (lambda tensors: {m: 1.0 + i for i, m in enumerate(MODULES)}) if STRATEGIES[name].needs_proxy else None
+    server = Server(strategy, clients, initial, TrainSettings(), seed=0, update_norm_bound=10.0, proxy=proxy)
     server.check_budgets()  # as every driver does before round 1
     return server
 

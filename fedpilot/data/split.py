@@ -7,6 +7,7 @@ module only caches the result and splits it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,9 +55,13 @@ class TensorSplit:
 
 @dataclass(frozen=True)
 class SplitData:
+    """The train split (what clients partition), the test split, and the server's proxy set, if any
+    (held out of the train split before partitioning, for strategies that score layers on the server)."""
+
     train: TensorSplit
     test: TensorSplit
     label_names: list[str]
+    proxy: TensorSplit | None = None
 
 
 def _encode_corpus(dataset: str, model_name: str, max_length: int) -> tuple[TensorSplit, list[str]]:
@@ -77,8 +82,13 @@ def _encode_corpus(dataset: str, model_name: str, max_length: int) -> tuple[Tens
     return split, corpus.label_names
 
 
-def load_split(settings: DataSettings, model_name: str, seed: int) -> SplitData:
-    """Encoded train and test splits, stratified by label, reproducible from ``seed``."""
+def load_split(settings: DataSettings, model_name: str, seed: int, proxy_fraction: float | None = None) -> SplitData:
+    """Encoded train and test splits, stratified by label, reproducible from ``seed``.
+
+    ``proxy_fraction``: hold ``ceil(proxy_fraction * n_c)`` train examples of each class c out as the
+    server's proxy set (:func:`hold_out_per_class`); the clients never see them. None: no proxy set,
+    and the splits are exactly those without one.
+    """
     tokens, label_names = _encode_corpus(settings.dataset, model_name, settings.max_length)
     labels = tokens.labels.numpy()
     indices = np.arange(len(labels))
@@ -89,4 +99,25 @@ def load_split(settings: DataSettings, model_name: str, seed: int) -> SplitData:
     train_idx, test_idx = train_test_split(
         indices, test_size=settings.test_fraction, stratify=labels[indices], random_state=seed
     )
-    return SplitData(tokens.subset(np.sort(train_idx)), tokens.subset(np.sort(test_idx)), label_names)
+    train_idx = np.sort(train_idx)
+    proxy = None
+    if proxy_fraction is not None:
+        train_idx, proxy_idx = hold_out_per_class(train_idx, labels[train_idx], proxy_fraction, seed)
+        proxy = tokens.subset(proxy_idx)
+    return SplitData(tokens.subset(train_idx), tokens.subset(np.sort(test_idx)), label_names, proxy)
+
+
+def hold_out_per_class(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held out)``, both sorted: of each class c with n_c examples, ``ceil(fraction * n_c)``
+    (at least 1, at most n_c - 1) drawn uniformly with a generator seeded by ``seed``."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"proxy fraction must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng([seed, 0x9F0C5])
+    held: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = indices[labels == label]
+        count = min(max(1, math.ceil(fraction * len(members))), len(members) - 1)
+        if count > 0:
+            held.append(rng.choice(members, size=count, replace=False))
+    out = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=indices.dtype)
+    return np.setdiff1d(indices, out), out

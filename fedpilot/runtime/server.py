@@ -31,6 +31,7 @@ from fedpilot.runtime.validation import outliers, update_problem, update_rms
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, Strategy, derived_seed
 
 Evaluator = Callable[[TensorDict], dict[str, float]]
+ProxyScorer = Callable[[TensorDict], Mapping[str, float]]  # global adapter -> a score per module (the server's proxy set)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RoundPlan:
     scoring: list[dict[str, Any]]
     assignments: dict[int, Assignment]
     failures: list[dict[str, Any]] = field(default_factory=list)
+    proxy: dict[str, Any] | None = None  # the server's proxy-set scoring, when the strategy asked for it
 
 
 @dataclass
@@ -58,6 +60,7 @@ class RoundResult:
     violations: list[dict[str, Any]]
     skipped: str | None
     seconds: float
+    proxy: dict[str, Any] | None = None
 
 
 class Server:
@@ -72,13 +75,21 @@ class Server:
         seed: int,
         evaluator: Evaluator | None = None,
         update_norm_bound: float | None = None,
+        proxy: ProxyScorer | None = None,
     ) -> None:
         """``train_settings`` is the config's ``train`` section (local steps, batch size, optimiser);
-        ``update_norm_bound``: reject an update whose RMS change exceeds this multiple of the round's median."""
+        ``update_norm_bound``: reject an update whose RMS change exceeds this multiple of the round's median;
+        ``proxy``: scores modules on the server's proxy set, for strategies that need it (``needs_proxy``)."""
         ids = [c.cid for c in clients]
         if len(set(ids)) != len(ids):
             raise ValueError(f"client ids must be unique, got {ids}")
+        if strategy.needs_proxy and proxy is None:
+            raise ValueError(
+                f"strategy {type(strategy).__name__} scores layers on the server's proxy set, and this server has none "
+                "(build the data with a proxy_fraction)"
+            )
         self.strategy = strategy
+        self.proxy = proxy
         self.clients: dict[int, ClientInfo] = {c.cid: c for c in clients}
         self.global_tensors = initial_tensors
         self.train_settings = train_settings
@@ -107,6 +118,7 @@ class Server:
         if unknown:
             raise ValueError(f"{type(self.strategy).__name__}.sample returned unknown clients {unknown}")
         scoring, failures = self._scoring_phase(server_round, selected, transport)
+        proxy = self._proxy_phase(server_round)
         assignments = self.strategy.configure_train(server_round, selected, self.global_tensors)
         chosen = {c.cid for c in selected}
         stray = sorted(set(assignments) - chosen)
@@ -118,7 +130,19 @@ class Server:
                 raise ValueError(f"assignment of client {cid} names unknown modules {sorted(unknown_modules)}")
             if not assignment.modules and not self.context.head_keys:
                 raise ValueError(f"assignment of client {cid} trains nothing: no modules, and the model has no task head")
-        return RoundPlan(server_round, selected, scoring, assignments, failures)
+        return RoundPlan(server_round, selected, scoring, assignments, failures, proxy)
+
+    def _proxy_phase(self, server_round: int) -> dict[str, Any] | None:
+        """The server scores every module on its proxy set, when the strategy asks this round."""
+        if self.proxy is None or not self.strategy.configure_proxy(server_round):
+            return None
+        start = time.perf_counter()
+        scores = dict(self.proxy(self.global_tensors))
+        unknown = set(scores) - set(self.context.modules)
+        if unknown:
+            raise ValueError(f"the proxy scorer returned unknown modules {sorted(unknown)[:3]}")
+        self.strategy.aggregate_proxy(server_round, scores)
+        return {"modules": len(scores), "seconds": time.perf_counter() - start, "scores": scores}
 
     def _scoring_phase(
         self, server_round: int, selected: Sequence[ClientInfo], transport: Transport
@@ -217,6 +241,7 @@ class Server:
             violations=violations,
             skipped=skipped,
             seconds=time.perf_counter() - start,
+            proxy=plan.proxy,
         )
 
     def _client_record(self, task: TrainTask, reply: TrainReply) -> dict[str, Any]:

@@ -135,6 +135,8 @@ class Strategy(ABC):
     memory_aware: ClassVar[bool] = True  # plans within budgets (False: says so in results)
     base_deltas: ClassVar[bool] = False  # the global state also holds "<module>/base_delta" (merges into frozen weights)
     score_batches: int = 1  # batches a client scores on, when configure_score asks it to
+    needs_proxy: ClassVar[bool] = False  # scores modules on the server's proxy set (the driver must offer one)
+    proxy_default_fraction: ClassVar[float] = 0.002  # share of each class held out for it, unless data.proxy_fraction says
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         self.context = context
@@ -170,6 +172,14 @@ class Strategy(ABC):
 
     def aggregate_score(self, server_round: int, scores: Sequence[ClientScores]) -> None:
         """Take in the clients' scores (ignored by default)."""
+
+    def configure_proxy(self, server_round: int) -> bool:
+        """Whether the server should score every module on its proxy set before this round's
+        assignments (only strategies with ``needs_proxy``; never by default)."""
+        return False
+
+    def aggregate_proxy(self, server_round: int, scores: Mapping[str, float]) -> None:
+        """Take in the server's per-module scores on its proxy set (see :meth:`configure_proxy`)."""
 
     @abstractmethod
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
