@@ -202,8 +202,11 @@ def plan_runs(config: Config, strategies: Sequence[str], seeds: Sequence[int], o
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config as results.json stores it, without ``output_dir`` (where it ran, not what it ran)."""
-    return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "output_dir"}
+    """A run's config as results.json stores it, without ``output_dir`` and ``model.device`` (where it ran, not what it ran)."""
+    copied = {k: v for k, v in json.loads(json.dumps(config)).items() if k != "output_dir"}
+    if isinstance(copied.get("model"), dict):
+        copied["model"].pop("device", None)
+    return copied
 
 
 def _first_difference(ours: Any, theirs: Any, path: str = "") -> str:
@@ -380,9 +383,10 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
     planned = per_round * len(trained_rounds)  # what the config asks; a strategy may sample fewer (e.g. only who fits)
     ratios = [c["peak_bytes"] / c["budget_bytes"] for c in records if c.get("peak_bytes") is not None and c.get("budget_bytes")]
     return {
-        "accuracy_curve": [r["accuracy"] for r in rounds],
-        "final_accuracy": rounds[-1]["accuracy"],
-        "best_accuracy": max((r["accuracy"] for r in trained_rounds), default=rounds[-1]["accuracy"]),
+        # None where a round was not evaluated (train.eval_every): gaps, never filled in
+        "accuracy_curve": [r.get("accuracy") for r in rounds],
+        "final_accuracy": rounds[-1]["accuracy"],  # the final round is always evaluated on the whole split
+        "best_accuracy": max((r["accuracy"] for r in trained_rounds if r.get("accuracy") is not None), default=rounds[-1]["accuracy"]),
         "final_macro_f1": rounds[-1].get("macro_f1"),
         "planned_client_rounds": planned,
         "trained_client_rounds": len(records),
@@ -399,9 +403,10 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def rounds_to_target(curve: Sequence[float], target: float) -> int | None:
-    """The first round whose test accuracy reaches ``target`` (None: never)."""
-    return next((i for i, accuracy in enumerate(curve) if accuracy >= target), None)
+def rounds_to_target(curve: Sequence[float | None], target: float) -> int | None:
+    """The first evaluated round whose test accuracy reaches ``target`` (None: never); rounds not
+    evaluated (None, train.eval_every) are passed over, so with a cadence it is the first evaluated one."""
+    return next((i for i, accuracy in enumerate(curve) if accuracy is not None and accuracy >= target), None)
 
 
 def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], target: float | None) -> dict[str, Any]:
@@ -586,8 +591,9 @@ def plot_accuracy(path: Path, summary: dict[str, Any]) -> None:
     for strategy in summary["strategies"]:
         curves = [r["accuracy_curve"] for r in summary["runs"] if r["strategy"] == strategy]
         length = min(len(c) for c in curves)
-        columns = list(zip(*(c[:length] for c in curves)))
-        x = list(range(length))
+        # rounds every seed evaluated (train.eval_every leaves gaps); x is the round number
+        x = [i for i in range(length) if all(c[i] is not None for c in curves)]
+        columns = [[c[i] for c in curves] for i in x]
         aware = summary["summary"][strategy]["memory_aware"]
         (line,) = axis.plot(x, [statistics.fmean(c) for c in columns], marker="o", markersize=3,
                             linestyle="-" if aware else "--", label=strategy + ("" if aware else " (memory-unaware)"))

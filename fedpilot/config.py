@@ -7,6 +7,7 @@ single-line :class:`~fedpilot.core.errors.ConfigError` naming the field and what
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,26 @@ class ModelSettings(StrictModel):
             raise ValueError(f"targets: {err}") from None
         return lora
 
+    device: str = Field("auto", description="where the model runs: auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the frozen base weights (llama-instruct: float32 or bfloat16); LoRA stays float32"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N")
+        return device
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_of_the_family(cls, dtype: str, info: ValidationInfo) -> str:
+        family = MODELS[info.data["name"]].family if "name" in info.data else None
+        if family is not None and dtype not in family.dtypes:
+            raise ValueError(f"{dtype} is not supported by the {family.name} family (its memory model prices {', '.join(family.dtypes)}); use float32")
+        return dtype
+
 
 class PartitionSettings(StrictModel):
     """How the train split is spread over clients (flwr-datasets partitioners)."""
@@ -78,6 +99,11 @@ class DataSettings(StrictModel):
         None, gt=0, lt=0.5,
         description="share of each class held out of the train split as the server's proxy set (for strategies "
         "that score on the server, e.g. fisher); null: none, or the strategy's own default if it needs one",
+    )
+    validation_fraction: float | None = Field(
+        None, gt=0, lt=0.5,
+        description="share of each class held out of the train split (before the proxy set and partitioning) as a "
+        "validation split for choosing hyperparameters; clients never see it; null: no validation split",
     )
     partition: PartitionSettings = PartitionSettings()
 
@@ -144,6 +170,22 @@ class FederationSettings(StrictModel):
         ),
         description="memory per client: one size for all, a list (one per client), or {tiers: [...]}",
     )
+    round_timeout: float | None = Field(
+        600.0, gt=0,
+        description="seconds a phase (scoring, training) waits for the clients' replies on Flower; a client silent "
+        "that long is recorded as dropped (null: wait forever). The in-process simulator ignores it",
+    )
+    min_replies: int = Field(
+        1, ge=1,
+        description="valid updates a round needs; with fewer, the global model stays unchanged and the round is "
+        "recorded as skipped (both drivers)",
+    )
+    payload: Literal["full", "assigned"] = Field(
+        "full",
+        description="what a task carries: full = the whole global adapter (frozen LoRA modules take part in the "
+        "client's forward pass); assigned = only the assigned (or scored) modules' tensors and the head, every other "
+        "LoRA module runs as the base model (its LoRA tensors zero)",
+    )
 
     @field_validator("budgets", mode="before")
     @classmethod
@@ -164,6 +206,12 @@ class FederationSettings(StrictModel):
         if self.clients_per_round is not None and self.clients_per_round > self.num_clients:
             raise ValueError(
                 f"clients_per_round ({self.clients_per_round}) exceeds num_clients ({self.num_clients})"
+            )
+        per_round = self.num_clients if self.clients_per_round is None else self.clients_per_round
+        if self.min_replies > per_round:
+            raise ValueError(
+                f"min_replies ({self.min_replies}) exceeds the {per_round} clients a round samples, so every round "
+                f"would be skipped; lower min_replies"
             )
         if isinstance(self.budgets, tuple) and len(self.budgets) != self.num_clients:
             raise ValueError(
@@ -198,6 +246,13 @@ class TrainSettings(StrictModel):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    evaluate_on: Literal["test", "validation"] = Field(
+        "test", description="the split the server evaluates on every round; validation needs data.validation_fraction"
+    )
+    eval_every: int = Field(1, ge=1, description="evaluate the global model every this many rounds (the last round always)")
+    eval_subset: int | None = Field(
+        None, ge=1, description="evaluate on a fixed, seeded, stratified subset of this many examples (the last round: the whole split); null: the whole split"
+    )
 
 
 class Config(StrictModel):
@@ -222,6 +277,26 @@ class Config(StrictModel):
         except ValidationError as err:
             problem = describe_error(err.errors()[0])
             raise ValueError(f"strategy_options{'.' if err.errors()[0]['loc'] else ': '}{problem}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _payload_fits_the_strategy(self) -> Config:
+        """``payload: assigned`` leaves out the modules a client does not train; a strategy that keeps base
+        deltas (dense changes merged into frozen weights, part of every client's forward pass) needs them all."""
+        if self.federation.payload == "assigned" and STRATEGIES.get_or_fail(self.strategy).base_deltas:
+            raise ValueError(
+                f"federation.payload: assigned cannot carry strategy {self.strategy!r}'s base deltas (changes of the "
+                f"frozen weights every client's forward pass needs); use payload: full"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _validation_split_exists(self) -> Config:
+        if self.train.evaluate_on == "validation" and self.data.validation_fraction is None:
+            raise ValueError(
+                "train.evaluate_on: validation needs a validation split; set data.validation_fraction (e.g. 0.1) "
+                "or use evaluate_on: test"
+            )
         return self
 
     def strategy_settings(self) -> StrictModel:

@@ -50,6 +50,7 @@ class RunRecorder:
         self.rounds.append(
             {
                 "round": server_round,
+                "evaluated": bool(metrics),  # False: no test metrics this round (train.eval_every), none copied
                 **metrics,
                 "train_loss": sum(train_losses) / len(train_losses) if train_losses else None,
                 "upload_bytes": sum(c["upload_bytes"] for c in clients),
@@ -84,7 +85,8 @@ class RunRecorder:
             writer = csv.DictWriter(handle, fieldnames=ROUND_COLUMNS)
             writer.writeheader()
             for row in self.rounds:
-                writer.writerow({k: (len(row["clients"]) if k == "clients" else row[k]) for k in ROUND_COLUMNS})
+                # a round not evaluated (train.eval_every) has no test metrics: empty cells
+                writer.writerow({k: (len(row["clients"]) if k == "clients" else row.get(k)) for k in ROUND_COLUMNS})
 
 
 def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -94,6 +96,7 @@ def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rounds = [r for r in rounds if r.get("accuracy") is not None]  # evaluated rounds only (train.eval_every)
     x = [r["round"] for r in rounds]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(x, [r["accuracy"] for r in rounds], marker="o", label="accuracy")

@@ -24,7 +24,7 @@ from fedpilot.config import Config, parse_config
 from fedpilot.core.errors import FedpilotError
 from fedpilot.core.sizes import mib
 from fedpilot.data.partition import partition_indices
-from fedpilot.data.split import SplitData, load_split
+from fedpilot.data.split import SplitData, TensorSplit, load_split
 from fedpilot.memory.calibrate import load_or_calibrate
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.report import RunRecorder
@@ -85,13 +85,16 @@ def calibration_cost_model(config: Config, data: SplitData, model: LoraModel, pr
 
 
 def make_model(config: Config, data: SplitData) -> LoraModel:
-    """The model for ``config`` (with base deltas where the strategy keeps them)."""
+    """The model for ``config`` on ``model.device`` in ``model.dtype`` (with base deltas where the strategy keeps them)."""
+    from fedpilot.runtime.device import build_model
+
     strategy_class = STRATEGIES.get_or_fail(config.strategy)
-    return LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed, base_deltas=strategy_class.base_deltas)
+    return build_model(config.model, num_labels=len(data.label_names), seed=config.seed, base_deltas=strategy_class.base_deltas)
 
 
 def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[ClientInfo], cost_model: CostModel) -> Server:
-    """The strategy and the server (evaluating on ``data.test``), budgets checked before round 1."""
+    """The strategy and the server (evaluating on ``data.test``, or ``data.validation`` with
+    ``train.evaluate_on: validation``), budgets checked before round 1."""
     context = FederationContext(
         modules=model.modules,
         module_keys=model.module_keys,
@@ -105,13 +108,24 @@ def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[C
         scaling=config.model.lora.alpha / config.model.lora.rank,
     )
     strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
-    evaluator = Evaluator(model, data.test, config.train.eval_batch_size)
+    evaluator = Evaluator(model, evaluation_split(config, data), config.train.eval_batch_size, config.train.eval_subset, config.seed)
     proxy = ProxyScorer(model, data.proxy) if data.proxy is not None else None
     server = Server(
-        strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound, proxy
+        strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound, proxy,
+        min_replies=config.federation.min_replies, payload=config.federation.payload,
+        eval_every=config.train.eval_every, final_round=config.federation.rounds,
     )
     server.check_budgets()
     return server
+
+
+def evaluation_split(config: Config, data: SplitData) -> TensorSplit:
+    """The split the server evaluates every round: ``train.evaluate_on`` (test, or validation for tuning runs)."""
+    if config.train.evaluate_on == "test":
+        return data.test
+    if data.validation is None:
+        raise FedpilotError("train.evaluate_on: validation needs a validation split; set data.validation_fraction (e.g. 0.1)")
+    return data.validation
 
 
 @dataclass
@@ -236,6 +250,8 @@ def run_header(
         "label_names": data.label_names,
         "train_samples": len(data.train),
         "test_samples": len(data.test),
+        **({"validation_samples": len(data.validation)} if data.validation is not None else {}),
+        **({"evaluated_on": config.train.evaluate_on} if config.train.evaluate_on != "test" else {}),
         "modules": model.modules,
         "memory_aware": server.strategy.memory_aware,
         "clients": clients,
@@ -275,7 +291,7 @@ def drive_rounds(
                 recorder.record_round(0, metrics, [], seconds=0.0)
                 recorder.results["elapsed_seconds"] = elapsed()
                 save_checkpoint(out_dir, server.snapshot(0, recorder.results))
-                say(f"round 0: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
+                say(f"round 0: {config.train.evaluate_on} accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
             metrics = server.last_metrics
             rounds_bar = tqdm(
                 range(first_round, config.federation.rounds + 1), desc="rounds", unit="round", disable=not progress,
@@ -288,12 +304,13 @@ def drive_rounds(
                 recorder.record_result(result)
                 save_checkpoint(out_dir, server.snapshot(server_round, recorder.results))
                 metrics = result.metrics
-                rounds_bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", loss=f"{metrics['loss']:.3f}")
+                if "accuracy" in metrics:  # rounds between evaluations (train.eval_every) carry none
+                    rounds_bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", loss=f"{metrics['loss']:.3f}")
             model.set_ranks({})
             model.load_state(server.global_tensors)
             model.save_adapter(out_dir / "adapter")
             status = "finished"
-        say(f"final (round {config.federation.rounds}): test accuracy {metrics['accuracy']:.3f}, "
+        say(f"final (round {config.federation.rounds}): {config.train.evaluate_on} accuracy {metrics['accuracy']:.3f}, "
             f"macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
     finally:
         recorder.finish(status, wall_seconds=elapsed())

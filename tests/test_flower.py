@@ -260,6 +260,66 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class Certificates:
+    """What a TLS deployment needs, made here with ``cryptography`` (a dependency of flwr): a CA, a server
+    certificate for 127.0.0.1 and localhost signed by it, and SuperNode key pairs (ECDSA P-384, OpenSSH format,
+    as ``ssh-keygen -t ecdsa -b 384`` writes them)."""
+
+    def __init__(self, folder: Path) -> None:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def certificate(subject: str, public_key, issuer: x509.Name, signer, ca: bool, names=()):
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(issuer)
+                .public_key(public_key)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            )
+            if names:
+                builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+            return builder.sign(signer, hashes.SHA256())
+
+        ca_key = ec.generate_private_key(ec.SECP384R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedpilot test CA")])
+        ca = certificate("fedpilot test CA", ca_key.public_key(), ca_name, ca_key, ca=True)
+        key = ec.generate_private_key(ec.SECP384R1())
+        names = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        cert = certificate("127.0.0.1", key.public_key(), ca_name, ca_key, ca=False, names=names)
+        pem = serialization.Encoding.PEM
+        self.ca, self.cert, self.key = folder / "ca.crt", folder / "server.pem", folder / "server.key"
+        self.ca.write_bytes(ca.public_bytes(pem))
+        self.cert.write_bytes(cert.public_bytes(pem))
+        self.key.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    def node_key(self, name: str) -> Path:
+        """A SuperNode's private key at ``folder/name`` and its public key at ``folder/name.pub``."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = self.folder / name
+        private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        private.chmod(0o600)
+        (self.folder / f"{name}.pub").write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        )
+        return private
+
+
 class Loopback:
     """Processes started in their own sessions, each stopped (its whole process group) on exit."""
 
@@ -273,7 +333,6 @@ class Loopback:
             "FLWR_HOME": str(folder / "flwr-home"),
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
-            "FEDPILOT_ROUND_TIMEOUT": "300",
             "FEDPILOT_NODE_WAIT": "120",
         }
         self.env.setdefault("FEDPILOT_CACHE", str(Path.home() / ".cache" / "fedpilot"))
@@ -284,29 +343,51 @@ class Loopback:
         self.procs.append((name, proc))
         return proc
 
-    def start_federation(self, budgets: list[int]) -> None:
-        """A SuperLink on a free port and one SuperNode per budget (partition i of len(budgets))."""
+    def start_federation(self, budgets: list[int], tls: Certificates | None = None) -> None:
+        """A SuperLink on a free port and one SuperNode per budget (partition i of len(budgets)).
+
+        ``tls``: HTTPS with these certificates (the SuperLink's, the CA the nodes and ``flwr`` trust), and
+        SuperNode authentication: each node's public key is registered with ``flwr supernode register``
+        before it starts with its private key. None: ``--insecure``.
+        """
         self.port = port = free_port()
         home = Path(self.env["FLWR_HOME"])
         home.mkdir()
-        (home / "config.toml").write_text(f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        security = f'root-certificates = "{tls.ca}"' if tls else "insecure = true"
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{port}"\n{security}\n')
         bin_dir = Path(sys.executable).parent
+        link_security = (
+            ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key), "--enable-supernode-auth"]
+            if tls else ["--insecure"]
+        )
         superlink = self.start(
             "superlink",
-            [str(bin_dir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+            [str(bin_dir / "flower-superlink"), *link_security, "--disable-runtime-dependency-installation",
              "--database", str(self.folder / "state.db"), "--host", "127.0.0.1", "--port", str(port)],
         )
         wait_for_port(port, superlink)
         self.nodes: list[subprocess.Popen] = []
         for cid, budget in enumerate(budgets):
+            node_security = ["--insecure"]
+            if tls:
+                private = tls.node_key(f"node-{cid}")
+                self.flwr("supernode", "register", f"{private}.pub", "loop")
+                node_security = ["--root-certificates", str(tls.ca), "--auth-supernode-private-key", str(private)]
             node_port = free_port()
             node = self.start(
                 f"supernode-{cid}",
-                [str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
+                [str(bin_dir / "flower-supernode"), *node_security, "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
                  "--node-config", f'partition-id={cid} num-partitions={len(budgets)} memory-budget="{budget}B"'],
             )
             wait_for_port(node_port, node)
             self.nodes.append(node)
+
+    def flwr(self, *args: str) -> str:
+        """A ``flwr`` command against this federation (its FLWR_HOME); its output, or AssertionError with it."""
+        run = subprocess.run([str(Path(sys.executable).parent / "flwr"), *args], cwd=self.folder, env=self.env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, f"flwr {' '.join(args)} exited {run.returncode}: {run.stdout}{run.stderr}"
+        return run.stdout
 
     def flwr_run(self, config_path: Path, background: bool = False):
         """``flwr run ROOT loop --run-config 'config="..."' --stream``; its output in flwr-run.log."""
@@ -368,24 +449,27 @@ def three_budgets(cost_model: CostModel, margin: float) -> list[int]:
     return [int(np.ceil((cheapest + f * (full - cheapest)) / (1 - margin))) + 1 for f in (0.25, 0.5, 1.0)]
 
 
-def tiny_config_settings_with(budgets: list[int], out_dir: Path) -> dict:
+def tiny_config_settings_with(budgets: list[int], out_dir: Path, **federation) -> dict:
     from conftest import TINY
 
     settings = json.loads(json.dumps(TINY))
     settings["federation"]["budgets"] = [f"{b}B" for b in budgets]
+    settings["federation"]["round_timeout"] = 300
+    settings["federation"].update(federation)
     settings["strategy"] = "fedpilot"
     settings["output_dir"] = str(out_dir)
     return settings
 
 
-def tiny_flower_config(cost_model: CostModel, folder: Path) -> tuple[list[int], dict, Path]:
-    """conftest's TINY federation with the fedpilot strategy, three budgets and outputs in ``folder / "flower-run"``."""
+def tiny_flower_config(cost_model: CostModel, folder: Path, **federation) -> tuple[list[int], dict, Path]:
+    """conftest's TINY federation with the fedpilot strategy, three budgets, ``federation`` settings changed
+    and outputs in ``folder / "flower-run"``."""
     from conftest import TINY
 
     from fedpilot.config import parse_config
 
     budgets = three_budgets(cost_model, parse_config(TINY).federation.memory_margin)
-    settings = tiny_config_settings_with(budgets, folder / "flower-run")
+    settings = tiny_config_settings_with(budgets, folder / "flower-run", **federation)
     config_path = folder / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(settings))
     return budgets, settings, config_path
@@ -394,31 +478,37 @@ def tiny_flower_config(cost_model: CostModel, folder: Path) -> tuple[list[int], 
 NEEDS_FLOWER = pytest.mark.skipif(shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) is None, reason="flwr not installed")
 
 
-@NEEDS_FLOWER
-def test_a_loopback_federation_on_flower_ends_as_the_simulator(loopback: Loopback, tiny_cost_model, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def simulated(tiny_cost_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, float]:
+    """The in-process simulator's results for the loopback config (run once for the plain and the TLS
+    rehearsal), and its wall seconds."""
     from fedpilot.config import parse_config
     from fedpilot.simulation import run_simulation
 
-    budgets, settings, config_path = tiny_flower_config(tiny_cost_model, tmp_path)
-
-    loopback.start_federation(budgets)
+    folder = tmp_path_factory.mktemp("simulated")
+    _, settings, _ = tiny_flower_config(tiny_cost_model, folder)
     start = time.perf_counter()
-    run = loopback.flwr_run(config_path)
-    flower_seconds = time.perf_counter() - start
-    results_path = tmp_path / "flower-run" / "results.json"
+    results = run_simulation(parse_config(settings), folder / "sim-run", progress=False).results
+    return results, time.perf_counter() - start
+
+
+def finished_flower_run(loopback: Loopback, out_dir: Path) -> dict:
+    results_path = out_dir / "results.json"
     assert results_path.is_file(), loopback.logs()
     results = json.loads(results_path.read_text())
     assert results["status"] == "finished", loopback.logs()
     for name in ("metrics.csv", "accuracy.png", "adapter", "checkpoint.safetensors"):
-        assert (tmp_path / "flower-run" / name).exists(), name
+        assert (out_dir / name).exists(), name
+    return results
 
-    start = time.perf_counter()
-    simulated = run_simulation(parse_config(settings), tmp_path / "sim-run", progress=False).results
-    sim_seconds = time.perf_counter() - start
 
+def assert_ends_as_simulated(results: dict, simulated: dict, budgets: list[int]) -> None:
+    """Every client trained what the simulator's plan gave it, within its budget, planned with the cost model
+    its node calibrated (the record says so), and the final accuracy is the simulator's."""
     assert [c["budget_bytes"] for c in results["clients"]] == budgets
+    assert [c["planned_with"] for c in results["clients"]] == ["own"] * len(budgets)
     planned_sets = set()
-    for flower_round, sim_round in zip(results["rounds"][1:], simulated["rounds"][1:]):
+    for flower_round, sim_round in zip(results["rounds"][1:], simulated["rounds"][1:], strict=True):
         assert not flower_round["failures"] and not flower_round["rejected"]
         by_cid = {c["cid"]: c for c in sim_round["clients"]}
         for record in flower_round["clients"]:
@@ -427,11 +517,45 @@ def test_a_loopback_federation_on_flower_ends_as_the_simulator(loopback: Loopbac
             assert record["modules"] == by_cid[record["cid"]]["modules"]
             assert record["peak_bytes"] <= record["budget_bytes"], record
             assert record["predicted_bytes"] <= record["budget_bytes"]
+            assert (record["cost_model"], record["cost_model_device"]) == ("own", "cpu"), record
+            assert by_cid[record["cid"]]["cost_model"] == "federation"  # the simulator shares one
             planned_sets.add(tuple(record["modules"]))
     assert len(planned_sets) >= 2, "three budgets should buy different module sets"
     assert not results["budget_violations"]
+    assert abs(results["rounds"][-1]["accuracy"] - simulated["rounds"][-1]["accuracy"]) <= 0.01
+
+
+@NEEDS_FLOWER
+def test_a_loopback_federation_over_tls_ends_as_the_simulator(loopback: Loopback, simulated, tiny_cost_model, tmp_path: Path) -> None:
+    """The loopback rehearsal with TLS on: HTTPS everywhere (certificates made by the test, no --insecure),
+    every SuperNode registered and authenticated by its key, a node whose key was not registered refused.
+    It ends as the simulator. (The plain-text rehearsal of the README runs in the dropout test below and
+    in the launcher's test; one Flower run fewer in ``make test``.)"""
+    tls = Certificates(tmp_path / "certificates")
+    budgets, settings, config_path = tiny_flower_config(tiny_cost_model, tmp_path)
+    loopback.start_federation(budgets, tls=tls)
+    stranger = loopback.start(
+        "supernode-unregistered",
+        [str(Path(sys.executable).parent / "flower-supernode"), "--root-certificates", str(tls.ca), "--superlink", f"127.0.0.1:{loopback.port}",
+         "--auth-supernode-private-key", str(tls.node_key("stranger")), "--port", str(free_port()), "--max-retries", "0",
+         "--node-config", "partition-id=0 num-partitions=3"],
+    )
+    assert stranger.wait(timeout=120) != 0, loopback.logs()
+    assert "Failed to activate SuperNode" in (tmp_path / "supernode-unregistered.log").read_text()
+    listed = loopback.flwr("supernode", "list", "loop", "--format", "json")
+    nodes = json.loads(listed[listed.index("{"):])["nodes"]
+    assert sorted(n["status"] for n in nodes) == ["online"] * 3, listed  # the three registered nodes, no stranger
+
+    start = time.perf_counter()
+    loopback.flwr_run(config_path)
+    flower_seconds = time.perf_counter() - start
+    results = finished_flower_run(loopback, tmp_path / "flower-run")
+    simulated, sim_seconds = simulated
+    assert_ends_as_simulated(results, simulated, budgets)
+    assert "insecure" not in (Path(loopback.env["FLWR_HOME"]) / "config.toml").read_text()
+    assert all("--insecure" not in proc.args for _, proc in loopback.procs)
+
     final_flower, final_sim = results["rounds"][-1]["accuracy"], simulated["rounds"][-1]["accuracy"]
-    assert abs(final_flower - final_sim) <= 0.01
     report = {
         "flower_seconds": flower_seconds, "simulator_seconds": sim_seconds, "final_accuracy": [final_flower, final_sim],
         "exact": final_flower == final_sim and results["rounds"][-1]["loss"] == simulated["rounds"][-1]["loss"],
@@ -447,12 +571,13 @@ def test_a_loopback_federation_on_flower_ends_as_the_simulator(loopback: Loopbac
 
 @NEEDS_FLOWER
 def test_a_supernode_killed_in_round_2_is_recorded_and_the_round_aggregates_the_others(loopback: Loopback, tiny_cost_model, tmp_path: Path) -> None:
+    """Run with ``payload: assigned``, so that this rehearsal also shows Flower and the simulator agree on
+    partial payloads (each client receives only its assigned modules and the head)."""
     from fedpilot.config import parse_config
     from fedpilot.runtime.messages import Failure
     from fedpilot.simulation import build_federation
 
-    budgets, settings, config_path = tiny_flower_config(tiny_cost_model, tmp_path)
-    loopback.env["FEDPILOT_ROUND_TIMEOUT"] = "150"
+    budgets, settings, config_path = tiny_flower_config(tiny_cost_model, tmp_path, round_timeout=150, payload="assigned")
     loopback.start_federation(budgets)
     run = loopback.flwr_run(config_path, background=True)
     results_path = tmp_path / "flower-run" / "results.json"
@@ -472,6 +597,10 @@ def test_a_supernode_killed_in_round_2_is_recorded_and_the_round_aggregates_the_
     reason = last["failures"][0]["reason"]
     assert "Node Unavailable" in reason or reason.startswith("no reply within the round timeout"), reason
     assert last["skipped"] is None
+    for record in (c for r in results["rounds"][1:] for c in r["clients"]):  # only what each client trains went down
+        assert record["payload"] == "assigned" and record["download_bytes"] <= record["download_bytes_full"]
+        if len(record["modules"]) < len(results["modules"]):
+            assert record["download_bytes"] < record["download_bytes_full"]
 
     # The same federation in process, client 2 dropping out of round 2: the same global model.
     federation = build_federation(parse_config(settings), progress=False)
@@ -489,3 +618,67 @@ def test_a_supernode_killed_in_round_2_is_recorded_and_the_round_aggregates_the_
     for server_round in (1, 2):
         expected = federation.server.run_round(server_round, Dropping())
     assert last["accuracy"] == expected.metrics["accuracy"] and last["loss"] == expected.metrics["loss"]
+    assert [c["download_bytes"] for c in last["clients"]] == [c["download_bytes"] for c in expected.clients]
+    from fedpilot.core.keys import HEAD, module_of
+
+    sizes = {k: v.nbytes for k, v in federation.model.state().items()}
+    for record in (c for r in results["rounds"][1:] for c in r["clients"]):  # exactly the assigned tensors' bytes
+        assert record["download_bytes"] == sum(n for k, n in sizes.items() if module_of(k) in {*record["modules"], HEAD})
+        assert record["download_bytes_full"] == sum(sizes.values())
+
+
+# -- scripts/flower-local.sh ----------------------------------------------------------------------------
+def processes_with(variable: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``variable`` (``NAME=value``), from /proc."""
+    found = []
+    needle = variable.encode() + b"\0"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes() + b"\0":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@NEEDS_FLOWER
+@pytest.mark.skipif(not Path("/proc/self/environ").exists() or shutil.which("setsid") is None, reason="needs Linux /proc and setsid")
+def test_flower_local_sh_stops_every_process_it_started_on_ctrl_c(tmp_path: Path) -> None:
+    """The launcher starts a SuperLink and N SuperNodes and `flwr run`; Ctrl-C while the run is under way
+    stops every one of them, the processes they started included, and the script exits 130."""
+    from conftest import TINY
+
+    work, config = tmp_path / "work", tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "run")}))
+    env = {**os.environ, "FLOWER_LOCAL_DIR": str(work), "FEDPILOT_BIN": str(Path(sys.executable).parent), "FEDPILOT_NODE_WAIT": "60"}
+    with open(tmp_path / "script.log", "wb") as log:
+        script = subprocess.Popen(["bash", str(ROOT / "scripts" / "flower-local.sh"), "3", str(config)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        run_log = work / "flwr-run.log"
+        while time.monotonic() < deadline and script.poll() is None:  # the run is submitted: its id is logged
+            if run_log.is_file() and "run" in run_log.read_text(errors="replace").lower():
+                break
+            time.sleep(0.5)
+        assert script.poll() is None, (tmp_path / "script.log").read_text()
+        started = [int(line.split()[0]) for line in (work / "pids").read_text().splitlines()]
+        assert len(started) == 1 + 3 + 1  # SuperLink, three SuperNodes, flwr run
+        assert len(processes_with(f"FLWR_HOME={work / 'flwr-home'}")) >= 5
+        os.killpg(script.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the foreground group
+        assert script.wait(timeout=60) == 130, (tmp_path / "script.log").read_text()
+        for pid in started:
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)
+        time.sleep(0.5)
+        assert processes_with(f"FLWR_HOME={work / 'flwr-home'}") == [], "a process of the rehearsal outlived the script"
+        assert "stopping 5 processes" in (tmp_path / "script.log").read_text()
+    finally:
+        for pid in [script.pid, *processes_with(f"FLWR_HOME={work / 'flwr-home'}")]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        script.wait()

@@ -9,6 +9,19 @@ from pathlib import Path
 
 from fedpilot.core.errors import FedpilotError
 
+DEVICE_HELP = "where the model runs: auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: the config's model.device)"
+
+
+def _with_device(config, device: str | None):
+    """``config`` with ``model.device`` set to ``--device`` (validated like the config field)."""
+    if device is None:
+        return config
+    from fedpilot.config import parse_config
+
+    data = config.model_dump(mode="json")
+    data["model"]["device"] = device
+    return parse_config(data, "--device")
+
 
 def _run(args: argparse.Namespace) -> int:
     from fedpilot.config import load_config
@@ -19,10 +32,12 @@ def _run(args: argparse.Namespace) -> int:
             raise FedpilotError("--out and --resume name different folders; --resume DIR continues the run in DIR")
         if args.overwrite:
             raise FedpilotError("--resume continues a run and --overwrite replaces it; give one of them")
+        if args.device is not None:
+            raise FedpilotError("--device applies to a new run; a resumed run uses its own config's model.device (auto: cuda when available)")
         config = load_config(args.config) if args.config is not None else None
         result = run_simulation(config, args.resume, progress=not args.quiet, resume=True)
     else:
-        config = load_config(args.config)
+        config = _with_device(load_config(args.config), args.device)
         result = run_simulation(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"results: {result.out_dir / 'results.json'}  plot: {result.out_dir / 'accuracy.png'}")
     return 0
@@ -36,7 +51,7 @@ def _compare(args: argparse.Namespace) -> int:
     seeds = comparison.parse_seeds(args.seeds)
     target = comparison.parse_target(args.target)
     comparison.parse_preset(args.preset)
-    config = load_config(args.config)
+    config = _with_device(load_config(args.config), args.device)
     out = args.out or comparison.default_out(args.preset)
     result = comparison.run_comparison(
         config, strategies, seeds, out, preset=args.preset, target=target, progress=not args.quiet,
@@ -53,7 +68,7 @@ def _profile(args: argparse.Namespace) -> int:
     from fedpilot.config import load_config
     from fedpilot.cli.profile import profile_memory, render_profile
 
-    config = load_config(args.config)
+    config = _with_device(load_config(args.config), args.device)
     report = profile_memory(config, analytic=args.analytic, progress=not args.json)
     print(json.dumps(report, indent=2) if args.json else render_profile(report))
     return 0
@@ -65,7 +80,7 @@ def _plan(args: argparse.Namespace) -> int:
     from fedpilot.config import load_config
     from fedpilot.cli.plan import make_plan, render_plan
 
-    plan = make_plan(load_config(args.config), progress=not args.json)
+    plan = make_plan(_with_device(load_config(args.config), args.device), progress=not args.json)
     print(json.dumps(plan, indent=2) if args.json else render_plan(plan))
     return 0
 
@@ -93,6 +108,7 @@ def _add_compare(verb) -> None:
         "--target", metavar="ACCURACY",
         help=f"test accuracy for the rounds-to-target column (default: {TARGET_FRACTION:g} x the best mean final accuracy)",
     )
+    compare.add_argument("--device", help=DEVICE_HELP)
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(handler=_compare)
 
@@ -111,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default: the config's output_dir); an existing run there is never replaced silently")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last finished round")
     run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    run.add_argument("--device", help=DEVICE_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
     _add_compare(verb)
@@ -118,10 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
     profile.add_argument("--json", action="store_true", help="print the same as JSON")
     profile.add_argument("--analytic", action="store_true", help="estimate from the model config alone (no forward pass)")
+    profile.add_argument("--device", help=DEVICE_HELP + "; the calibration is measured there")
     profile.set_defaults(handler=_profile)
     plan = verb("plan", help="each client's budget, allocated modules, predicted memory and value, before training")
     plan.add_argument("--config", type=Path, help="YAML config (default: the embedded default.yaml)")
     plan.add_argument("--json", action="store_true", help="print the same as JSON")
+    plan.add_argument("--device", help=DEVICE_HELP)
     plan.set_defaults(handler=_plan)
     from fedpilot.cli import solve as solve_verb
 

@@ -30,11 +30,11 @@ def profile_memory(config: Config, analytic: bool = False, progress: bool = True
         # The torch side, only when a forward pass is wanted (--analytic must stay light).
         from fedpilot.data.split import load_split
         from fedpilot.memory.calibrate import decompose_step, load_or_calibrate
-        from fedpilot.runtime.lora import LoraModel
+        from fedpilot.runtime.device import build_model
         from fedpilot.runtime.messages import TrainInstructions
 
         data = load_split(config.data, config.model.name, config.seed)
-        model = LoraModel(config.model, num_labels=len(data.label_names), seed=config.seed)
+        model = build_model(config.model, num_labels=len(data.label_names), seed=config.seed)
         batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
         instructions = TrainInstructions.from_settings(config.train, config.seed)
         cost_model, cached = load_or_calibrate(model, batch, instructions, progress=progress)

@@ -62,6 +62,7 @@ class SplitData:
     test: TensorSplit
     label_names: list[str]
     proxy: TensorSplit | None = None
+    validation: TensorSplit | None = None  # data.validation_fraction: held out of the train split, for tuning
 
 
 def _encode_corpus(dataset: str, model_name: str, max_length: int) -> tuple[TensorSplit, list[str]]:
@@ -88,6 +89,11 @@ def load_split(settings: DataSettings, model_name: str, seed: int, proxy_fractio
     ``proxy_fraction``: hold ``ceil(proxy_fraction * n_c)`` train examples of each class c out as the
     server's proxy set (:func:`hold_out_per_class`); the clients never see them. None: no proxy set,
     and the splits are exactly those without one.
+
+    ``settings.validation_fraction``: first hold ``ceil(fraction * n_c)`` train examples of each class out
+    as the validation split (a seed stream of its own, so it does not depend on the proxy set); the proxy
+    set is then drawn from what remains. None: no validation split, and the splits are exactly those
+    without one.
     """
     tokens, label_names = _encode_corpus(settings.dataset, model_name, settings.max_length)
     labels = tokens.labels.numpy()
@@ -100,19 +106,30 @@ def load_split(settings: DataSettings, model_name: str, seed: int, proxy_fractio
         indices, test_size=settings.test_fraction, stratify=labels[indices], random_state=seed
     )
     train_idx = np.sort(train_idx)
+    validation = None
+    if settings.validation_fraction is not None:
+        train_idx, validation_idx = hold_out_per_class(
+            train_idx, labels[train_idx], settings.validation_fraction, seed, salt=VALIDATION_SALT
+        )
+        validation = tokens.subset(validation_idx)
     proxy = None
     if proxy_fraction is not None:
         train_idx, proxy_idx = hold_out_per_class(train_idx, labels[train_idx], proxy_fraction, seed)
         proxy = tokens.subset(proxy_idx)
-    return SplitData(tokens.subset(train_idx), tokens.subset(np.sort(test_idx)), label_names, proxy)
+    return SplitData(tokens.subset(train_idx), tokens.subset(np.sort(test_idx)), label_names, proxy, validation)
 
 
-def hold_out_per_class(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+PROXY_SALT, VALIDATION_SALT = 0x9F0C5, 0x7A11D
+
+
+def hold_out_per_class(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, salt: int = PROXY_SALT
+) -> tuple[np.ndarray, np.ndarray]:
     """``(kept, held out)``, both sorted: of each class c with n_c examples, ``ceil(fraction * n_c)``
-    (at least 1, at most n_c - 1) drawn uniformly with a generator seeded by ``seed``."""
+    (at least 1, at most n_c - 1) drawn uniformly with a generator seeded by ``(seed, salt)``."""
     if not 0 < fraction < 1:
-        raise ValueError(f"proxy fraction must lie in (0, 1), got {fraction}")
-    rng = np.random.default_rng([seed, 0x9F0C5])
+        raise ValueError(f"a held-out fraction must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng([seed, salt])
     held: list[np.ndarray] = []
     for label in np.unique(labels):
         members = indices[labels == label]

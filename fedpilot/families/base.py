@@ -37,6 +37,7 @@ class ModelFamily:
     dropout_fields: tuple[str, ...]  # config fields of the base model's own dropout
     runtime: str  # module whose ``RUNTIME`` is this family's FamilyRuntime
     analytic: Callable[..., CostModel]  # (spec, settings, num_labels, batch, seq, optimizer) -> CostModel
+    dtypes: tuple[str, ...] = ("float32",)  # dtypes of the frozen base weights its runtime and analytic model support
 
     def check_targets(self, targets: Sequence[str]) -> tuple[str, ...]:
         """``targets`` if every one is a target of this family, non-empty and unique; else a ValueError."""

@@ -81,7 +81,7 @@ def load_node(config: Config, node_config: Any) -> Node:
 
     if num_partitions != config.federation.num_clients:
         raise ValueError(f"node config num-partitions={num_partitions} but the run's federation.num_clients is {config.federation.num_clients}")
-    data = load_split(config.data, config.model.name, config.seed)
+    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction())
     labels = data.train.labels.numpy()
     shard = partition_indices(labels, num_partitions, config.data.partition, config.seed)[partition_id]
     model = make_model(config, data)

@@ -8,8 +8,13 @@ sample count, budget, its own calibrated cost model), runs the rounds, evaluates
 itself and writes what ``fedpilot run`` writes (results.json, metrics.csv, accuracy.png, adapter/,
 checkpoint.safetensors) to the config's ``output_dir``.
 
-Environment (read by the ServerApp process): ``FEDPILOT_ROUND_TIMEOUT`` (seconds a phase waits for
-replies, default 600), ``FEDPILOT_NODE_WAIT`` (seconds to wait for the nodes to connect, default 300).
+Each client is planned with the cost model it calibrated on its own device (``ClientInfo.cost_model``);
+the ServerApp calibrates the federation's model too (recorded in results.json, the fallback of a client
+that reported none). A node's cost model must describe this run's model (its modules, layers and rank) and
+calibration settings (batch size, sequence length, optimiser), else the run stops with one line.
+
+``federation.round_timeout``: seconds a phase waits for replies. Environment (read by the ServerApp
+process): ``FEDPILOT_NODE_WAIT`` (seconds to wait for the nodes to connect, default 300).
 """
 
 from __future__ import annotations
@@ -64,13 +69,37 @@ def query_nodes(grid: Any, node_ids: list[int], config_json: str, timeout: float
     return infos
 
 
-def run_flower(grid: Any, config: Config, out_dir: Path | None = None, round_timeout: float = 600.0, node_wait: float = 300.0):
-    """Query the nodes, build the server side, run the rounds; the :class:`~fedpilot.simulation.RunResult`."""
+SAME_CALIBRATION = ("model", "base_dropout", "lora", "batch_size", "seq_len", "optimizer", "family")  # device, dtype, torch may differ
+
+
+def check_node_cost_model(cid: int, node_cost: Any, federation_cost: Any) -> None:
+    """A node's own cost model must price this run's modules, at this run's settings (one-line error otherwise)."""
+    if set(node_cost.module) != set(federation_cost.module) or len(node_cost.activation) != len(federation_cost.activation):
+        raise FedpilotError(
+            f"node of partition {cid} reports a cost model of {len(node_cost.module)} modules over {len(node_cost.activation)} layers, "
+            f"this run's model has {len(federation_cost.module)} over {len(federation_cost.activation)}; run the same fedpilot on every node"
+        )
+    if node_cost.rank != federation_cost.rank:
+        raise FedpilotError(f"node of partition {cid} calibrated at LoRA rank {node_cost.rank}, the run's is {federation_cost.rank}")
+    differ = [k for k in SAME_CALIBRATION if k in node_cost.settings and k in federation_cost.settings and node_cost.settings[k] != federation_cost.settings[k]]
+    if differ:
+        k = differ[0]
+        raise FedpilotError(
+            f"node of partition {cid} calibrated with {k}={node_cost.settings[k]!r}, the run's is {federation_cost.settings[k]!r}; "
+            "every node must run the ServerApp's config"
+        )
+
+
+def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait: float = 300.0):
+    """Query the nodes, build the server side, run the rounds; the :class:`~fedpilot.simulation.RunResult`.
+
+    Phases wait ``config.federation.round_timeout`` seconds for replies."""
     from fedpilot.data.split import load_split
     from fedpilot.simulation import calibration_cost_model, drive_rounds, make_model, make_server, prepare_out_dir, run_header
     from fedpilot.strategies import ClientInfo
 
     start = time.perf_counter()
+    round_timeout = config.federation.round_timeout
     out_dir = Path(out_dir or config.output_dir)
     prepare_out_dir(out_dir)  # a folder that holds a run is refused, as by fedpilot run
     wanted = config.federation.num_clients
@@ -86,10 +115,15 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, round_tim
     if not described:
         raise FedpilotError("no node described itself; check the SuperNodes' --node-config")
 
-    data = load_split(config.data, config.model.name, config.seed)
+    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction())
     model = make_model(config, data)
     cost_model, cached = calibration_cost_model(config, data, model)
-    infos = [ClientInfo(cid, described[cid]["num_samples"], described[cid]["budget_bytes"]) for cid in sorted(described)]
+    for cid in sorted(described):
+        check_node_cost_model(cid, described[cid]["cost_model"], cost_model)
+    infos = [
+        ClientInfo(cid, described[cid]["num_samples"], described[cid]["budget_bytes"], cost_model=described[cid]["cost_model"])
+        for cid in sorted(described)
+    ]
     server = make_server(config, model, data, infos, cost_model)
     federation_costs = cost_model.to_dict()
     clients = [
@@ -100,9 +134,9 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, round_tim
             "budget_bytes": described[cid]["budget_bytes"],
             "label_counts": described[cid].get("label_counts"),
             "device": described[cid].get("device"),
-            # Planned with the federation's cost model (calibrated by the ServerApp); the node's own is kept
-            # beside it. Planning each client with its own needs a per-client cost model in FederationContext.
-            "planned_with": "federation",
+            # Planned with its own cost model (ClientInfo.cost_model); each round's client record says so too.
+            "planned_with": "own",
+            "calibration_cached": described[cid].get("calibration_cached"),
             "own_cost_model": described[cid]["cost_model"].to_dict(),
             "own_cost_model_equals_federation": described[cid]["cost_model"].to_dict() == federation_costs,
         }
@@ -127,8 +161,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     path = str(context.run_config.get("config", "") or "")
     config = load_config(path or None)
-    round_timeout = float(os.environ.get("FEDPILOT_ROUND_TIMEOUT", "600"))
     node_wait = float(os.environ.get("FEDPILOT_NODE_WAIT", "300"))
-    result = run_flower(grid, config, round_timeout=round_timeout, node_wait=node_wait)
+    result = run_flower(grid, config, node_wait=node_wait)
     final = result.rounds[-1]
     _log(f"finished: round {final['round']} test accuracy {final['accuracy']:.4f}; outputs in {result.out_dir}")

@@ -4,6 +4,11 @@ Probes: the head alone (gives ``fixed``), every target of one layer for each lay
 ``activation[l]``), and full LoRA. What full LoRA adds over the layer-0 probe is what the modules of
 layers 1..L-1 cost; it is shared between targets in proportion to their analytic sizes, which is
 exact when, as in a transformer, every layer is alike.
+
+A model deeper than ``MAX_LAYER_PROBES`` layers (a decoder LLM) has only that many layers probed,
+evenly spaced from the first to the last, and the peaks of the layers between them interpolated
+linearly: with identical layers the activation term is linear in the number of layers that
+backpropagation crosses (``benchmarks/memory_model.py`` measures the result on random sets).
 """
 
 from __future__ import annotations
@@ -12,19 +17,28 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from fedpilot.core.files import write_json
 from fedpilot.core.keys import module_layer, module_target
 from fedpilot.data.split import TensorSplit, cache_dir
-from fedpilot.memory.measure import PeakMeter, StepMemory, measure_step, release_gradients
+from fedpilot.memory.measure import PeakMeter, StepMemory, measure_step, optimizer_tensors, release_gradients
 from fedpilot.planning.costmodel import CostModel, lora_module_bytes
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.training import batch_loss, make_optimizer, training_step
 
-CALIBRATION_VERSION = 2  # 2: per-rank module terms and explicit layers
+CALIBRATION_VERSION = 4  # 2: per-rank module terms and explicit layers; 4: frozen modules off PEFT's path, resident-based meter
+MAX_LAYER_PROBES = 8  # deeper models: this many evenly spaced layer probes, linear in between
+
+
+def probed_layers(layers: int) -> list[int]:
+    """The layers whose probe is profiled: all of them, or ``MAX_LAYER_PROBES`` evenly spaced ones, first and last included."""
+    if layers <= MAX_LAYER_PROBES:
+        return list(range(layers))
+    return sorted({round(i * (layers - 1) / (MAX_LAYER_PROBES - 1)) for i in range(MAX_LAYER_PROBES)})
 
 
 def _prepare(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions):
@@ -40,14 +54,21 @@ def _prepare(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instr
 
 
 def measure_peak(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions) -> int:
-    """Peak bytes of a steady-state training step of ``modules`` on ``batch`` (adapter state restored after)."""
+    """Peak bytes of a steady-state training step of ``modules`` on ``batch`` (adapter state restored after).
+
+    Measured as a client measures its own step: the other modules folded (:meth:`LoraModel.fold_frozen`),
+    counted from the model's resident tensors and the optimiser state.
+    """
     saved = model.state()
     try:
-        optimizer, step = _prepare(model, modules, batch, instructions)
-        if optimizer is not None:
-            release_gradients(optimizer)
-        with PeakMeter(model.device) as meter:
-            step()
+        model.set_ranks({})
+        with model.fold_frozen(modules):
+            optimizer, step = _prepare(model, modules, batch, instructions)
+            if optimizer is not None:
+                release_gradients(optimizer)
+            resident = [*model.resident_tensors(), *(optimizer_tensors(optimizer) if optimizer is not None else [])]
+            with PeakMeter(model.device, resident=resident) as meter:
+                step()
         return meter.peak_bytes
     finally:
         model.load_state(saved)
@@ -57,8 +78,10 @@ def decompose_step(model: LoraModel, modules: Sequence[str], batch: TensorSplit,
     """Peak of a steady-state step and its parts (adapter state restored after)."""
     saved = model.state()
     try:
-        optimizer, step = _prepare(model, modules, batch, instructions)
-        return measure_step(model.peft, optimizer, step, model.device)
+        model.set_ranks({})
+        with model.fold_frozen(modules):
+            optimizer, step = _prepare(model, modules, batch, instructions)
+            return measure_step(model.peft, optimizer, step, model.device)
     finally:
         model.load_state(saved)
 
@@ -77,7 +100,11 @@ def calibration_settings(model: LoraModel, batch_size: int, seq_len: int, optimi
         "dtype": str(next(iter(model.params.values())).dtype),
         "device": model.device.type,
         "torch": torch.__version__,
-    }
+    } | ({"layer_probes": MAX_LAYER_PROBES} if model.num_layers > MAX_LAYER_PROBES else {}) | (
+        {"base_deltas": True} if model.deltas else {}  # their originals and deltas are resident memory
+    ) | (
+        {"base_dtype": model.settings.dtype} if model.settings.dtype != "float32" else {}
+    )
 
 
 def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False) -> CostModel:
@@ -85,14 +112,16 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
     layers = model.num_layers
     targets = model.settings.lora.targets
     probes: list[tuple[str, list[str]]] = [("head only", [])]
-    probes += [(f"layer {l}", [f"{l}.{t}" for t in targets]) for l in range(layers)]
+    probed = probed_layers(layers)
+    probes += [(f"layer {l}", [f"{l}.{t}" for t in targets]) for l in probed]
     probes += [("full LoRA", list(model.modules))]
     bar = tqdm(probes, desc="calibrating memory model", unit="probe", leave=False, disable=not progress)
     peaks = []
     for name, modules in bar:
         bar.set_postfix_str(name)
         peaks.append(measure_peak(model, modules, batch, instructions))
-    fixed, layer_peaks, full_peak = peaks[0], peaks[1:-1], peaks[-1]
+    fixed, full_peak = peaks[0], peaks[-1]
+    layer_peaks = [float(p) for p in np.interp(range(layers), probed, peaks[1:-1])]  # exact at every probed layer
 
     tokens, rank, optimizer = len(batch) * batch.seq_len, model.rank, instructions.optimizer
     shapes = {t: model.module_shapes[f"0.{t}"] for t in targets}
@@ -104,7 +133,7 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
         per_target = {t: float(s) for t, s in sizes.items()}
     module = {m: int(round(per_target[module_target(m)])) for m in model.modules}
     layer_modules = sum(int(round(per_target[t])) for t in targets)
-    activation = tuple(layer_peaks[l] - fixed - layer_modules for l in range(layers))
+    activation = tuple(int(round(layer_peaks[l])) - fixed - layer_modules for l in range(layers))
     # What a unit of rank adds is priced analytically (parameters, their state, the rank-r projection).
     rank_bytes = {
         m: lora_module_bytes(*model.module_shapes[m], rank + 1, tokens, optimizer) - lora_module_bytes(*model.module_shapes[m], rank, tokens, optimizer)

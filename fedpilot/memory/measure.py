@@ -2,9 +2,18 @@
 
 On CUDA the peak is ``torch.cuda.max_memory_allocated``. On CPU it is the running sum of the
 allocation and free events that ``torch.profiler`` records with ``profile_memory=True``, starting
-from the bytes already alive when the step began (weights, adapter, optimiser state). The
-profiler's memory timeline is a private API of torch 2.13 (pinned in pyproject.toml); a profiled
-step is several times slower than a plain one, so callers measure once per distinct step.
+from the bytes already alive when the step began (weights, adapter, optimiser state).
+
+Two ways to know what was alive when the step began, on CPU:
+
+- ``resident`` given (what the runtime uses): those tensors (each storage once), plus any block
+  allocated before the step and freed inside it. The profiler then records allocation events only
+  (no shapes, no stacks) and the peak is a prefix sum over them: a measured step costs about 1.1x
+  a plain one instead of 2.5-3x with the full memory profile (``benchmarks/step_overhead.py``
+  prints it). Tensors the step never touches (a frozen weight whose module is folded) still count.
+- ``resident`` None: the tensors the step touches, from the profiler's memory timeline (a private
+  API of torch 2.13, pinned in pyproject.toml; needs recorded shapes, not stacks: the timeline does
+  not depend on them).
 """
 
 from __future__ import annotations
@@ -38,16 +47,68 @@ def _action_name(action: object) -> str:
     return getattr(action, "name", str(action))
 
 
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (a storage shared by views counts once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def peak_of_allocations(events: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """``(bytes freed that were allocated before, peak of the running sum)`` of ``(ptr, +/-bytes)`` events in time order.
+
+    A free of a block not allocated among the events was alive when they began: it counts from the start.
+    """
+    events = list(events)
+    live: set[int] = set()
+    unknown_freed = 0
+    for ptr, size in events:
+        if size > 0:
+            live.add(ptr)
+        elif ptr in live:
+            live.discard(ptr)
+        else:
+            unknown_freed -= size
+    alive = peak = unknown_freed
+    for _, size in events:
+        alive += size
+        peak = max(peak, alive)
+    return unknown_freed, peak
+
+
+def _allocation_events(profiler) -> list[tuple[int, int]]:
+    from torch._C._profiler import _EventType
+
+    stack = list(profiler.profiler.kineto_results.experimental_event_tree())
+    found = []
+    while stack:
+        event = stack.pop()
+        if event.typed[0] == _EventType.Allocation:
+            fields = event.typed[1]
+            found.append((event.start_time_ns, fields.ptr, fields.alloc_size))
+        stack.extend(event.children)
+    found.sort(key=lambda e: e[0])
+    return [(ptr, size) for _, ptr, size in found]
+
+
 class PeakMeter:
     """Context manager: after the block, ``peak_bytes`` is the most tensor memory alive inside it.
+
+    ``resident``: the tensors alive across the block (weights, adapter, optimiser state, folded
+    weights; e.g. :meth:`LoraModel.resident_tensors`). With it, the CPU meter reads allocation
+    events only and counts them from ``before_bytes`` = their storages; without it, from what the
+    profiler's memory timeline saw the block touch (slower). On CUDA the allocator knows both.
 
     The CPU profiler can miss the free of a tensor allocated before it started (torch warns
     "Memory block of unknown size"), so release such tensors, e.g. the last step's gradients
     (:func:`release_gradients`), before entering.
     """
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(self, device: torch.device | str = "cpu", resident: Iterable[torch.Tensor] | None = None) -> None:
         self.device = torch.device(device)
+        self.resident = None if resident is None else list(resident)
         self.peak_bytes = 0
         self.before_bytes = 0
 
@@ -60,7 +121,7 @@ class PeakMeter:
             from torch.profiler import ProfilerActivity, profile
 
             self._profiler = profile(
-                activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+                activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=self.resident is None
             )
             self._profiler.__enter__()
         return self
@@ -71,8 +132,22 @@ class PeakMeter:
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
             return
         self._profiler.__exit__(*exc)
-        if exc[0] is None:
-            self.before_bytes, self.peak_bytes = peak_of_timeline(self._profiler._memory_profile().timeline)
+        if exc[0] is not None:
+            return
+        if self.resident is not None:
+            freed_before, peak = peak_of_allocations(_allocation_events(self._profiler))
+            resident = storage_bytes(self.resident)
+            self.before_bytes, self.peak_bytes = resident + freed_before, resident + peak
+        else:
+            from torch.profiler._memory_profiler import MemoryProfile
+
+            timeline = MemoryProfile(self._profiler.profiler.kineto_results).timeline
+            self.before_bytes, self.peak_bytes = peak_of_timeline(timeline)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimiser's state tensors (Adam moments, step counters): resident across steps."""
+    return [value for state in optimizer.state.values() for value in state.values() if torch.is_tensor(value)]
 
 
 def release_gradients(optimizer: torch.optim.Optimizer) -> None:

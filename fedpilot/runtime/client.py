@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedpilot.core.keys import HEAD, module_of
 from fedpilot.core.tensors import TensorDict, tensor_bytes
 from fedpilot.data.split import TensorSplit
-from fedpilot.memory.measure import PeakMeter, release_gradients
+from fedpilot.memory.measure import PeakMeter, optimizer_tensors, release_gradients
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.messages import ScoreInstructions, TrainInstructions
 from fedpilot.runtime.training import batch_indices, batch_loss, make_optimizer, training_step
@@ -43,11 +44,16 @@ class StepPeaks:
     def put(self, kind: str, what: Hashable, rows: int, peak: int) -> None:
         self._peaks[(kind, what, rows)] = peak
 
-    def run(self, kind: str, what: Hashable, rows: int, device: torch.device, step: Callable[[], T]) -> T:
-        """Run ``step``, under the meter if no identical step was measured yet."""
+    def run(
+        self, kind: str, what: Hashable, rows: int, device: torch.device, step: Callable[[], T],
+        resident: Callable[[], list[Tensor]] | None = None,
+    ) -> T:
+        """Run ``step``, under the meter if no identical step was measured yet.
+
+        ``resident``: what is alive across the step (the meter's starting point; see :class:`PeakMeter`)."""
         if self.get(kind, what, rows) is not None:
             return step()
-        with PeakMeter(device) as meter:
+        with PeakMeter(device, resident=None if resident is None else resident()) as meter:
             result = step()
         self.put(kind, what, rows, meter.peak_bytes)
         return result
@@ -71,28 +77,63 @@ class Client:
     def num_samples(self) -> int:
         return len(self.data)
 
-    def receive(self, tensors: TensorDict, ranks: dict[str, int] | None = None) -> None:
-        """Set the modules' ranks and load a complete adapter (every LoRA tensor and the head).
+    def receive(self, tensors: TensorDict, ranks: dict[str, int] | None = None, payload: str = "full") -> None:
+        """Set the modules' ranks and load the received adapter.
 
-        A payload that lacks a tensor is refused: on a shared model the missing tensor would hold
-        whatever the previous client left there.
+        ``payload == "full"`` (federation.payload): the payload must be complete (every LoRA tensor, the
+        head, base deltas if any); one that lacks a tensor is refused, since on a shared model the missing
+        tensor would hold whatever the previous client left there.
+
+        ``payload == "assigned"``: the payload holds the head and, for each module it names, every tensor
+        of that module; a module it does not name runs as the base model: all its tensors (LoRA A and B,
+        base delta) are set to zero here, explicitly, so it contributes nothing to the forward pass,
+        whatever the model held before. A partial module or a missing head is refused.
         """
-        missing = set(self.model.tensor_keys) - set(tensors)
-        if missing:
-            raise ValueError(f"client {self.cid}: the payload lacks {len(missing)} tensors, e.g. {sorted(missing)[0]!r}")
+        keys = set(tensors)
+        if payload == "full":
+            missing = set(self.model.tensor_keys) - keys
+            if missing:
+                raise ValueError(f"client {self.cid}: the payload lacks {len(missing)} tensors, e.g. {sorted(missing)[0]!r}")
+            self.model.set_ranks(ranks or {})
+            self.model.load_state(tensors)
+            return
+        if payload != "assigned":
+            raise ValueError(f"client {self.cid}: unknown payload {payload!r}; expected 'full' or 'assigned'")
+        unknown = keys - set(self.model.tensor_keys)
+        if unknown:
+            raise ValueError(f"client {self.cid}: the payload holds tensors this model lacks, e.g. {sorted(unknown)[0]!r}")
+        by_module: dict[str, list[str]] = {}
+        for key in self.model.tensor_keys:
+            by_module.setdefault(module_of(key), []).append(key)
+        missing_head = [k for k in by_module.get(HEAD, []) if k not in keys]
+        if missing_head:
+            raise ValueError(f"client {self.cid}: an assigned payload must carry the head; it lacks {missing_head[0]!r}")
+        absent: list[str] = []
+        for module, module_keys in by_module.items():
+            held = [k for k in module_keys if k in keys]
+            if held and len(held) < len(module_keys):
+                lacking = sorted(set(module_keys) - set(held))[0]
+                raise ValueError(f"client {self.cid}: the payload carries part of module {module!r} but lacks {lacking!r}")
+            if not held:
+                absent.extend(module_keys)
+        stray = set(ranks or {}) - {module_of(k) for k in keys}
+        if stray:
+            raise ValueError(f"client {self.cid}: ranks given for modules the payload does not carry: {sorted(stray)}")
         self.model.set_ranks(ranks or {})
-        self.model.load_state(tensors)
+        zeros = {k: np.zeros_like(v) for k, v in self.model.state(absent).items()}
+        self.model.load_state({**zeros, **tensors})
 
     def train(self, assignment: Assignment, tensors: TensorDict, config: TrainInstructions) -> tuple[TensorDict, dict[str, float | int]]:
         """Load the received adapter, train the assigned modules' parts (and the head), return only what trained.
 
         The optimiser state is fresh each round: a client keeps nothing between rounds but its data.
-        With ``peaks`` set, the last local step (optimiser state in place) is measured at the
+        Modules outside the assignment are folded for the call (:meth:`LoraModel.fold_frozen`: off
+        the compute path, dropout-free, base weights untouched). With ``peaks`` set, the last local step (optimiser state in place) is measured at the
         allocator unless an identical step already was, and ``peak_bytes`` joins the metrics.
         """
         start = time.perf_counter()
         model = self.model
-        self.receive(tensors, dict(assignment.ranks))
+        self.receive(tensors, dict(assignment.ranks), config.payload)
         params = model.set_trainable(assignment.modules, assignment.parts)
         optimizer = make_optimizer(params, config)
         torch.manual_seed(config.seed)  # LoRA dropout
@@ -100,14 +141,16 @@ class Client:
         model.peft.train()
         batches = list(batch_indices(self.num_samples, config.batch_size, config.local_steps, generator))
         rows = len(batches[-1])
-        losses = [training_step(model, optimizer, self.data, idx) for idx in batches[:-1]]
-        last = partial(training_step, model, optimizer, self.data, batches[-1])
         what = trainable_signature(assignment)
-        if self.peaks is None:
-            losses.append(last())
-        else:
-            release_gradients(optimizer)
-            losses.append(self.peaks.run("train", what, rows, model.device, last))
+        with model.fold_frozen(assignment.modules):
+            losses = [training_step(model, optimizer, self.data, idx) for idx in batches[:-1]]
+            last = partial(training_step, model, optimizer, self.data, batches[-1])
+            if self.peaks is None:
+                losses.append(last())
+            else:
+                release_gradients(optimizer)
+                resident = lambda: [*model.resident_tensors(), *optimizer_tensors(optimizer)]  # noqa: E731
+                losses.append(self.peaks.run("train", what, rows, model.device, last, resident))
         trained = model.state(model.keys_for(assignment.modules, assignment.parts))
         model.set_trainable([])
         metrics: dict[str, float | int] = {
@@ -125,13 +168,14 @@ class Client:
     def score(self, modules: Sequence[str], tensors: TensorDict, config: ScoreInstructions) -> tuple[dict[str, float], dict[str, float | int]]:
         """Empirical Fisher information of each module's LoRA parameters on this client's data.
 
-        The mean squared gradient per parameter over ``config.batches`` batches (dropout off).
+        The mean squared gradient per parameter over ``config.batches`` batches (dropout off; the
+        other modules folded, :meth:`LoraModel.fold_frozen`).
         Backpropagating into ``modules`` costs at most what training them does, so the server
         asks only for modules the client can afford.
         """
         start = time.perf_counter()
         model = self.model
-        self.receive(tensors)
+        self.receive(tensors, payload=config.payload)
         model.set_trainable(modules)
         model.peft.eval()
         generator = torch.Generator().manual_seed(config.seed)
@@ -142,15 +186,16 @@ class Client:
 
         what = frozenset(modules)
         batches = list(batch_indices(self.num_samples, config.batch_size, config.batches, generator))
-        for i, idx in enumerate(batches):
-            for param in model.params.values():
-                param.grad = None
-            if self.peaks is not None and i == len(batches) - 1:
-                self.peaks.run("score", what, len(idx), model.device, partial(backward, idx))
-            else:
-                backward(idx)
-            for m in modules:
-                squared[m] += sum(float((model.params[k].grad.double() ** 2).sum()) for k in model.module_keys[m])
+        with model.fold_frozen(modules):
+            for i, idx in enumerate(batches):
+                for param in model.params.values():
+                    param.grad = None
+                if self.peaks is not None and i == len(batches) - 1:
+                    self.peaks.run("score", what, len(idx), model.device, partial(backward, idx), model.resident_tensors)
+                else:
+                    backward(idx)
+                for m in modules:
+                    squared[m] += sum(float((model.params[k].grad.double() ** 2).sum()) for k in model.module_keys[m])
         model.set_trainable([])
         sizes = {m: sum(model.params[k].numel() for k in model.module_keys[m]) for m in modules}
         scores = {m: squared[m] / (sizes[m] * len(batches)) for m in modules}

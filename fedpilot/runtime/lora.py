@@ -9,13 +9,15 @@ model is loaded and what its task is come from the model's family (:mod:`fedpilo
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from fedpilot.core.keys import BASE_DELTA, HEAD, LORA_PARTS, check_parts, module_id, module_of, parse_module, rank_axis, tensor_key
 from fedpilot.core.tensors import TensorDict
@@ -73,6 +75,9 @@ class LoraModel:
         self.params: dict[str, nn.Parameter] = {}
         self._holders: dict[str, nn.Module] = {}  # LoRA key -> the nn.Linear whose weight it is
         named_modules = dict(self.peft.named_modules())
+        # module -> its PEFT LoRA layer (base layer, lora_A, lora_B, dropout, scaling)
+        self._lora_layers: dict[str, nn.Module] = {m: named_modules[f"base_model.model.{path}"] for path, m in path_to_module.items()}
+        self._folded: dict[str, Tensor | None] = {}  # inside fold_frozen: module -> its merged weight (None: low-rank path)
         for name, param in self.peft.named_parameters():
             key = _canonical_key(name, path_to_module)
             if key is not None:
@@ -206,6 +211,62 @@ class LoraModel:
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         return self.runtime.forward(self.peft, features)
 
+    @contextmanager
+    def fold_frozen(self, trained: Iterable[str], merge: bool = False) -> Iterator[list[str]]:
+        """Take every LoRA module outside ``trained`` off PEFT's path for the block; yields them.
+
+        The rule: **a frozen module is dropout-free**: it is a fixed part of the function for the
+        call (PEFT's path would apply LoRA dropout to it in train mode); trained modules keep PEFT's
+        path, dropout included. The frozen module's layer computes, made once on entry from the
+        current W, A and B (so load the adapter and set the ranks first, and change neither inside):
+
+        - ``merge=False`` (training, scoring): ``x W^T + b + scaling * (x A^T) B^T``, two rank-r
+          products and no dropout, mask or PEFT dispatch, and **no extra memory**: no copy of
+          anything, and nothing stored for backward (A and B do not train);
+        - ``merge=True`` (evaluation): ``x (W + scaling * B A)^T + b``, one matrix product with a
+          merged weight, which costs one ``d_out x d_in`` tensor per module while the block runs
+          (listed in :meth:`resident_tensors`, so a measured peak counts it). Training does not
+          merge: a merged weight costs more memory than a low-rank module saves (at batch 1 the
+          calibrated module terms would turn negative).
+
+        Nothing is written into W (base deltas included): the layer's ``forward`` is swapped and
+        restored, so the base weights after the block are bit-identical to before.
+        """
+        trained = set(trained)
+        unknown = trained - set(self.modules)
+        if unknown:
+            raise KeyError(f"unknown LoRA modules {sorted(unknown)}")
+        if self._folded:
+            raise RuntimeError("fold_frozen does not nest")
+        folded = [m for m in self.modules if m not in trained and _foldable(self._lora_layers[m])]
+        try:
+            for m in folded:
+                layer = self._lora_layers[m]
+                base = layer.get_base_layer()
+                a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+                scaling = layer.scaling["default"]
+                if merge:
+                    with torch.no_grad():
+                        weight = torch.addmm(base.weight, b.to(base.weight.dtype), a.to(base.weight.dtype), alpha=scaling)
+                    self._folded[m] = weight
+                    layer.forward = _FoldedForward(weight, base.bias)
+                else:
+                    self._folded[m] = None
+                    layer.forward = _LowRankForward(base.weight, base.bias, a, b, scaling)
+            yield folded
+        finally:
+            for m in list(self._folded):
+                self._lora_layers[m].__dict__.pop("forward", None)
+            self._folded.clear()
+
+    def resident_tensors(self) -> list[Tensor]:
+        """Every tensor the model keeps alive: weights, adapter, buffers, base-delta originals and
+        deltas, and the folded weights of :meth:`fold_frozen` while it runs (a peak's starting point)."""
+        tensors = [*self.peft.parameters(), *self.peft.buffers(), *self.deltas.values()]
+        tensors += [t for t in self._folded.values() if t is not None]
+        tensors += [original for _, original in self._base_weights.values()]
+        return tensors
+
     def save_adapter(self, directory: Path) -> None:
         """Write the adapter in PEFT format (safetensors), loadable by ``PeftModel.from_pretrained``.
 
@@ -221,6 +282,42 @@ class LoraModel:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in merged.items()}, str(Path(directory) / "base_weights.safetensors"))
+
+
+def _foldable(layer: nn.Module) -> bool:
+    """Plain LoRA on an nn.Linear (no DoRA, no transposed weights, one adapter): what the fold assumes."""
+    return (
+        isinstance(layer.get_base_layer(), nn.Linear)
+        and not getattr(layer, "fan_in_fan_out", False)
+        and not layer.use_dora.get("default", False)
+        and not layer.lora_variant
+        and not getattr(layer, "lora_bias", {}).get("default", False)
+        and list(layer.lora_A) == ["default"]
+        and not layer.merged
+        and not layer.disable_adapters
+    )
+
+
+class _LowRankForward:
+    """A frozen LoRA layer's forward without PEFT: the base map plus the scaled rank-r product, no dropout."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, a: Tensor, b: Tensor, scaling: float) -> None:
+        self.weight, self.bias, self.a, self.b, self.scaling = weight, bias, a, b, scaling
+
+    def __call__(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        result = F.linear(x, self.weight, self.bias)
+        low = F.linear(F.linear(x.to(self.a.dtype), self.a), self.b)
+        return (result + low * self.scaling).to(result.dtype)  # as PEFT: added in the LoRA dtype, then cast back
+
+
+class _FoldedForward:
+    """A merged LoRA layer's forward: one linear map with the merged weight (no LoRA branch)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 def _canonical_key(name: str, path_to_module: Mapping[str, str]) -> str | None:

@@ -21,10 +21,11 @@ class TrainInstructions:
     lr: float
     weight_decay: float
     seed: int
+    payload: str = "full"  # federation.payload: what the task's tensors hold (Client.receive)
 
     @classmethod
-    def from_settings(cls, settings: Any, seed: int) -> TrainInstructions:
-        """From the config's ``train`` section (a TrainSettings)."""
+    def from_settings(cls, settings: Any, seed: int, payload: str = "full") -> TrainInstructions:
+        """From the config's ``train`` section (a TrainSettings) and ``federation.payload``."""
         return cls(
             local_steps=settings.local_steps,
             batch_size=settings.batch_size,
@@ -32,6 +33,7 @@ class TrainInstructions:
             lr=settings.lr,
             weight_decay=settings.weight_decay,
             seed=seed,
+            payload=payload,
         )
 
     def to_dict(self) -> dict[str, float | int | str]:
@@ -45,6 +47,7 @@ class ScoreInstructions:
     batches: int
     batch_size: int
     seed: int
+    payload: str = "full"  # federation.payload: what the task's tensors hold (Client.receive)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fedpilot.core.keys import HEAD, module_of
 from fedpilot.core.tensors import TensorDict, tensor_bytes
 from fedpilot.runtime.messages import (
     Failure,
@@ -32,6 +33,17 @@ from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, Clien
 
 Evaluator = Callable[[TensorDict], dict[str, float]]
 ProxyScorer = Callable[[TensorDict], Mapping[str, float]]  # global adapter -> a score per module (the server's proxy set)
+PAYLOADS = ("full", "assigned")  # federation.payload
+
+
+def planned_with(client: ClientInfo, cost_model: Any) -> dict[str, Any]:
+    """Which cost model planned ``client``, for its round record: ``"own"`` (the one it calibrated on its
+    own device and reported) or ``"federation"`` (the driver's shared one), with its source and device."""
+    return {
+        "cost_model": "own" if client.cost_model is not None else "federation",
+        "cost_model_source": cost_model.source,
+        "cost_model_device": cost_model.settings.get("device"),
+    }
 
 
 @dataclass
@@ -76,10 +88,24 @@ class Server:
         evaluator: Evaluator | None = None,
         update_norm_bound: float | None = None,
         proxy: ProxyScorer | None = None,
+        min_replies: int = 1,
+        payload: str = "full",
+        eval_every: int = 1,
+        final_round: int | None = None,
     ) -> None:
         """``train_settings`` is the config's ``train`` section (local steps, batch size, optimiser);
         ``update_norm_bound``: reject an update whose RMS change exceeds this multiple of the round's median;
-        ``proxy``: scores modules on the server's proxy set, for strategies that need it (``needs_proxy``)."""
+        ``proxy``: scores modules on the server's proxy set, for strategies that need it (``needs_proxy``);
+        ``min_replies``: a round with fewer valid updates keeps the global model and is recorded as skipped;
+        ``payload``: ``"full"`` (every task carries the whole global adapter) or ``"assigned"`` (only the
+        tensors of the modules the task is about, and the head: :meth:`payload_for`);
+        ``eval_every``, ``final_round``: the evaluation cadence (:meth:`evaluation_due`)."""
+        if eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+        if min_replies < 1:
+            raise ValueError(f"min_replies must be >= 1, got {min_replies}")
+        if payload not in PAYLOADS:
+            raise ValueError(f"payload must be one of {PAYLOADS}, got {payload!r}")
         ids = [c.cid for c in clients]
         if len(set(ids)) != len(ids):
             raise ValueError(f"client ids must be unique, got {ids}")
@@ -96,7 +122,11 @@ class Server:
         self.seed = seed
         self.evaluator = evaluator
         self.update_norm_bound = update_norm_bound
+        self.min_replies = min_replies
+        self.payload = payload
+        self.eval_every, self.final_round = eval_every, final_round
         self.last_metrics: dict[str, float] = {}
+        self._last_on_subset: bool | None = None  # what last_metrics was measured on (None: unknown, after a restore)
 
     @property
     def context(self):
@@ -106,9 +136,43 @@ class Server:
         """Before the first round: the strategy refuses budgets that would make a later round impossible."""
         self.strategy.check_budgets(list(self.clients.values()))
 
-    def evaluate(self) -> dict[str, float]:
-        self.last_metrics = dict(self.evaluator(self.global_tensors)) if self.evaluator else {}
+    def payload_for(self, modules: Sequence[str], tensors: TensorDict | None = None) -> TensorDict:
+        """What a task about ``modules`` carries, taken from ``tensors`` (default: the global adapter).
+
+        ``payload == "full"``: all of it. ``"assigned"``: only the tensors of ``modules`` (every key whose
+        module is one of them) and the head's; the client runs every other LoRA module as the base model
+        (:meth:`~fedpilot.runtime.client.Client.receive` zeroes it), in every driver alike.
+        """
+        tensors = self.global_tensors if tensors is None else tensors
+        if self.payload == "full":
+            return tensors
+        wanted = {*modules, HEAD}
+        return {key: value for key, value in tensors.items() if module_of(key) in wanted}
+
+    def evaluate(self, subset: bool = False) -> dict[str, float]:
+        """Evaluate the global adapter: on the evaluator's whole split, or its fixed subset (``subset``)."""
+        if not self.evaluator:
+            self.last_metrics = {}
+        else:
+            self.last_metrics = dict(self.evaluator(self.global_tensors, subset=True) if subset else self.evaluator(self.global_tensors))
+        self._last_on_subset = subset
         return self.last_metrics
+
+    def evaluation_due(self, server_round: int) -> tuple[bool, bool]:
+        """``(evaluate after this round?, on the subset?)``: every ``eval_every`` rounds and always the
+        final round; the final round on the whole split, the others on the evaluator's subset if it has one.
+        A round not evaluated carries no metrics (never the last ones copied)."""
+        final = server_round == self.final_round
+        due = final or server_round % self.eval_every == 0
+        return due, due and not final and getattr(self.evaluator, "subset_split", None) is not None
+
+    def _round_metrics(self, server_round: int, changed: bool) -> dict[str, float]:
+        due, subset = self.evaluation_due(server_round)
+        if not due:
+            return {}
+        if changed or self._last_on_subset is not subset or not self.last_metrics:
+            return self.evaluate(subset)
+        return dict(self.last_metrics)  # the global model did not change: the same model on the same split
 
     # -- planning ------------------------------------------------------------------------------------
     def plan_round(self, server_round: int, transport: Transport) -> RoundPlan:
@@ -152,11 +216,12 @@ class Server:
             ScoreTask(
                 cid=client.cid,
                 modules=list(requests[client.cid]),
-                tensors=self.global_tensors,
+                tensors=self.payload_for(requests[client.cid]),
                 instructions=ScoreInstructions(
                     batches=self.strategy.score_batches,
                     batch_size=self.train_settings.batch_size,
                     seed=derived_seed(self.seed, server_round, client.cid, 1),
+                    payload=self.payload,
                 ),
             )
             for client in selected
@@ -187,8 +252,8 @@ class Server:
             TrainTask(
                 cid=client.cid,
                 assignment=plan.assignments[client.cid],
-                tensors=plan.assignments[client.cid].tensors if plan.assignments[client.cid].tensors is not None else self.global_tensors,
-                instructions=TrainInstructions.from_settings(self.train_settings, derived_seed(self.seed, server_round, client.cid)),
+                tensors=self.payload_for(plan.assignments[client.cid].modules, plan.assignments[client.cid].tensors),
+                instructions=TrainInstructions.from_settings(self.train_settings, derived_seed(self.seed, server_round, client.cid), self.payload),
             )
             for client in plan.selected
             if client.cid in plan.assignments
@@ -216,14 +281,17 @@ class Server:
             rejected.append({"round": server_round, "cid": updates[i].cid, "reason": reason})
             del updates[i], records[i]
         skipped = None
-        if updates:
+        if updates and len(updates) < self.min_replies:
+            skipped = f"{len(updates)} valid update(s), fewer than federation.min_replies={self.min_replies}"
+            metrics = self._round_metrics(server_round, changed=False)
+        elif updates:
             self._apply(self.strategy.aggregate_train(server_round, self.global_tensors, updates))
-            metrics = self.evaluate()
+            metrics = self._round_metrics(server_round, changed=True)
         else:
             skipped = "no client was sampled" if not plan.selected else (
                 "no sampled client was assigned work" if not tasks else "no valid update arrived"
             )
-            metrics = dict(self.last_metrics)  # the global model did not change
+            metrics = self._round_metrics(server_round, changed=False)
         violations = [
             {"round": server_round, "phase": phase, "cid": r["cid"], "modules": r["modules"], "peak_bytes": r["peak_bytes"], "budget_bytes": r["budget_bytes"]}
             for phase, group in (("scoring", plan.scoring), ("training", records))
@@ -246,14 +314,19 @@ class Server:
 
     def _client_record(self, task: TrainTask, reply: TrainReply) -> dict[str, Any]:
         assignment = task.assignment
+        cost_model = self.context.cost_model_for(self.clients[task.cid])
         record: dict[str, Any] = {
             "cid": task.cid,
             "modules": list(assignment.modules),
             "download_bytes": tensor_bytes(task.tensors),
             "budget_bytes": self.clients[task.cid].budget_bytes,
-            "predicted_bytes": self.context.cost_model.cost(assignment.modules, assignment.ranks),
+            "predicted_bytes": cost_model.cost(assignment.modules, assignment.ranks),
+            **planned_with(self.clients[task.cid], cost_model),
             **reply.metrics,
         }
+        if self.payload != "full":  # what the whole adapter would have cost, beside what was sent
+            record["payload"] = self.payload
+            record["download_bytes_full"] = tensor_bytes(assignment.tensors if assignment.tensors is not None else self.global_tensors)
         if assignment.ranks:
             record["ranks"] = dict(assignment.ranks)
         if len(assignment.parts) < 2:

@@ -33,11 +33,16 @@ from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits,
 
 @dataclass(frozen=True)
 class ClientInfo:
-    """What the server knows of a client before a round. ``cid`` is an id, not a position."""
+    """What the server knows of a client before a round. ``cid`` is an id, not a position.
+
+    ``cost_model``: the memory cost model the client calibrated on its own device (a Flower node
+    reports it); None: the federation's shared one plans it (the simulator, one machine).
+    """
 
     cid: int
     num_samples: int
     budget_bytes: int | None = None
+    cost_model: CostModel | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,13 @@ class FederationContext:
     def head_keys(self) -> list[str]:
         return list(self.module_keys.get(HEAD, []))
 
+    def cost_model_for(self, client: ClientInfo) -> CostModel:
+        """The cost model that plans and checks ``client``: its own (calibrated on its device), else the federation's.
+
+        Every memory-aware strategy prices a client's work with this, never with ``cost_model`` directly.
+        """
+        return client.cost_model if client.cost_model is not None else self.cost_model
+
     def usable(self, budget: int) -> int:
         """The part of ``budget`` planners may fill (the margin absorbs the cost model's error)."""
         return usable(budget, self.memory_margin)
@@ -142,18 +154,23 @@ class Strategy(ABC):
         self.context = context
         self.options = options if options is not None else self.Options()
 
+    def cost_model_for(self, client: ClientInfo) -> CostModel:
+        """The cost model that plans ``client`` (:meth:`FederationContext.cost_model_for`)."""
+        return self.context.cost_model_for(client)
+
     # -- before the first round ----------------------------------------------------------------------
     def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
         """Fail (one line) when a client's budget could make a later round impossible to plan.
 
         Default, for strategies that give every client something to train: each usable budget must
-        fit the cheapest trainable set under the federation's cost model.
+        fit the cheapest trainable set under the client's cost model (:meth:`cost_model_for`).
         """
         if not self.memory_aware:
             return
         for client in clients:
-            if not fits_something(self.context.cost_model, client.budget_bytes, self.context.memory_margin):
-                raise nothing_fits(self.context.cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
+            cost_model = self.cost_model_for(client)
+            if not fits_something(cost_model, client.budget_bytes, self.context.memory_margin):
+                raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
 
     # -- each round ----------------------------------------------------------------------------------
     def sample(self, server_round: int, clients: Sequence[ClientInfo]) -> list[ClientInfo]:

@@ -21,12 +21,12 @@ class Exclusive(FedAvg):
     memory_aware = True
 
     def eligible(self, clients: Sequence[ClientInfo]) -> list[ClientInfo]:
-        full = self.context.cost_model.full()
-        return [c for c in clients if c.budget_bytes is None or self.context.usable(c.budget_bytes) >= full]
+        """The clients whose usable budget fits full LoRA under their own cost model (:meth:`cost_model_for`)."""
+        return [c for c in clients if c.budget_bytes is None or self.context.usable(c.budget_bytes) >= self.cost_model_for(c).full()]
 
     def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
         if not self.eligible(clients):
-            full = self.context.cost_model.full()
+            full = min((self.cost_model_for(c).full() for c in clients), default=self.context.cost_model.full())
             raise FedpilotError(
                 f"federation.budgets: exclusive trains only clients that fit full LoRA ({mib(full):.1f} MiB "
                 f"plus the {self.context.memory_margin:.0%} margin), and no client does; raise a budget or choose another strategy"

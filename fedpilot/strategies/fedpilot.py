@@ -56,8 +56,9 @@ class FedPilot(FedAvg):
         self.score_batches = opts.score_batches
 
     # -- what allocation plans with (the ablations override these) --------------------------------
-    def allocation_cost_model(self) -> CostModel:
-        return self.context.cost_model
+    def allocation_cost_model(self, client: ClientInfo) -> CostModel:
+        """The cost model that plans ``client``: its own, else the federation's (:meth:`cost_model_for`)."""
+        return self.cost_model_for(client)
 
     def module_values(self, cid: int) -> dict[str, float]:
         return ig_scores(self.local_scores.get(cid, {}), self.global_change.change, self.context.modules, self.options.ig_weight)
@@ -69,19 +70,22 @@ class FedPilot(FedAvg):
     def configure_score(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, list[str]]:
         if (server_round - 1) % self.options.refresh_rounds:
             return {}
-        return {c.cid: self.affordable_modules(c.budget_bytes) for c in clients}
+        return {c.cid: self.affordable_modules(c) for c in clients}
 
     def aggregate_score(self, server_round: int, scores: Sequence[ClientScores]) -> None:
         for result in scores:
             self.local_scores[result.cid] = dict(result.scores)
 
-    def affordable_modules(self, budget: int | None) -> list[str]:
-        """The modules a client can backpropagate into at once: from the top layer down while they fit."""
+    def affordable_modules(self, client: ClientInfo) -> list[str]:
+        """The modules a client can backpropagate into at once: from the top layer down while they fit
+        (priced with the client's cost model)."""
+        budget = client.budget_bytes
         if budget is None:
             return list(self.context.modules)
+        cost_model = self.cost_model_for(client)
         chosen: list[str] = []
         for module in sorted(self.context.modules, key=module_layer, reverse=True):
-            if self.context.cost_model.cost([*chosen, module]) > self.context.usable(budget):
+            if cost_model.cost([*chosen, module]) > self.context.usable(budget):
                 break
             chosen.append(module)
         return [m for m in self.context.modules if m in chosen]
@@ -89,8 +93,9 @@ class FedPilot(FedAvg):
     # -- training phase ----------------------------------------------------------------------------
     def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
         """Every client must fit its cheapest module under the model it is planned with (margin included)."""
-        cost_model, margin = self.allocation_cost_model(), self.context.memory_margin
+        margin = self.context.memory_margin
         for client in clients:
+            cost_model = self.allocation_cost_model(client)
             if not fits_something(cost_model, client.budget_bytes, margin):
                 raise nothing_fits(cost_model, client.cid, client.budget_bytes, margin)
 
@@ -104,7 +109,7 @@ class FedPilot(FedAvg):
 
     def allocate(self, client: ClientInfo) -> Allocation:
         """The most valuable module set that fits the client's usable budget under the planning cost model."""
-        cost_model, values = self.allocation_cost_model(), self.module_values(client.cid)
+        cost_model, values = self.allocation_cost_model(client), self.module_values(client.cid)
         if client.budget_bytes is None:
             modules = list(self.context.modules)
             return Allocation(modules, cost_model.cost(modules), sum(values.values()), 0.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.base import ClientInfo
 from fedpilot.strategies.fedpilot import FedPilot
 
 
@@ -13,5 +14,5 @@ from fedpilot.strategies.fedpilot import FedPilot
 class FedPilotAdditive(FedPilot):
     memory_aware = False  # it plans with the wrong cost model on purpose
 
-    def allocation_cost_model(self) -> CostModel:
-        return self.context.cost_model.without_position()
+    def allocation_cost_model(self, client: ClientInfo) -> CostModel:
+        return self.cost_model_for(client).without_position()

@@ -59,9 +59,9 @@ class FedRA(FedAvg):
         if client.budget_bytes is None:
             return tuple(self.context.modules)
         room = self.context.usable(client.budget_bytes)
-        modules = plan_whole_layers(self.layer_order(server_round, client), self.context.modules, self.context.cost_model, room)
+        modules = plan_whole_layers(self.layer_order(server_round, client), self.context.modules, self.cost_model_for(client), room)
         if modules is None:  # check_budgets refuses such a client before the first round
-            raise nothing_fits(self.context.cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
+            raise nothing_fits(self.cost_model_for(client), client.cid, client.budget_bytes, self.context.memory_margin)
         return tuple(modules)
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:

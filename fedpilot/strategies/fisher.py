@@ -160,7 +160,7 @@ class FisherAllocation(LayerPattern):
     def allocate(self, server_round: int, client: ClientInfo) -> tuple[str, ...]:
         if not self.options.deterministic or self.module_scores is None or client.budget_bytes is None:
             return super().allocate(server_round, client)
-        cost_model = self.context.cost_model
+        cost_model = self.cost_model_for(client)
         allocation = solve(Problem(self.context.usable(client.budget_bytes), cost_model, self.module_scores))
         if allocation is None:  # check_budgets rules this out before the first round
             raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)

@@ -87,9 +87,9 @@ class LayerPattern(FedAvg):
         room = self.context.usable(client.budget_bytes)
         order = self.layer_order(server_round, client)
         top = self.options.pattern == "top"
-        modules = plan_whole_layers(order, self.context.modules, self.context.cost_model, room, stop_at_miss=top)
+        modules = plan_whole_layers(order, self.context.modules, self.cost_model_for(client), room, stop_at_miss=top)
         if modules is None:  # check_budgets (Strategy's default) refuses such a client before the first round
-            raise nothing_fits(self.context.cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
+            raise nothing_fits(self.cost_model_for(client), client.cid, client.budget_bytes, self.context.memory_margin)
         return tuple(modules)
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:

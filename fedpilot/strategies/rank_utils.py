@@ -147,7 +147,7 @@ def largest_fitting_rank(cost_model: CostModel, modules: Sequence[str], global_r
 def budget_rank(context: FederationContext, client: ClientInfo) -> int | None:
     """The largest rank at which the client trains every module within its usable budget (None: it sits out)."""
     room = None if client.budget_bytes is None else context.usable(client.budget_bytes)
-    return largest_fitting_rank(context.cost_model, list(context.modules), context.rank, room)
+    return largest_fitting_rank(context.cost_model_for(client), list(context.modules), context.rank, room)
 
 
 def able_clients(context: FederationContext, clients: Sequence[ClientInfo]) -> list[ClientInfo]:

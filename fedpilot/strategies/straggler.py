@@ -14,6 +14,12 @@ every client's budget, so it never depends on which clients a round samples.
 Where the literature is silent: the common set is priced module by module with the position-aware
 cost model rather than counted in whole layers, so a weak client's budget is used to its last module;
 a client whose budget is None trains the common set too (the rule is one set for everybody).
+
+Clients planned with their own cost models (Flower nodes, :meth:`cost_model_for`): each limited
+client's own largest set is computed under its own model; the smallest of these (fewest modules, then
+smallest usable budget, then lowest id) is the candidate, and while some client cannot afford it under
+its own model, its lowest-layer module (ties: by name) is dropped. With one shared cost model this is
+exactly the rule above (the weakest client's set fits everyone).
 """
 
 from __future__ import annotations
@@ -47,19 +53,36 @@ class Straggler(FedAvg):
         if not limited:
             self.common = tuple(self.context.modules)
             return
-        weakest = min(limited, key=lambda c: (self.context.usable(c.budget_bytes), c.cid))
-        chosen = most_modules(self.context.cost_model, self.context.modules, self.context.usable(weakest.budget_bytes))
-        if chosen is None:
-            error = nothing_fits(self.context.cost_model, weakest.cid, weakest.budget_bytes, self.context.memory_margin)
-            self.refusal = str(error)
-            raise error
-        self.common = tuple(chosen)
+        own: dict[int, list[str]] = {}
+        solved: dict[tuple[int, int], list[str] | None] = {}  # (cost model, room) -> its largest set, solved once
+        for client in sorted(limited, key=lambda c: (self.context.usable(c.budget_bytes), c.cid)):
+            key = (id(self.cost_model_for(client)), self.context.usable(client.budget_bytes))
+            if key not in solved:
+                solved[key] = most_modules(self.cost_model_for(client), self.context.modules, key[1])
+            chosen = solved[key]
+            if chosen is None:
+                error = nothing_fits(self.cost_model_for(client), client.cid, client.budget_bytes, self.context.memory_margin)
+                self.refusal = str(error)
+                raise error
+            own[client.cid] = chosen
+        weakest = min(limited, key=lambda c: (len(own[c.cid]), self.context.usable(c.budget_bytes), c.cid))
+        common = list(own[weakest.cid])
+        while True:
+            short = [c for c in limited if self.cost_model_for(c).cost(common) > self.context.usable(c.budget_bytes)]
+            if not short:
+                break
+            if len(common) == 1:
+                error = nothing_fits(self.cost_model_for(short[0]), short[0].cid, short[0].budget_bytes, self.context.memory_margin)
+                self.refusal = str(error)
+                raise error
+            common.remove(min(common, key=lambda m: (self.context.cost_model.layer[m], m)))
+        self.common = tuple(common)
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
         if self.common is None:
             raise FedpilotError(self.refusal or "straggler: check_budgets must see every client before the first round")
-        cost = self.context.cost_model.cost(self.common)
         for client in clients:
+            cost = self.cost_model_for(client).cost(self.common)
             if client.budget_bytes is not None and cost > self.context.usable(client.budget_bytes):
                 raise FedpilotError(
                     f"federation.budgets: client {client.cid} has {mib(self.context.usable(client.budget_bytes)):.1f} MiB usable, "

