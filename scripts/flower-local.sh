@@ -29,9 +29,21 @@ WORK=$(cd "$WORK" && pwd)
 export FLWR_HOME=$WORK/flwr-home
 PIDS=()  # process-group leaders, one per started process
 
+carriers() {  # carriers HOME: pids of live processes (this script aside) whose environment holds FLWR_HOME=HOME
+    local marker="FLWR_HOME=$1" p found=()
+    [ -d /proc ] || return 0
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [ "$p" = "$$" ] && continue
+        tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qxF "$marker" && found+=("$p")
+    done
+    echo "${found[@]}"
+}
+
 stop_all() {
-    local status=$?
+    local status=$? home=$FLWR_HOME left
     trap - EXIT INT TERM
+    unset FLWR_HOME  # what this function starts from here on does not carry the marker
     if ((${#PIDS[@]})); then
         echo "flower-local.sh: stopping ${#PIDS[@]} processes" >&2
         for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
@@ -43,6 +55,16 @@ stop_all() {
         done
         for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
         wait 2>/dev/null || true
+    fi
+    # Flower may start processes in sessions of their own (app processes); each still carries this
+    # rehearsal's FLWR_HOME, which is unique to it: stop those too
+    left=$(carriers "$home")
+    if [ -n "$left" ]; then
+        echo "flower-local.sh: stopping $(wc -w <<< "$left") more processes started by Flower" >&2
+        kill -TERM $left 2>/dev/null || true
+        for _ in $(seq 30); do [ -z "$(carriers "$home")" ] && break; sleep 0.1; done
+        left=$(carriers "$home")
+        [ -z "$left" ] || kill -KILL $left 2>/dev/null || true
     fi
     exit "$status"
 }
