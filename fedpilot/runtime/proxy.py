@@ -13,8 +13,7 @@ layer. The global adapter is loaded at the global rank; the model is left with n
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -32,14 +31,8 @@ class ProxyScorer:
             raise ValueError("the server's proxy set is empty; raise data.proxy_fraction")
         self.model = model
         self.data = data
-        self.last_seconds = 0.0
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.data)
 
     def __call__(self, global_tensors: TensorDict, modules: Sequence[str] | None = None) -> dict[str, float]:
-        start = time.perf_counter()
         model = self.model
         modules = list(model.modules if modules is None else modules)
         model.set_ranks({})
@@ -59,7 +52,5 @@ class ProxyScorer:
         finally:
             model.set_trainable([])
         n = len(self.data)
-        scores = {m: float(sum(torch.linalg.vector_norm(squared[k] / n).item() for k in model.module_keys[m] if k in squared)) for m in modules}
-        self.last_seconds = time.perf_counter() - start
-        return scores
+        return {m: float(sum(torch.linalg.vector_norm(squared[k] / n).item() for k in model.module_keys[m] if k in squared)) for m in modules}
 

@@ -164,7 +164,8 @@ class FisherAllocation(LayerPattern):
         allocation = solve(Problem(self.context.usable(client.budget_bytes), cost_model, self.module_scores))
         if allocation is None:  # check_budgets rules this out before the first round
             raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
-        return tuple(m for m in self.context.modules if m in set(allocation.modules))
+        chosen = set(allocation.modules)
+        return tuple(m for m in self.context.modules if m in chosen)
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
