@@ -173,7 +173,7 @@ def test_benchmark_configs_are_the_scaled_protocol() -> None:
         assert sorted(Counter(budgets).values()) == [13, 13, 14], path.name  # three (almost) equal tiers
         assert config.data.validation_fraction and config.train.evaluate_on == "test", path.name
         kinds.add((config.data.partition.kind, config.data.partition.classes_per_client if config.data.partition.kind == "pathological" else None))
-    assert kinds == {("iid", None), ("dirichlet", None), ("pathological", 1)}
+    assert kinds == {("iid", None), ("dirichlet", None), ("pathological", 2)}
 
 
 def test_centralised_ceiling_makes_the_federations_sample_steps_on_the_union_of_its_shards(tiny_config) -> None:

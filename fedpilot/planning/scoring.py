@@ -14,6 +14,17 @@ aggregated update ||theta_m(t) - theta_m(t-1)|| / (||theta_m(t-1)|| + eps): how 
 federation is still changing that module. Before any update it is uniform.
 
 Both terms are shares that sum to one, so IG_k sums to one over the modules.
+
+Variants (fedpilot's ``local_term`` and ``global_term`` options):
+
+- local term per module (``local_term: per-module``): F_k(m) times the module's parameter count
+  |m|, the first-order loss decrease of a gradient step on the whole module, so a module with four
+  times the parameters of another (``ffn_out`` against ``query``) is worth four times as much at
+  equal per-parameter Fisher. Unscored modules get the mean per-parameter term, times their size.
+- global term by coverage deficit (``global_term: coverage``): G(m) is the exponential moving
+  average of 1 - c_m(t), where c_m(t) is the share of the round's training samples whose clients
+  trained m: the modules the federation leaves under-trained are worth more to whoever can afford
+  them. Uniform until the first round is aggregated.
 """
 
 from __future__ import annotations
@@ -42,11 +53,43 @@ def fill_missing(local: Mapping[str, float], modules: Sequence[str]) -> dict[str
     return {m: local.get(m, mean) for m in modules}
 
 
-def ig_scores(local: Mapping[str, float], global_change: Mapping[str, float], modules: Sequence[str], weight: float) -> dict[str, float]:
-    """IG_k(m) for every module, from a client's local Fisher terms and the server's global terms."""
-    local_share = shares(fill_missing(local, modules))
+def ig_scores(
+    local: Mapping[str, float],
+    global_change: Mapping[str, float],
+    modules: Sequence[str],
+    weight: float,
+    sizes: Mapping[str, int] | None = None,
+) -> dict[str, float]:
+    """IG_k(m) for every module, from a client's local Fisher terms (per parameter) and the server's
+    global terms; with ``sizes`` (parameters per module) the local terms count per module."""
+    filled = fill_missing(local, modules)
+    if sizes is not None:
+        filled = {m: v * sizes[m] for m, v in filled.items()}
+    local_share = shares(filled)
     global_share = shares({m: global_change.get(m, 0.0) for m in modules})
     return {m: weight * local_share[m] + (1 - weight) * global_share[m] for m in modules}
+
+
+class GlobalCoverage:
+    """The server's running measure G(m) of how much of the federation's training leaves module m out."""
+
+    def __init__(self, modules: Sequence[str], decay: float) -> None:
+        self.modules = list(modules)
+        self.decay = decay
+        self.change: dict[str, float] = {}  # named as GlobalChange's, so either feeds ig_scores
+
+    def observe_coverage(self, coverage: Mapping[str, float]) -> None:
+        """``coverage[m]``: the share of the round's training samples whose clients trained m (missing: 0)."""
+        for m in self.modules:
+            deficit = 1.0 - float(coverage.get(m, 0.0))
+            previous = self.change.get(m)
+            self.change[m] = deficit if previous is None else self.decay * previous + (1 - self.decay) * deficit
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"change": dict(self.change)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.change = {str(k): float(v) for k, v in state["change"].items()}
 
 
 class GlobalChange:

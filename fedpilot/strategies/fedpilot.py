@@ -5,7 +5,8 @@ its memory budget, and the server compensates the modules few clients trained.
 - allocation: the exact position-aware knapsack (fedpilot.planning.allocation) over the calibrated cost model;
 - value: the information-gain score (fedpilot.planning.scoring), local Fisher terms refreshed every
   ``refresh_rounds`` rounds, global terms every round;
-- aggregation: spatial-temporal compensation (strategy_utils.TemporalCompensation).
+- aggregation: spatial-temporal compensation (``stagg``: strategy_utils.TemporalCompensation, the
+  coverage-weighted update history, or strategy_utils.UpdateMemory, every client's latest update).
 
 The ablations subclass this and override one hook each.
 """
@@ -13,8 +14,9 @@ The ablations subclass this and override one hook each.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from fedpilot.core.keys import module_layer
@@ -22,21 +24,31 @@ from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.allocation import Allocation, Problem, solve
 from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits
-from fedpilot.planning.scoring import GlobalChange, ig_scores
+from fedpilot.planning.scoring import GlobalChange, GlobalCoverage, ig_scores
 from fedpilot.strategies import STRATEGIES
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
-from fedpilot.strategies.strategy_utils import TemporalCompensation
+from fedpilot.strategies.strategy_utils import TemporalCompensation, UpdateMemory
 
 
 class FedPilotOptions(StrictModel):
     ig_weight: float = Field(0.5, ge=0, le=1, description="lambda: weight of the local (Fisher) term")
     refresh_rounds: int = Field(2, ge=1, description="R: clients rescore every R rounds")
     score_batches: int = Field(2, ge=1, description="batches of squared gradients per local score")
-    global_decay: float = Field(0.5, ge=0, lt=1, description="EMA decay of the global change term")
+    global_decay: float = Field(0.5, ge=0, lt=1, description="EMA decay of the global term")
+    local_term: Literal["per-parameter", "per-module"] = Field(
+        "per-parameter", description="the local Fisher term per parameter, or times the module's parameter count"
+    )
+    global_term: Literal["change", "coverage"] = Field(
+        "change", description="change: relative aggregated update (GlobalChange); coverage: share of training that left the module out"
+    )
     compensation: float = Field(0.5, ge=0, le=1, description="eta: the largest weight of the update history")
     history_decay: float = Field(0.9, ge=0, lt=1, description="beta: momentum of the update history")
     staleness_horizon: int = Field(3, ge=1, description="tau: rounds of staleness until full compensation")
+    stagg: Literal["momentum", "memory"] = Field(
+        "momentum", description="momentum: coverage-weighted update history (TemporalCompensation); memory: every client's latest update (UpdateMemory)"
+    )
+    memory_horizon: int | None = Field(None, ge=1, description="stagg memory: forget an update this many rounds after it was made (None: never)")
 
 
 @STRATEGIES.register("fedpilot")
@@ -48,9 +60,20 @@ class FedPilot(FedAvg):
         super().__init__(context, options)
         opts = self.options
         self.local_scores: dict[int, dict[str, float]] = {}
-        self.global_change = GlobalChange(context.module_keys, context.modules, opts.global_decay)
-        self.compensation = TemporalCompensation(
-            context.module_keys, context.modules, opts.compensation, opts.history_decay, opts.staleness_horizon
+        self.global_change: GlobalChange | GlobalCoverage = (
+            GlobalCoverage(context.modules, opts.global_decay)
+            if opts.global_term == "coverage"
+            else GlobalChange(context.module_keys, context.modules, opts.global_decay)
+        )
+        self.sizes = (
+            {m: sum(int(np.prod(context.shapes[k])) for k in context.module_keys[m]) for m in context.modules}
+            if opts.local_term == "per-module"
+            else None
+        )
+        self.compensation: TemporalCompensation | UpdateMemory = (
+            UpdateMemory(opts.memory_horizon)
+            if opts.stagg == "memory"
+            else TemporalCompensation(context.module_keys, context.modules, opts.compensation, opts.history_decay, opts.staleness_horizon)
         )
         self.allocations: dict[int, Allocation] = {}
         self.score_batches = opts.score_batches
@@ -61,7 +84,7 @@ class FedPilot(FedAvg):
         return self.cost_model_for(client)
 
     def module_values(self, cid: int) -> dict[str, float]:
-        return ig_scores(self.local_scores.get(cid, {}), self.global_change.change, self.context.modules, self.options.ig_weight)
+        return ig_scores(self.local_scores.get(cid, {}), self.global_change.change, self.context.modules, self.options.ig_weight, self.sizes)
 
     def aggregate_modules(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         return self.compensation.aggregate(global_tensors, updates)
@@ -123,7 +146,14 @@ class FedPilot(FedAvg):
 
     def aggregate_train(self, server_round: int, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         aggregated = self.aggregate_modules(global_tensors, updates)
-        self.global_change.observe(global_tensors, aggregated)
+        if isinstance(self.global_change, GlobalCoverage):
+            total = sum(u.num_samples for u in updates)
+            self.global_change.observe_coverage(
+                {m: sum(u.num_samples for u in updates if any(k in u.tensors for k in self.context.module_keys[m])) / total if total else 0.0
+                 for m in self.context.modules}
+            )
+        else:
+            self.global_change.observe(global_tensors, aggregated)
         return aggregated
 
     # -- checkpoints -------------------------------------------------------------------------------

@@ -113,3 +113,88 @@ class TemporalCompensation:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.history = {str(k): np.asarray(v).copy() for k, v in state["history"].items()}
         self.staleness = {str(k): int(v) for k, v in state["staleness"].items()}
+
+
+class UpdateMemory:
+    """Spatial-temporal aggregation by update memory (stagg ``memory``): every client's latest update
+    of every tensor stands in for it in the rounds it sits out (variance reduction in the manner of
+    MIFA, Gu et al. 2021, and FedVARP, Jhunjhunwala et al. 2022, per tensor).
+
+    Per tensor key x, with S_x the clients of this round that sent x (update Delta_i,x = theta_i,x -
+    theta_x, n_i samples) and Y_x the clients whose latest update of x the server remembers (y_j,x
+    with n_j samples):
+
+        memory     ybar_x  = sum_{j in Y_x} n_j y_j,x / sum_{j in Y_x} n_j            (0 if Y_x is empty)
+        baseline   b_i,x   = y_i,x if i in Y_x, else ybar_x
+        update     theta_x <- theta_x + ybar_x + sum_{i in S_x} n_i (Delta_i,x - b_i,x) / sum_{i in S_x} n_i
+        remember   y_i,x   <- Delta_i,x and n_i for every i in S_x
+
+    A tensor's step is the sample-weighted mean of the latest updates of every client that ever
+    trained it, each replaced by a fresh one when its client trains again. The round's few clients
+    then cannot pull a module (or the head) towards their own classes alone: under label skew and
+    partial participation the clients that sit out keep their say. With an empty memory the step is
+    FedAvg over the clients that sent x; with every client taking part every round it is FedAvg.
+    A tensor no client sent this round stays put: re-applying old updates round after round with
+    nothing new to correct them would drift without bound. Every tensor, the head included, is
+    aggregated so.
+    ``horizon`` (rounds, None: forever) forgets an update that many rounds after it was made.
+    """
+
+    def __init__(self, horizon: int | None = None) -> None:
+        self.horizon = horizon
+        self.memory: dict[int, TensorDict] = {}  # cid -> key -> its latest update of that key
+        self.samples: dict[int, int] = {}
+        self.made: dict[int, dict[str, int]] = {}  # cid -> key -> the round its update was made
+        self.round = 0
+
+    def aggregate(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
+        self.round += 1
+        self.forget()
+        result: TensorDict = {}
+        for key, current in global_tensors.items():
+            senders = [u for u in updates if key in u.tensors]
+            if not senders:
+                result[key] = current.copy()
+                continue
+            for u in senders:
+                check_same_shape(key, current, u.tensors[key], u.cid)
+            remembered = [cid for cid in sorted(self.memory) if key in self.memory[cid]]
+            if remembered:
+                mean = weighted_mean([self.memory[c][key] for c in remembered], [self.samples[c] for c in remembered], key)
+            else:
+                mean = np.zeros_like(current)
+            corrections = [u.tensors[key] - current - self.memory.get(u.cid, {}).get(key, mean) for u in senders]
+            step = mean.astype(np.float64) + weighted_mean(corrections, [u.num_samples for u in senders], key).astype(np.float64)
+            result[key] = (current.astype(np.float64) + step).astype(current.dtype)
+        for u in updates:
+            slot, made = self.memory.setdefault(u.cid, {}), self.made.setdefault(u.cid, {})
+            for key, sent in u.tensors.items():
+                if key in global_tensors:
+                    slot[key] = sent - global_tensors[key]
+                    made[key] = self.round
+            self.samples[u.cid] = u.num_samples
+        return result
+
+    def forget(self) -> None:
+        """Drop the updates made ``horizon`` or more rounds before this one."""
+        if self.horizon is None:
+            return
+        for cid in list(self.memory):
+            for key in [k for k, made in self.made[cid].items() if self.round - made >= self.horizon]:
+                del self.memory[cid][key], self.made[cid][key]
+            if not self.memory[cid]:
+                del self.memory[cid], self.made[cid], self.samples[cid]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "memory": {str(cid): {k: v.copy() for k, v in slot.items()} for cid, slot in self.memory.items()},
+            "samples": {str(cid): n for cid, n in self.samples.items()},
+            "made": {str(cid): dict(made) for cid, made in self.made.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.round = int(state["round"])
+        self.memory = {int(cid): {str(k): np.asarray(v).copy() for k, v in slot.items()} for cid, slot in state["memory"].items()}
+        self.samples = {int(cid): int(n) for cid, n in state["samples"].items()}
+        self.made = {int(cid): {str(k): int(r) for k, r in made.items()} for cid, made in state["made"].items()}
