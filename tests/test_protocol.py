@@ -4,6 +4,7 @@ on it, the benchmark configs and the centralised ceiling's bookkeeping."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -190,3 +191,29 @@ def test_centralised_ceiling_makes_the_federations_sample_steps_on_the_union_of_
     union = centralised.union_of_shards(config, data)
     assert len(union) == len(data.train)  # every train row goes to some client; validation rows to none
     assert torch.equal(union.labels, data.train.labels)
+
+
+def test_allocation_diff_compares_the_same_client_rounds(tmp_path, capsys) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import allocation_diff
+    finally:
+        sys.path.pop(0)
+    mib = 2**20
+    clients = [{"cid": 0, "budget_bytes": 200 * mib}, {"cid": 1, "budget_bytes": 295 * mib}]
+    runs = {
+        "a": [[(0, ["0.q", "1.q"]), (1, ["0.q", "0.f"])], [(0, ["1.q"])]],
+        "b": [[(0, ["0.q", "1.f"]), (1, ["0.q", "0.f"])], [(0, ["1.q"]), (1, ["0.q"])]],
+    }
+    for name, rounds in runs.items():
+        (tmp_path / name).mkdir()
+        results = {"clients": clients, "rounds": [{"round": r, "clients": [{"cid": c, "modules": m} for c, m in plan]} for r, plan in enumerate(rounds, 1)]}
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    sys.argv = ["allocation_diff.py", str(tmp_path / "a"), str(tmp_path / "b")]
+    assert allocation_diff.main() == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [float(x) for x in lines[2].split("|")] == [200, 2, 1, 1.0, 1.5, 1.5]  # round 1: {0.q,1.q} vs {0.q,1.f}
+    assert [float(x) for x in lines[3].split("|")] == [295, 1, 0, 0.0, 2.0, 2.0]
+    assert "1 client-rounds trained in only one" in lines[4]
+    sys.argv = ["allocation_diff.py", str(tmp_path / "a"), str(tmp_path / "missing")]
+    assert allocation_diff.main() == 2
