@@ -35,7 +35,7 @@ carriers() {  # carriers HOME: pids of live processes (this script aside) whose 
     for p in /proc/[0-9]*; do
         p=${p#/proc/}
         [ "$p" = "$$" ] && continue
-        tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qxF "$marker" && found+=("$p")
+        grep -qzxF -- "$marker" "/proc/$p/environ" 2>/dev/null && found+=("$p")
     done
     echo "${found[@]}"
 }
@@ -62,7 +62,8 @@ stop_all() {
     if [ -n "$left" ]; then
         echo "flower-local.sh: stopping $(wc -w <<< "$left") more processes started by Flower" >&2
         kill -TERM $left 2>/dev/null || true
-        for _ in $(seq 30); do [ -z "$(carriers "$home")" ] && break; sleep 0.1; done
+        local deadline=$((SECONDS + 3))  # by the clock: a scan of /proc is slow on a busy machine
+        while [ -n "$(carriers "$home")" ] && ((SECONDS < deadline)); do sleep 0.1; done
         left=$(carriers "$home")
         [ -z "$left" ] || kill -KILL $left 2>/dev/null || true
     fi
