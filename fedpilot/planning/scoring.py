@@ -70,20 +70,19 @@ def ig_scores(
     return {m: weight * local_share[m] + (1 - weight) * global_share[m] for m in modules}
 
 
-class GlobalCoverage:
-    """The server's running measure G(m) of how much of the federation's training leaves module m out."""
+class ModuleAverage:
+    """A per-module exponential moving average G(m) (decay ``decay``), the global term's shared state."""
 
     def __init__(self, modules: Sequence[str], decay: float) -> None:
         self.modules = list(modules)
         self.decay = decay
-        self.change: dict[str, float] = {}  # named as GlobalChange's, so either feeds ig_scores
+        self.change: dict[str, float] = {}
 
-    def observe_coverage(self, coverage: Mapping[str, float]) -> None:
-        """``coverage[m]``: the share of the round's training samples whose clients trained m (missing: 0)."""
+    def smooth(self, values: Mapping[str, float]) -> None:
+        """Fold this round's value of every module into its average (the first value starts it)."""
         for m in self.modules:
-            deficit = 1.0 - float(coverage.get(m, 0.0))
             previous = self.change.get(m)
-            self.change[m] = deficit if previous is None else self.decay * previous + (1 - self.decay) * deficit
+            self.change[m] = values[m] if previous is None else self.decay * previous + (1 - self.decay) * values[m]
 
     def state_dict(self) -> dict[str, Any]:
         return {"change": dict(self.change)}
@@ -92,26 +91,26 @@ class GlobalCoverage:
         self.change = {str(k): float(v) for k, v in state["change"].items()}
 
 
-class GlobalChange:
+class GlobalCoverage(ModuleAverage):
+    """The server's running measure G(m) of how much of the federation's training leaves module m out."""
+
+    def observe_coverage(self, coverage: Mapping[str, float]) -> None:
+        """``coverage[m]``: the share of the round's training samples whose clients trained m (missing: 0)."""
+        self.smooth({m: 1.0 - float(coverage.get(m, 0.0)) for m in self.modules})
+
+
+class GlobalChange(ModuleAverage):
     """The server's running measure G(m) of how much each module's global weights still move."""
 
     def __init__(self, module_keys: Mapping[str, Sequence[str]], modules: Sequence[str], decay: float) -> None:
+        super().__init__(modules, decay)
         self.module_keys = module_keys
-        self.modules = list(modules)
-        self.decay = decay
-        self.change: dict[str, float] = {}
 
     def observe(self, before: TensorDict, after: TensorDict) -> None:
+        relative = {}
         for m in self.modules:
             keys = self.module_keys[m]
             delta = np.sqrt(sum(float(np.square((after[k] - before[k]).astype(np.float64)).sum()) for k in keys))
             norm = np.sqrt(sum(float(np.square(before[k].astype(np.float64)).sum()) for k in keys))
-            relative = float(delta / (norm + EPS))
-            previous = self.change.get(m)
-            self.change[m] = relative if previous is None else self.decay * previous + (1 - self.decay) * relative
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"change": dict(self.change)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.change = {str(k): float(v) for k, v in state["change"].items()}
+            relative[m] = float(delta / (norm + EPS))
+        self.smooth(relative)
