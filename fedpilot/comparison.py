@@ -543,7 +543,7 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         )
     lines += [
         "",
-        "- Accuracies are on the test split, mean ± sample standard deviation over seeds; best is the highest of rounds 1 to R.",
+        f"- Accuracies are on the {evaluated_split(summary)} split, mean ± sample standard deviation over seeds; best is the highest of rounds 1 to R.",
         "- Rounds to target: the first round whose accuracy reaches the target, mean over the seeds that reached it.",
         "- Client-rounds are totals over seeds and rounds: planned (what the config asks each round: "
         "clients_per_round, or every client), trained (a valid update arrived), and lost (planned but not trained: "
@@ -568,13 +568,18 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
             lines.append(f"- allocation.png leaves out {', '.join(f'`{s}`' for s in same)}: every client-round trained the same modules.")
     lines += [
         "",
-        "![test accuracy per round, mean over seeds with the min-max band](accuracy.png)",
+        f"![{evaluated_split(summary)} accuracy per round, mean over seeds with the min-max band](accuracy.png)",
         "",
         "![measured peak memory against each client's budget](memory.png)",
         "",
         "![how often each client trained each layer](allocation.png)",
     ]
     return "\n".join(lines) + "\n"
+
+
+def evaluated_split(summary: dict[str, Any]) -> str:
+    """The split every accuracy of the comparison was measured on: the config's ``train.evaluate_on``."""
+    return str(summary["config"].get("train", {}).get("evaluate_on", "test"))
 
 
 def _accepting(summary: dict[str, Any], options: dict[str, Any]) -> set[str]:
@@ -602,7 +607,8 @@ def plot_accuracy(path: Path, summary: dict[str, Any]) -> None:
     axis.axhline(summary["target"]["accuracy"], color="grey", linestyle=":", linewidth=1, label="target")
     seeds = summary["seeds"]
     title = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))} (band: min-max)"
-    axis.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1.02), title=f"Test accuracy, {title}")
+    split = evaluated_split(summary)
+    axis.set(xlabel="round", ylabel=f"{split} accuracy", ylim=(0, 1.02), title=f"{split.capitalize()} accuracy, {title}")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize="small")

@@ -200,3 +200,16 @@ def test_a_finished_run_from_before_a_new_config_field_still_counts_as_done(tmp_
     (run_dir / "results.json").write_text(json.dumps({"status": "finished", "config": stored}))
     with pytest.raises(FedpilotError, match="federation.rounds"):
         run_state(PlannedRun("fedpilot", 0, config, run_dir))
+
+
+def test_the_tables_and_plot_name_the_split_the_runs_were_evaluated_on(comparison: Path, tmp_path: Path) -> None:
+    from fedpilot.comparison import plot_accuracy, render_markdown
+
+    summary = json.loads((comparison / "comparison.json").read_text())
+    assert "on the test split" in render_markdown(summary)
+    summary["config"]["train"]["evaluate_on"] = "validation"  # a tuning comparison
+    text = render_markdown(summary)
+    assert "on the validation split" in text and "on the test split" not in text
+    assert "![validation accuracy per round" in text
+    plot_accuracy(tmp_path / "accuracy.png", summary)
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -668,7 +668,13 @@ def test_flower_local_sh_stops_every_process_it_started_on_ctrl_c(tmp_path: Path
         assert len(started) == 1 + 3 + 1  # SuperLink, three SuperNodes, flwr run
         assert len(processes_with(f"FLWR_HOME={work / 'flwr-home'}")) >= 5
         os.killpg(script.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the foreground group
-        assert script.wait(timeout=60) == 130, (tmp_path / "script.log").read_text()
+        try:
+            code = script.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # say what the script and its processes were doing
+            listing = subprocess.run(["ps", "-eo", "pid,pgid,stat,etime,args"], capture_output=True, text=True).stdout
+            pytest.fail(f"flower-local.sh still running 60 s after Ctrl-C\n--- script.log\n"
+                        f"{(tmp_path / 'script.log').read_text()}\n--- ps\n{listing}")
+        assert code == 130, (tmp_path / "script.log").read_text()
         for pid in started:
             with pytest.raises(ProcessLookupError):
                 os.killpg(pid, 0)

@@ -175,6 +175,11 @@ def test_benchmark_configs_are_the_scaled_protocol() -> None:
         assert config.data.validation_fraction and config.train.evaluate_on == "test", path.name
         kinds.add((config.data.partition.kind, config.data.partition.classes_per_client if config.data.partition.kind == "pathological" else None))
     assert kinds == {("iid", None), ("dirichlet", None), ("pathological", 2)}
+    # the three levels differ only in the partition (and where they write): one protocol, three skews
+    dumps = [load_config(path).model_dump(exclude={"output_dir"}) for path in CONFIGS]
+    for dump in dumps:
+        dump["data"].pop("partition")
+    assert all(dump == dumps[0] for dump in dumps)
 
 
 def test_centralised_ceiling_makes_the_federations_sample_steps_on_the_union_of_its_shards(tiny_config) -> None:
@@ -193,7 +198,7 @@ def test_centralised_ceiling_makes_the_federations_sample_steps_on_the_union_of_
     assert torch.equal(union.labels, data.train.labels)
 
 
-def test_allocation_diff_compares_the_same_client_rounds(tmp_path, capsys) -> None:
+def test_allocation_diff_compares_the_same_client_rounds(tmp_path, capsys, monkeypatch) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import allocation_diff
@@ -209,11 +214,11 @@ def test_allocation_diff_compares_the_same_client_rounds(tmp_path, capsys) -> No
         (tmp_path / name).mkdir()
         results = {"clients": clients, "rounds": [{"round": r, "clients": [{"cid": c, "modules": m} for c, m in plan]} for r, plan in enumerate(rounds, 1)]}
         (tmp_path / name / "results.json").write_text(json.dumps(results))
-    sys.argv = ["allocation_diff.py", str(tmp_path / "a"), str(tmp_path / "b")]
+    monkeypatch.setattr(sys, "argv", ["allocation_diff.py", str(tmp_path / "a"), str(tmp_path / "b")])
     assert allocation_diff.main() == 0
     lines = capsys.readouterr().out.splitlines()
     assert [float(x) for x in lines[2].split("|")] == [200, 2, 1, 1.0, 1.5, 1.5]  # round 1: {0.q,1.q} vs {0.q,1.f}
     assert [float(x) for x in lines[3].split("|")] == [295, 1, 0, 0.0, 2.0, 2.0]
     assert "1 client-rounds trained in only one" in lines[4]
-    sys.argv = ["allocation_diff.py", str(tmp_path / "a"), str(tmp_path / "missing")]
+    monkeypatch.setattr(sys, "argv", ["allocation_diff.py", str(tmp_path / "a"), str(tmp_path / "missing")])
     assert allocation_diff.main() == 2
