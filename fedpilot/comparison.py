@@ -387,6 +387,7 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
         "accuracy_curve": [r.get("accuracy") for r in rounds],
         "final_accuracy": rounds[-1]["accuracy"],  # the final round is always evaluated on the whole split
         "best_accuracy": max((r["accuracy"] for r in trained_rounds if r.get("accuracy") is not None), default=rounds[-1]["accuracy"]),
+        "late_accuracy": late_accuracy(rounds),
         "final_macro_f1": rounds[-1].get("macro_f1"),
         "planned_client_rounds": planned,
         "trained_client_rounds": len(records),
@@ -401,6 +402,17 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
         "calibration_cached": results.get("memory", {}).get("calibration_cached", True),
         "memory_aware": results.get("memory_aware", True),
     }
+
+
+LATE_EVALUATIONS = 3
+
+
+def late_accuracy(rounds: Sequence[dict[str, Any]]) -> float:
+    """Mean accuracy of the last ``LATE_EVALUATIONS`` evaluated rounds after round 0 (fewer if the run has
+    fewer): under partial participation and label skew the final round's accuracy swings with the few
+    clients it sampled, and this mean is the steadier end point."""
+    evaluated = [r["accuracy"] for r in rounds[1:] if r.get("accuracy") is not None] or [rounds[-1]["accuracy"]]
+    return statistics.fmean(evaluated[-LATE_EVALUATIONS:])
 
 
 def rounds_to_target(curve: Sequence[float | None], target: float) -> int | None:
@@ -428,6 +440,7 @@ def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], ta
     table = {}
     for strategy, rs in by_strategy.items():
         finals, bests = [r["final_accuracy"] for r in rs], [r["best_accuracy"] for r in rs]
+        lates = [r["late_accuracy"] for r in rs]
         f1s = [r["final_macro_f1"] for r in rs if r["final_macro_f1"] is not None]
         reached = [r["rounds_to_target"] for r in rs if r["rounds_to_target"] is not None]
         means = [r["peak_over_budget_mean"] for r in rs if r["peak_over_budget_mean"] is not None]
@@ -437,6 +450,7 @@ def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], ta
             "memory_aware": all(r["memory_aware"] for r in rs),
             "final_accuracy": {"mean": statistics.fmean(finals), "std": _std(finals)},
             "best_accuracy": {"mean": statistics.fmean(bests), "std": _std(bests)},
+            "late_accuracy": {"mean": statistics.fmean(lates), "std": _std(lates)},
             "final_macro_f1": {"mean": _mean(f1s), "std": _std(f1s)},
             "rounds_to_target": {"mean": _mean(reached), "reached": len(reached), "runs": len(rs)},
             "client_rounds": {key: sum(r[f"{key}_client_rounds"] for r in rs) for key in ("planned", "trained", "lost")},
@@ -520,9 +534,9 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         "",
         target_line,
         "",
-        "| strategy | final accuracy | best accuracy | final macro-F1 | rounds to target | client-rounds trained / planned (lost) "
+        f"| strategy | final accuracy | best accuracy | last-{LATE_EVALUATIONS} mean | final macro-F1 | rounds to target | client-rounds trained / planned (lost) "
         "| peak / budget, mean | peak / budget, max | budget violations | upload MiB / round | wall s / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     unaware = []
     for strategy, row in summary["summary"].items():
@@ -536,14 +550,16 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
             to_target = f"{reach['mean']:.1f}" + ("" if reach["reached"] == reach["runs"] else f" ({reach['reached']} of {reach['runs']} seeds)")
         cr = row["client_rounds"]
         lines.append(
-            f"| `{strategy}`{mark} | {_pm(row['final_accuracy'])} | {_pm(row['best_accuracy'])} | {_pm(row['final_macro_f1'])} "
+            f"| `{strategy}`{mark} | {_pm(row['final_accuracy'])} | {_pm(row['best_accuracy'])} | {_pm(row['late_accuracy'])} | {_pm(row['final_macro_f1'])} "
             f"| {to_target} | {cr['trained']} / {cr['planned']} ({cr['lost']}) | {_ratio(row['peak_over_budget']['mean'])} "
             f"| {_ratio(row['peak_over_budget']['max'])} | {row['budget_violations']} | {row['upload_mib_per_round']:.2f} "
             f"| {row['wall_seconds']['mean']:.0f} |"
         )
     lines += [
         "",
-        f"- Accuracies are on the {evaluated_split(summary)} split, mean ± sample standard deviation over seeds; best is the highest of rounds 1 to R.",
+        f"- Accuracies are on the {evaluated_split(summary)} split, mean ± sample standard deviation over seeds; best is the highest of rounds 1 to R; "
+        f"last-{LATE_EVALUATIONS} mean is the mean of the last {LATE_EVALUATIONS} evaluated rounds (the final one included), "
+        "steadier than the final round where a round's few sampled clients swing the accuracy.",
         "- Rounds to target: the first round whose accuracy reaches the target, mean over the seeds that reached it.",
         "- Client-rounds are totals over seeds and rounds: planned (what the config asks each round: "
         "clients_per_round, or every client), trained (a valid update arrived), and lost (planned but not trained: "

@@ -213,3 +213,22 @@ def test_the_tables_and_plot_name_the_split_the_runs_were_evaluated_on(compariso
     assert "![validation accuracy per round" in text
     plot_accuracy(tmp_path / "accuracy.png", summary)
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_late_accuracy_is_the_mean_of_the_last_three_evaluated_rounds() -> None:
+    from fedpilot.comparison import late_accuracy
+
+    def rounds(*accuracies):
+        return [{"round": i, "accuracy": a} for i, a in enumerate(accuracies)]
+
+    assert late_accuracy(rounds(0.1, 0.5, None, 0.6, None, 0.7, 0.9)) == pytest.approx((0.6 + 0.7 + 0.9) / 3)
+    assert late_accuracy(rounds(0.1, None, 0.8)) == pytest.approx(0.8)  # round 0 (untrained) never counts
+    assert late_accuracy(rounds(0.3)) == pytest.approx(0.3)  # no trained round: the only evaluation
+
+
+def test_the_table_shows_the_late_accuracy_of_every_run(comparison: Path) -> None:
+    data = json.loads((comparison / "comparison.json").read_text())
+    for run in data["runs"]:
+        curve = [a for a in run["accuracy_curve"][1:] if a is not None]
+        assert run["late_accuracy"] == pytest.approx(sum(curve[-3:]) / len(curve[-3:]))
+    assert "| last-3 mean |" in (comparison / "comparison.md").read_text()
