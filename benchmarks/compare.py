@@ -1,12 +1,14 @@
 """Compare strategies and publish the result: `fedpilot compare`, then docs/results.md's generated block.
 
 Usage: .venv/bin/python benchmarks/compare.py [--config FILE] [--strategies a,b] [--seeds 0,1,2]
-       [--out runs/compare] [--docs docs] [--clients-per-round N] [--preset quick] [--target ACC]
+       [--out runs/compare] [--docs docs] [--block NAME] [--clients-per-round N] [--preset quick] [--target ACC]
 
 Runs (and resumes) the comparison with :func:`fedpilot.comparison.run_comparison`, then copies
 OUT/comparison.md into the block between BEGIN and END of DOCS/results.md (the hand-written findings
 outside it are kept) and its plots next to it as results.png, results-memory.png and
-results-allocation.png. ``--clients-per-round N`` sets ``federation.clients_per_round`` in the config
+results-allocation.png. ``--block NAME`` writes a block of its own instead (markers that name it,
+plots NAME-accuracy.png, NAME-memory.png, NAME-allocation.png), so one results.md holds several
+comparisons (the benchmark protocol's three levels). ``--clients-per-round N`` sets ``federation.clients_per_round`` in the config
 (use another --out than the full-participation runs'). Lists may be given with commas or spaces.
 """
 
@@ -26,21 +28,31 @@ BEGIN, END = "<!-- results:begin (written by benchmarks/compare.py) -->", "<!-- 
 IMAGES = {"accuracy.png": "results.png", "memory.png": "results-memory.png", "allocation.png": "results-allocation.png"}
 
 
-def update_docs(out_dir: Path, docs: Path) -> Path:
-    """Put ``out_dir/comparison.md`` (without its title) into the generated block of ``docs/results.md``."""
+def markers(block: str | None) -> tuple[str, str]:
+    """The begin and end markers of the generated block (the default one, or the one named ``block``)."""
+    if block is None:
+        return BEGIN, END
+    return f"<!-- results:{block}:begin (written by benchmarks/compare.py) -->", f"<!-- results:{block}:end -->"
+
+
+def update_docs(out_dir: Path, docs: Path, block: str | None = None) -> Path:
+    """Put ``out_dir/comparison.md`` (without its title) into a generated block of ``docs/results.md``:
+    the default one, or the one named ``block`` (added at the end if the file has none yet)."""
+    begin, end = markers(block)
+    images = IMAGES if block is None else {source: f"{block}-{source}" for source in IMAGES}
     docs.mkdir(parents=True, exist_ok=True)
     body = (out_dir / "comparison.md").read_text()
     if body.startswith("# "):
         body = body.split("\n", 1)[1]
-    for source, target in IMAGES.items():
+    for source, target in images.items():
         shutil.copyfile(out_dir / source, docs / target)
         body = body.replace(f"]({source})", f"]({target})")
     path = docs / "results.md"
-    text = path.read_text() if path.is_file() else f"# Strategy comparison\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text = f"{text.rstrip()}\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    path.write_text(f"{head}{BEGIN}\n{body.strip()}\n{END}{rest.split(END, 1)[1]}")
+    text = path.read_text() if path.is_file() else f"# Strategy comparison\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text = f"{text.rstrip()}\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{body.strip()}\n{end}{rest.split(end, 1)[1]}")
     return path
 
 
@@ -51,6 +63,7 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", default=["0,1,2"])
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--block", help="name of the generated block in results.md (default: the main one)")
     parser.add_argument("--clients-per-round", type=int, help="sample this many clients a round (default: the config's)")
     parser.add_argument("--preset", help="see `fedpilot compare --help`")
     parser.add_argument("--target", help="test accuracy for the rounds-to-target column")
@@ -75,7 +88,9 @@ def main() -> int:
             command=COMMAND,
             config_source=None if args.config is None else str(args.config),
         )
-        path = update_docs(result.out_dir, args.docs)
+        if args.block is not None and not args.block.replace("-", "").isalnum():
+            raise FedpilotError(f"--block: {args.block!r} is not a name; use letters, digits and '-', e.g. rt-strong")
+        path = update_docs(result.out_dir, args.docs, args.block)
     except FedpilotError as err:
         print(f"compare.py: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -181,6 +181,16 @@ def test_the_benchmark_rewrites_only_the_generated_block(comparison: Path, tmp_p
     assert "old table" not in text and "| `fedpilot` |" in text
     for image in benchmark.IMAGES.values():
         assert f"]({image})" in text and (docs / image).is_file()
+    # a named block of its own: the main block and the findings stay as they were, its plots are its own
+    benchmark.update_docs(comparison, docs, "rt-strong")
+    named = (docs / "results.md").read_text()
+    begin, end = benchmark.markers("rt-strong")
+    assert named.startswith(text.rstrip()) and named.rstrip().endswith(end)
+    block = named.split(begin, 1)[1]
+    assert "| `fedpilot` |" in block and "](rt-strong-accuracy.png)" in block and "](results.png)" not in block
+    assert all((docs / f"rt-strong-{source}").is_file() for source in benchmark.IMAGES)
+    benchmark.update_docs(comparison, docs, "rt-strong")  # written again: replaced, not appended
+    assert (docs / "results.md").read_text() == named
 
 
 def test_a_finished_run_from_before_a_new_config_field_still_counts_as_done(tmp_path: Path) -> None:
