@@ -1,7 +1,7 @@
 """Compare strategies and publish the result: `fedpilot compare`, then docs/results.md's generated block.
 
 Usage: .venv/bin/python benchmarks/compare.py [--config FILE] [--strategies a,b] [--seeds 0,1,2]
-       [--out runs/compare] [--docs docs] [--block NAME] [--clients-per-round N] [--preset quick] [--target ACC]
+       [--out runs/compare] [--docs docs] [--block NAME] [--jobs N] [--clients-per-round N] [--preset quick] [--target ACC]
 
 Runs (and resumes) the comparison with :func:`fedpilot.comparison.run_comparison`, then copies
 OUT/comparison.md into the block between BEGIN and END of DOCS/results.md (the hand-written findings
@@ -67,6 +67,7 @@ def main() -> int:
     parser.add_argument("--clients-per-round", type=int, help="sample this many clients a round (default: the config's)")
     parser.add_argument("--preset", help="see `fedpilot compare --help`")
     parser.add_argument("--target", help="test accuracy for the rounds-to-target column")
+    parser.add_argument("--jobs", help="runs at a time (see `fedpilot compare --help`)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     try:
@@ -87,6 +88,7 @@ def main() -> int:
             progress=not args.quiet,
             command=COMMAND,
             config_source=None if args.config is None else str(args.config),
+            jobs=comparison.parse_jobs(args.jobs),
         )
         if args.block is not None and not args.block.replace("-", "").isalnum():
             raise FedpilotError(f"--block: {args.block!r} is not a name; use letters, digits and '-', e.g. rt-strong")

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import shutil
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -294,11 +295,15 @@ def run_comparison(
     progress: bool = True,
     command: str | None = None,
     config_source: str | None = None,
+    jobs: int = 1,
 ) -> ComparisonResult:
-    """Run what is not done yet, then summarise every run and write the outputs to ``out_dir``."""
-    from tqdm.auto import tqdm
+    """Run what is not done yet, then summarise every run and write the outputs to ``out_dir``.
 
-    from fedpilot.simulation import run_simulation
+    ``jobs > 1`` runs that many at a time, each in a process of its own with an equal share of the
+    cores as torch threads (:func:`parallel_threads`); the runs and their results are the same runs,
+    each still deterministic given its config. If a run fails, the runs not started are cancelled, the
+    running ones finish (and count as done), and the first failure is raised."""
+    from tqdm.auto import tqdm
 
     chosen = parse_preset(preset)
     preset_changes = chosen.changes(config) if chosen else {}
@@ -316,22 +321,27 @@ def run_comparison(
         say(f"{len(runs)} runs in {out_dir}: {len(skipped)} already finished, {len(todo)} to go")
         bar = tqdm(total=len(runs), initial=len(skipped), desc="runs", unit="run", disable=not progress)
         executed = []
+
+        def finished(run: PlannedRun, outcome: dict[str, Any]) -> None:
+            executed.append(run.name)
+            bar.update(1)
+            say(f"{run.name}: final accuracy {outcome['accuracy']:.3f}, "
+                f"{outcome['violations']} budget violations, {outcome['wall_seconds']:.0f} s")
+
         for run in todo:
-            bar.set_postfix_str(run.name)
             if run.dir.exists():
                 say(f"{run.name}: rerunning from scratch (previous run {states[run.name]})")
                 shutil.rmtree(run.dir)
-            try:
-                result = run_simulation(run.config, run.dir, progress=progress)
-            except FedpilotError as err:
-                wrapped = FedpilotError(f"{run.name}: {err}")
-                wrapped.exit_code = err.exit_code
-                raise wrapped from None
-            executed.append(run.name)
-            bar.update(1)
-            rounds = result.rounds
-            say(f"{run.name}: final accuracy {rounds[-1]['accuracy']:.3f}, "
-                f"{len(result.results['budget_violations'])} budget violations, {result.results['wall_seconds']:.0f} s")
+        if jobs == 1 or len(todo) <= 1:
+            for run in todo:
+                bar.set_postfix_str(run.name)
+                outcome = _run_one(run.config, run.dir, progress)
+                if outcome["error"] is not None:
+                    raise _failure(run, outcome)
+                finished(run, outcome)
+        else:
+            _run_parallel(todo, jobs, finished)
+        executed.sort(key=[run.name for run in todo].index)
         bar.close()
         results = {run.name: json.loads((run.dir / "results.json").read_text()) for run in runs}
         summary = summarise(runs, results, target)
@@ -348,6 +358,82 @@ def run_comparison(
             entry["skipped"] = entry["name"] in skipped
         write_outputs(out_dir, summary, results)
     return ComparisonResult(out_dir, summary, executed, skipped)
+
+
+def parse_jobs(value: int | str | None) -> int:
+    """Runs at a time for ``--jobs``: a whole number >= 1 (default 1)."""
+    if value is None:
+        return 1
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        raise FedpilotError(f"--jobs: {value!r} is not a whole number; give the runs to make at a time, e.g. 2") from None
+    if jobs < 1:
+        raise FedpilotError(f"--jobs: {jobs} is below 1; give the runs to make at a time, e.g. 2")
+    return jobs
+
+
+def parallel_threads(jobs: int, cores: int | None = None) -> int:
+    """torch threads for each of ``jobs`` runs at a time: the cores shared equally, at least one. Two
+    one-thread runs side by side on 2 cores made 1.4x the runs per hour of one two-thread run
+    (docs/protocol.md, "Time"): small matrices use a second thread poorly."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def _run_one(config: Config, run_dir: Path, progress: bool) -> dict[str, Any]:
+    """One run; what the comparison reports of it, or its error (message and exit code)."""
+    from fedpilot.simulation import run_simulation
+
+    try:
+        result = run_simulation(config, run_dir, progress=progress)
+    except FedpilotError as err:
+        return {"error": str(err), "exit_code": err.exit_code}
+    return {"error": None, "accuracy": result.rounds[-1]["accuracy"],
+            "violations": len(result.results["budget_violations"]), "wall_seconds": result.results["wall_seconds"]}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _failure(run: PlannedRun, outcome: dict[str, Any]) -> FedpilotError:
+    error = FedpilotError(f"{run.name}: {outcome['error']}")
+    error.exit_code = outcome["exit_code"]
+    return error
+
+
+def _run_parallel(todo: Sequence[PlannedRun], jobs: int, finished: Callable[[PlannedRun, dict[str, Any]], None]) -> None:
+    """``todo`` with ``jobs`` worker processes (spawned: no state shared with this one)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    workers = min(jobs, len(todo))
+    failure: FedpilotError | None = None
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(parallel_threads(workers),)) as pool:
+        futures = {pool.submit(_run_one, run.config, run.dir, False): run for run in todo}
+        for future in as_completed(futures):
+            run = futures[future]
+            if future.cancelled():
+                continue
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                outcome = {"error": "its worker process died (out of memory or killed); run the comparison again to redo it",
+                           "exit_code": 1}
+            if outcome["error"] is None:
+                finished(run, outcome)
+            elif failure is None:
+                failure = _failure(run, outcome)
+                for pending in futures:
+                    pending.cancel()
+    if failure is not None:
+        raise failure
 
 
 def default_command(config_source: str | None, strategies: Sequence[str], seeds: Sequence[int], out_dir: Path,

@@ -242,3 +242,37 @@ def test_the_table_shows_the_late_accuracy_of_every_run(comparison: Path) -> Non
         curve = [a for a in run["accuracy_curve"][1:] if a is not None]
         assert run["late_accuracy"] == pytest.approx(sum(curve[-3:]) / len(curve[-3:]))
     assert "| last-3 mean |" in (comparison / "comparison.md").read_text()
+
+
+def test_two_jobs_make_the_same_runs_in_processes_of_their_own(comparison: Path, config_file: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """--jobs 2: both runs at once in spawned workers (one torch thread each on 2 cores); the same
+    finished runs as one at a time: same rounds, same allocations, same accuracies."""
+    out = tmp_path / "parallel"
+    capsys.readouterr()
+    assert compare(config_file, out, "--jobs", "2") == 0
+    assert "2 run now, 0 skipped" in capsys.readouterr().out
+    data = json.loads((out / "comparison.json").read_text())
+    assert data["executed"] == [f"{s}-seed0" for s in STRATEGIES]
+    one, two = run_results(comparison), run_results(out)
+    for s in STRATEGIES:
+        assert two[s]["status"] == "finished"
+        assert [[c["modules"] for c in r["clients"]] for r in two[s]["rounds"]] == [[c["modules"] for c in r["clients"]] for r in one[s]["rounds"]]
+        assert [r["accuracy"] for r in two[s]["rounds"]] == pytest.approx([r["accuracy"] for r in one[s]["rounds"]], abs=0.02)
+    assert compare(config_file, out, "--jobs", "2") == 0  # and it resumes like one job: nothing to redo
+    assert "0 run now, 2 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("jobs", ["0", "two"])
+def test_bad_jobs_exit_2_with_one_line(jobs: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", "--out", str(tmp_path / "out"), "--jobs", jobs]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--jobs" in err and "e.g. 2" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cores_are_shared_equally_between_jobs() -> None:
+    from fedpilot.comparison import parallel_threads
+
+    assert [parallel_threads(jobs, cores=2) for jobs in (1, 2, 3)] == [2, 1, 1]
+    assert parallel_threads(4, cores=16) == 4
