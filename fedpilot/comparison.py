@@ -375,7 +375,7 @@ def parse_jobs(value: int | str | None) -> int:
 
 def parallel_threads(jobs: int, cores: int | None = None) -> int:
     """torch threads for each of ``jobs`` runs at a time: the cores shared equally, at least one. Two
-    one-thread runs side by side on 2 cores made 1.4x the runs per hour of one two-thread run
+    one-thread runs side by side on 2 cores made 1.1-1.4x the runs per hour of one two-thread run
     (docs/protocol.md, "Time"): small matrices use a second thread poorly."""
     cores = cores or os.cpu_count() or 1
     return max(1, cores // jobs)

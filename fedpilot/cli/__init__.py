@@ -110,7 +110,7 @@ def _add_compare(verb) -> None:
         help=f"test accuracy for the rounds-to-target column (default: {TARGET_FRACTION:g} x the best mean final accuracy)",
     )
     compare.add_argument("--jobs", metavar="N", help="runs at a time, each in a process of its own with the cores shared "
-                         "equally as torch threads (default 1; 2 on 2 cores makes about 1.4x the runs per hour)")
+                         "equally as torch threads (default 1; 2 on 2 cores made 1.1-1.4x the runs per hour, docs/protocol.md)")
     compare.add_argument("--device", help=DEVICE_HELP)
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(handler=_compare)
