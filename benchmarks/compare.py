@@ -71,6 +71,8 @@ def main() -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     try:
+        if args.block is not None and not args.block.replace("-", "").isalnum():  # before hours of runs, not after
+            raise FedpilotError(f"--block: {args.block!r} is not a name; use letters, digits and '-', e.g. rt-strong")
         from fedpilot.config import load_config, parse_config
 
         config = load_config(args.config)
@@ -90,8 +92,6 @@ def main() -> int:
             config_source=None if args.config is None else str(args.config),
             jobs=comparison.parse_jobs(args.jobs),
         )
-        if args.block is not None and not args.block.replace("-", "").isalnum():
-            raise FedpilotError(f"--block: {args.block!r} is not a name; use letters, digits and '-', e.g. rt-strong")
         path = update_docs(result.out_dir, args.docs, args.block)
     except FedpilotError as err:
         print(f"compare.py: error: {err}", file=sys.stderr)

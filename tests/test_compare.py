@@ -276,3 +276,16 @@ def test_the_cores_are_shared_equally_between_jobs() -> None:
 
     assert [parallel_threads(jobs, cores=2) for jobs in (1, 2, 3)] == [2, 1, 1]
     assert parallel_threads(4, cores=16) == 4
+
+
+def test_a_bad_block_name_is_refused_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    monkeypatch.setattr("sys.argv", ["compare.py", "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"),
+                                     "--block", "rt strong/x"])
+    assert benchmark.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--block" in err and "rt-strong" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "docs").exists()
