@@ -188,3 +188,77 @@ def test_fedpilot_options_wire_the_variants() -> None:
     again.load_state_dict(state)
     assert again.global_change.change == strategy.global_change.change
     assert again.compensation.samples == {0: 3, 1: 1}
+
+
+# -- local_scope: federation and keep_margin (the stability rule) --------------------------------
+
+from fedpilot.planning.scoring import federation_local  # noqa: E402
+from fedpilot.strategies.strategy_utils import coverage  # noqa: E402
+
+
+def test_federation_local_is_the_mean_of_the_clients_shares() -> None:
+    modules = ["0.q", "0.f", "1.q"]
+    clients = [{"0.q": 3.0, "0.f": 1.0}, {"0.q": 1.0, "0.f": 1.0, "1.q": 2.0}]
+    # client 0: 1.q unscored -> mean 2.0, shares 3/6 1/6 2/6; client 1: 1/4 1/4 2/4
+    want = np.mean([[3 / 6, 1 / 6, 2 / 6], [1 / 4, 1 / 4, 2 / 4]], axis=0)
+    assert federation_local(clients, modules) == pytest.approx(dict(zip(modules, want)))
+    assert federation_local([], modules) == pytest.approx({m: 1 / 3 for m in modules})
+    sizes = {"0.q": 1, "0.f": 4, "1.q": 1}
+    sized = np.mean([np.array([3, 4, 2]) / 9, np.array([1, 4, 2]) / 7], axis=0)
+    assert federation_local(clients, modules, sizes) == pytest.approx(dict(zip(modules, sized)))
+
+
+def test_federation_scope_plans_every_client_with_the_same_values() -> None:
+    strategy, context = small_fedpilot(local_scope="federation")
+    strategy.local_scores = {0: {"0.q": 5.0, "1.q": 1.0}, 1: {"0.f": 2.0, "1.f": 7.0}}
+    values = strategy.module_values(0)
+    assert values == strategy.module_values(1) == strategy.module_values(9)
+    local = federation_local(strategy.local_scores.values(), context.modules)
+    assert values == pytest.approx({m: 0.5 * local[m] + 0.5 * 0.25 for m in context.modules})  # no global change yet: uniform
+    own, _ = small_fedpilot()
+    own.local_scores = strategy.local_scores
+    assert own.module_values(0) != own.module_values(1)
+
+
+def test_keep_margin_keeps_the_previous_set_unless_the_optimum_gains_more_than_mu() -> None:
+    client = ClientInfo(0, 10, 100 + 40)  # room for 40: four q (10 each) or one f (40)
+    for mu in (0.0, 0.25, 1.0):
+        strategy, context = small_fedpilot(ig_weight=1.0, keep_margin=mu)
+        strategy.local_scores[0] = {"0.q": 4.0, "1.q": 4.0, "0.f": 1.0, "1.f": 1.0}
+        first = strategy.configure_train(1, [client], {})[0].modules
+        assert sorted(first) == ["0.q", "1.q"]  # the optimum, nothing to keep yet
+        for f in (1.0, 1.2, 1.5, 2.5, 4.0, 9.0):  # 1.f grows more valuable
+            strategy.local_scores[0] = {"0.q": 4.0, "1.q": 4.0, "0.f": 1.0, "1.f": 4.0 * f}
+            values = strategy.module_values(0)
+            kept = strategy.trained[0]
+            best = max(((m,) for m in context.modules if m.endswith("f")), key=lambda s: sum(values[m] for m in s))
+            best = max([best, ("0.q", "1.q")], key=lambda s: sum(values[m] for m in s))  # brute force over what fits
+            got = strategy.configure_train(2, [client], {})[0].modules
+            if sum(values[m] for m in best) > (1 + mu) * sum(values[m] for m in kept):
+                assert sorted(got) == sorted(best)
+            else:
+                assert tuple(got) == kept
+
+
+def test_keep_margin_drops_a_previous_set_that_no_longer_fits_and_survives_a_checkpoint() -> None:
+    strategy, context = small_fedpilot(keep_margin=10.0)
+    strategy.local_scores[0] = {m: 1.0 for m in context.modules}
+    roomy, tight = ClientInfo(0, 10, 100 + 80), ClientInfo(0, 10, 100 + 20)
+    first = strategy.configure_train(1, [roomy], {})[0].modules
+    again, _ = small_fedpilot(keep_margin=10.0)
+    again.load_state_dict(strategy.state_dict())
+    assert again.trained == {0: tuple(first)}
+    assert again.configure_train(2, [roomy], {})[0].modules == first  # kept, however large the margin
+    assert again.configure_train(3, [tight], {})[0].modules != first  # no longer fits: re-solved
+    legacy = {k: v for k, v in strategy.state_dict().items() if k != "trained"}
+    older, _ = small_fedpilot(keep_margin=10.0)
+    older.load_state_dict(legacy)  # a checkpoint from before keep_margin
+    assert older.trained == {}
+
+
+def test_coverage_is_the_sample_share_of_the_senders() -> None:
+    _, context = small_fedpilot()
+    sent = lambda ms: {k: np.ones(context.shapes[k], np.float32) for m in ms for k in context.module_keys[m]}  # noqa: E731
+    got = coverage([ClientUpdate(0, 3, sent(["0.q"])), ClientUpdate(1, 1, sent(["0.q", "1.f"]))], context.module_keys, context.modules)
+    assert got == {"0.q": 1.0, "0.f": 0.0, "1.q": 0.0, "1.f": 0.25}
+    assert coverage([], context.module_keys, context.modules) == {m: 0.0 for m in context.modules}

@@ -15,7 +15,11 @@ federation is still changing that module. Before any update it is uniform.
 
 Both terms are shares that sum to one, so IG_k sums to one over the modules.
 
-Variants (fedpilot's ``local_term`` and ``global_term`` options):
+Variants (fedpilot's ``local_term``, ``local_scope`` and ``global_term`` options):
+
+- federation scope (``local_scope: federation``): the local term is the mean, over the K clients the
+  server holds scores of, of their local shares, (1/K) sum_k F_k(m) / sum_m' F_k(m'), so every client
+  is planned with the same values and clients of one budget train the same set in a round.
 
 - local term per module (``local_term: per-module``): F_k(m) times the module's parameter count
   |m|, the first-order loss decrease of a gradient step on the whole module, so a module with four
@@ -29,7 +33,7 @@ Variants (fedpilot's ``local_term`` and ``global_term`` options):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +55,19 @@ def fill_missing(local: Mapping[str, float], modules: Sequence[str]) -> dict[str
     """Local terms for every module: unscored modules get the mean of the scored ones (or 1)."""
     mean = sum(local.values()) / len(local) if local else 1.0
     return {m: local.get(m, mean) for m in modules}
+
+
+def federation_local(
+    local_by_client: Iterable[Mapping[str, float]], modules: Sequence[str], sizes: Mapping[str, int] | None = None
+) -> dict[str, float]:
+    """The federation's local term: the mean over clients of each client's local shares (unscored
+    modules filled with the client's mean first, times ``sizes`` when given); uniform with no scores."""
+    per_client = [shares(fill_missing(local, modules) if sizes is None else
+                         {m: v * sizes[m] for m, v in fill_missing(local, modules).items()})
+                  for local in local_by_client]
+    if not per_client:
+        return {m: 1.0 / len(modules) for m in modules}
+    return {m: sum(s[m] for s in per_client) / len(per_client) for m in modules}
 
 
 def ig_scores(
@@ -94,6 +111,10 @@ class ModuleAverage:
 class GlobalCoverage(ModuleAverage):
     """The server's running measure G(m) of how much of the federation's training leaves module m out."""
 
+    def observe_round(self, before: TensorDict, after: TensorDict, coverage: Mapping[str, float]) -> None:
+        """Fold in the round's coverage (the weights themselves are not needed)."""
+        self.observe_coverage(coverage)
+
     def observe_coverage(self, coverage: Mapping[str, float]) -> None:
         """``coverage[m]``: the share of the round's training samples whose clients trained m (missing: 0)."""
         self.smooth({m: 1.0 - float(coverage.get(m, 0.0)) for m in self.modules})
@@ -105,6 +126,10 @@ class GlobalChange(ModuleAverage):
     def __init__(self, module_keys: Mapping[str, Sequence[str]], modules: Sequence[str], decay: float) -> None:
         super().__init__(modules, decay)
         self.module_keys = module_keys
+
+    def observe_round(self, before: TensorDict, after: TensorDict, coverage: Mapping[str, float]) -> None:
+        """Fold in the round's relative change of every module (its coverage is not needed)."""
+        self.observe(before, after)
 
     def observe(self, before: TensorDict, after: TensorDict) -> None:
         relative = {}

@@ -4,7 +4,11 @@ its memory budget, and the server compensates the modules few clients trained.
 
 - allocation: the exact position-aware knapsack (fedpilot.planning.allocation) over the calibrated cost model;
 - value: the information-gain score (fedpilot.planning.scoring), local Fisher terms refreshed every
-  ``refresh_rounds`` rounds, global terms every round;
+  ``refresh_rounds`` rounds, global terms every round; ``local_scope: federation`` plans every
+  client with the mean of all clients' local terms (one value per module for the whole federation);
+- stability (``keep_margin`` = mu, off by default): a client keeps its previous module set A' while
+  A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
+  today's scores, so that small moves of the scores do not reshuffle what a client trains;
 - aggregation: spatial-temporal compensation (``stagg``: strategy_utils.TemporalCompensation, the
   coverage-weighted update history, or strategy_utils.UpdateMemory, every client's latest update).
 
@@ -24,11 +28,11 @@ from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.allocation import Allocation, Problem, solve
 from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits
-from fedpilot.planning.scoring import GlobalChange, GlobalCoverage, ig_scores
+from fedpilot.planning.scoring import GlobalChange, GlobalCoverage, federation_local, ig_scores
 from fedpilot.strategies import STRATEGIES
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
-from fedpilot.strategies.strategy_utils import TemporalCompensation, UpdateMemory
+from fedpilot.strategies.strategy_utils import TemporalCompensation, UpdateMemory, coverage
 
 
 class FedPilotOptions(StrictModel):
@@ -49,6 +53,12 @@ class FedPilotOptions(StrictModel):
         "momentum", description="momentum: coverage-weighted update history (TemporalCompensation); memory: every client's latest update (UpdateMemory)"
     )
     memory_horizon: int | None = Field(None, ge=1, description="stagg memory: forget an update this many rounds after it was made (None: never)")
+    local_scope: Literal["client", "federation"] = Field(
+        "client", description="client: each client's own Fisher terms; federation: the mean of every scored client's terms, the same values for all"
+    )
+    keep_margin: float | None = Field(
+        None, ge=0, description="mu: keep a client's previous set unless the new one is worth more than (1 + mu) times it (None: always re-solve)"
+    )
 
 
 @STRATEGIES.register("fedpilot")
@@ -76,6 +86,7 @@ class FedPilot(FedAvg):
             else TemporalCompensation(context.module_keys, context.modules, opts.compensation, opts.history_decay, opts.staleness_horizon)
         )
         self.allocations: dict[int, Allocation] = {}
+        self.trained: dict[int, tuple[str, ...]] = {}  # every client's last assigned set (keep_margin compares with it)
         self.score_batches = opts.score_batches
 
     # -- what allocation plans with (the ablations override these) --------------------------------
@@ -84,7 +95,11 @@ class FedPilot(FedAvg):
         return self.cost_model_for(client)
 
     def module_values(self, cid: int) -> dict[str, float]:
-        return ig_scores(self.local_scores.get(cid, {}), self.global_change.change, self.context.modules, self.options.ig_weight, self.sizes)
+        modules, opts = self.context.modules, self.options
+        if opts.local_scope == "federation":
+            local = federation_local(self.local_scores.values(), modules, self.sizes)
+            return ig_scores(local, self.global_change.change, modules, opts.ig_weight)
+        return ig_scores(self.local_scores.get(cid, {}), self.global_change.change, modules, opts.ig_weight, self.sizes)
 
     def aggregate_modules(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         return self.compensation.aggregate(global_tensors, updates)
@@ -127,6 +142,7 @@ class FedPilot(FedAvg):
         for client in clients:
             allocation = self.allocate(client)
             self.allocations[client.cid] = allocation
+            self.trained[client.cid] = tuple(allocation.modules)
             plan[client.cid] = Assignment(tuple(allocation.modules))
         return plan
 
@@ -136,24 +152,30 @@ class FedPilot(FedAvg):
         if client.budget_bytes is None:
             modules = list(self.context.modules)
             return Allocation(modules, cost_model.cost(modules), sum(values.values()), 0.0)
-        allocation = solve(Problem(self.context.usable(client.budget_bytes), cost_model, values))
+        usable = self.context.usable(client.budget_bytes)
+        allocation = solve(Problem(usable, cost_model, values))
         if allocation is None:  # check_budgets rules this out before the first round
             raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
-        return allocation
+        return self.keep_previous(client.cid, allocation, cost_model, values, usable)
+
+    def keep_previous(self, cid: int, new: Allocation, cost_model: CostModel, values: Mapping[str, float], usable: int) -> Allocation:
+        """The stability rule (``keep_margin`` mu): the client's previous set A' instead of the optimum A*
+        when A' still fits and IG(A*) <= (1 + mu) * IG(A'), both under today's ``values``."""
+        margin, previous = self.options.keep_margin, self.trained.get(cid)
+        if margin is None or previous is None:
+            return new
+        cost = cost_model.cost(previous)
+        value = sum(values[m] for m in previous)
+        if cost > usable or new.value > (1 + margin) * value:
+            return new
+        return Allocation(list(previous), cost, value, new.solve_ms)
 
     def allocation_value(self, cid: int) -> float | None:
         return self.allocations[cid].value if cid in self.allocations else None
 
     def aggregate_train(self, server_round: int, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         aggregated = self.aggregate_modules(global_tensors, updates)
-        if isinstance(self.global_change, GlobalCoverage):
-            total = sum(u.num_samples for u in updates)
-            self.global_change.observe_coverage(
-                {m: sum(u.num_samples for u in updates if any(k in u.tensors for k in self.context.module_keys[m])) / total if total else 0.0
-                 for m in self.context.modules}
-            )
-        else:
-            self.global_change.observe(global_tensors, aggregated)
+        self.global_change.observe_round(global_tensors, aggregated, coverage(updates, self.context.module_keys, self.context.modules))
         return aggregated
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -162,9 +184,11 @@ class FedPilot(FedAvg):
             "local_scores": {str(cid): dict(scores) for cid, scores in self.local_scores.items()},
             "global_change": self.global_change.state_dict(),
             "compensation": self.compensation.state_dict(),
+            "trained": {str(cid): list(modules) for cid, modules in self.trained.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.local_scores = {int(cid): {m: float(v) for m, v in scores.items()} for cid, scores in state["local_scores"].items()}
         self.global_change.load_state_dict(state["global_change"])
         self.compensation.load_state_dict(state["compensation"])
+        self.trained = {int(cid): tuple(modules) for cid, modules in state.get("trained", {}).items()}  # absent before keep_margin

@@ -57,6 +57,15 @@ def sample_weighted_average(global_tensors: TensorDict, updates: Sequence[Client
     return result
 
 
+def coverage(updates: Sequence[ClientUpdate], module_keys: Mapping[str, Sequence[str]], modules: Sequence[str]) -> dict[str, float]:
+    """c_m: the share of the round's training samples whose clients sent module m (0 when nobody trained)."""
+    total = sum(u.num_samples for u in updates)
+    return {
+        m: sum(u.num_samples for u in updates if any(k in u.tensors for k in module_keys[m])) / total if total else 0.0
+        for m in modules
+    }
+
+
 class TemporalCompensation:
     """Spatial-temporal aggregation (stagg) of LoRA modules trained by different clients.
 
