@@ -148,3 +148,14 @@ def test_profile_prints_the_per_layer_table_and_json(tmp_path: Path, capsys: pyt
     assert main(["profile", "--config", str(tmp_path / "c.yaml"), "--analytic"]) == 0
     out = capsys.readouterr().out
     assert "estimated from the model config" in out and "full LoRA:" in out and "cheapest trainable set: 5.query" in out
+
+
+def test_analytic_layers_prices_a_stack_of_identical_layers() -> None:
+    from fedpilot.planning.costmodel import analytic_layers, lora_module_bytes
+
+    cm = analytic_layers(1000, 7, 3, {"q": (4, 4), "f": (4, 16)}, ["q", "f"], 2, 5, "adamw", {"model": "m"})
+    assert cm.activation == (21, 14, 7)  # layer l stores per_layer for each of the 3 - l layers from it up
+    assert cm.module == {f"{l}.{t}": lora_module_bytes(*s, 2, 5, "adamw") for l in range(3) for t, s in (("q", (4, 4)), ("f", (4, 16)))}
+    assert cm.rank_bytes["1.f"] == lora_module_bytes(4, 16, 3, 5, "adamw") - lora_module_bytes(4, 16, 2, 5, "adamw")
+    assert cm.cost(["2.q", "1.f"]) == 1000 + 14 + cm.module["2.q"] + cm.module["1.f"]
+    assert (cm.source, dict(cm.settings), cm.layer["2.f"]) == ("analytic", {"model": "m"}, 2)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fedpilot.core.errors import FedpilotError
-from fedpilot.core.keys import module_layer
+from fedpilot.core.keys import module_id, module_layer
 from fedpilot.core.sizes import mib
 
 FLOAT_BYTES = 4
@@ -118,6 +118,34 @@ class CostModel:
             source=str(data.get("source", "calibrated")),
             settings=dict(data.get("settings", {})),
         )
+
+
+def analytic_layers(
+    fixed: int,
+    per_layer: int,
+    layers: int,
+    shapes: Mapping[str, tuple[int, int]],
+    targets: Iterable[str],
+    rank: int,
+    tokens: int,
+    optimizer: str,
+    settings: Mapping[str, object],
+) -> CostModel:
+    """The analytic cost model of a stack of ``layers`` identical layers: backpropagating to layer l
+    stores ``per_layer`` bytes for each of the layers - l above it; each target t of ``shapes``
+    ((in, out) features) costs :func:`lora_module_bytes` at ``rank`` in every layer."""
+    modules = [(module_id(l, t), l, shapes[t]) for l in range(layers) for t in targets]
+    return CostModel(
+        fixed=fixed,
+        activation=tuple((layers - l) * per_layer for l in range(layers)),
+        module={m: lora_module_bytes(*shape, rank, tokens, optimizer) for m, _, shape in modules},
+        layer={m: l for m, l, _ in modules},
+        rank=rank,
+        rank_bytes={m: lora_module_bytes(*shape, rank + 1, tokens, optimizer) - lora_module_bytes(*shape, rank, tokens, optimizer)
+                    for m, _, shape in modules},
+        source="analytic",
+        settings=dict(settings),
+    )
 
 
 def nothing_fits(cost_model: CostModel, cid: object, budget: int, margin: float) -> FedpilotError:

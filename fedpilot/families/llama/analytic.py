@@ -30,9 +30,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from fedpilot.core.keys import module_id
 from fedpilot.planning.costmodel import FLOAT_BYTES as FLOAT
-from fedpilot.planning.costmodel import OPTIMIZER_STATES, CostModel, lora_module_bytes
+from fedpilot.planning.costmodel import CostModel, analytic_layers
 
 
 def model_config(spec: Any) -> dict[str, Any]:
@@ -87,16 +86,6 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
         per_layer += tokens * sum(shapes[t][0] for t in lora.targets)
     if settings.base_dropout:
         per_layer += (1 + elem) * batch * heads * seq * seq
-    activation = tuple((layers - l) * per_layer for l in range(layers))
-    modules = [(module_id(l, t), l, shapes[t]) for l in range(layers) for t in lora.targets]
-    return CostModel(
-        fixed=fixed,
-        activation=activation,
-        module={m: lora_module_bytes(*shape, lora.rank, tokens, optimizer) for m, _, shape in modules},
-        layer={m: l for m, l, _ in modules},
-        rank=lora.rank,
-        rank_bytes={m: lora_module_bytes(*shape, lora.rank + 1, tokens, optimizer) - lora_module_bytes(*shape, lora.rank, tokens, optimizer) for m, _, shape in modules},
-        source="analytic",
-        settings={"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer,
-                  "dtype": getattr(settings, "dtype", "float32")},
-    )
+    settings_record = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer,
+                       "dtype": getattr(settings, "dtype", "float32")}
+    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record)
