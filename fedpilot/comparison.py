@@ -4,7 +4,8 @@ A driver, like :mod:`fedpilot.simulation`, which it calls once per run. Every ru
 the same config except ``strategy`` and ``seed`` (and ``output_dir``, its folder), so for one seed all
 strategies see the same data split, partition and budgets. Runs live in ``OUT/<strategy>-seed<seed>/``;
 a run counts as done only when its ``results.json`` says ``"status": "finished"`` and holds the config
-this comparison would run (``output_dir`` aside). Done runs are skipped when the command is run again;
+this comparison would run (``output_dir`` aside) and the same strategy settings, defaults included
+(so a run made before a strategy's default changed is not taken for a run of the new default). Done runs are skipped when the command is run again;
 unfinished ones are deleted and rerun from scratch; a finished run of a different config is never
 touched: the command refuses, naming the folder.
 
@@ -253,6 +254,16 @@ def run_state(run: PlannedRun) -> str:
             f"{run.dir} holds a finished run of a different config ({_first_difference(ours, theirs)}); "
             f"it is kept: choose another --out, or move that folder"
         )
+    stored = results.get("strategy_settings")
+    if isinstance(stored, dict):  # absent before runs recorded it; options added since keep their old behaviour
+        current = run.config.strategy_settings().model_dump(mode="json")
+        changed = sorted(k for k in stored if stored[k] != current.get(k, "<absent>"))
+        if changed:
+            raise FedpilotError(
+                f"{run.dir} holds a finished run made with other {run.config.strategy} settings (strategy option "
+                f"{changed[0]} is {json.dumps(stored[changed[0]])} there, {json.dumps(current.get(changed[0], '<absent>'))} here: "
+                f"its defaults changed since); it is kept: choose another --out, or move that folder"
+            )
     return "finished"
 
 

@@ -247,6 +247,7 @@ def run_header(
         "title": f"{config.strategy} on {config.data.dataset}, {config.federation.num_clients} clients, "
         f"{config.data.partition.kind} partition",
         "config": config.model_dump(mode="json"),
+        "strategy_settings": config.strategy_settings().model_dump(mode="json"),  # the options with the defaults of this code
         "label_names": data.label_names,
         "train_samples": len(data.train),
         "test_samples": len(data.test),

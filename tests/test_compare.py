@@ -212,6 +212,36 @@ def test_a_finished_run_from_before_a_new_config_field_still_counts_as_done(tmp_
         run_state(PlannedRun("fedpilot", 0, config, run_dir))
 
 
+def test_a_finished_run_made_under_other_strategy_defaults_is_refused(tmp_path: Path) -> None:
+    """The config holds only the options a user set; results.json also records the strategy's settings
+    with the defaults of the code that ran, so a changed default is not mistaken for a finished run."""
+    from fedpilot.comparison import PlannedRun, run_state
+
+    config = parse_config({"federation": {"rounds": 2}, "output_dir": str(tmp_path / "run")})
+    settings = config.strategy_settings().model_dump(mode="json")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def stored(**changes: object) -> str:
+        record = {"status": "finished", "config": config.model_dump(mode="json"), "strategy_settings": {**settings, **changes}}
+        (run_dir / "results.json").write_text(json.dumps(record))
+        return run_state(PlannedRun("fedpilot", 0, config, run_dir))
+
+    assert stored() == "finished"
+    with pytest.raises(FedpilotError, match="ig_weight is 0.25 there, 0.5 here"):
+        stored(ig_weight=0.25)
+    older = {k: v for k, v in settings.items() if k != "keep_margin"}  # made before that option existed
+    (run_dir / "results.json").write_text(json.dumps({"status": "finished", "config": config.model_dump(mode="json"), "strategy_settings": older}))
+    assert run_state(PlannedRun("fedpilot", 0, config, run_dir)) == "finished"
+
+
+def test_the_runs_record_their_strategy_settings(comparison: Path) -> None:
+    results = run_results(comparison)
+    assert results["fedpilot"]["strategy_settings"]["ig_weight"] == 0.5
+    assert results["fedpilot"]["strategy_settings"]["keep_margin"] is None
+    assert results["fedavg"]["strategy_settings"] == {}
+
+
 def test_the_tables_and_plot_name_the_split_the_runs_were_evaluated_on(comparison: Path, tmp_path: Path) -> None:
     from fedpilot.comparison import plot_accuracy, render_markdown
 
