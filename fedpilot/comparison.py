@@ -404,10 +404,55 @@ def _run_one(config: Config, run_dir: Path, progress: bool) -> dict[str, Any]:
             "violations": len(result.results["budget_violations"]), "wall_seconds": result.results["wall_seconds"]}
 
 
-def _worker_init(threads: int) -> None:
+# -- worker processes of --jobs N ---------------------------------------------------------------------
+# A worker must never go on alone: ProcessPoolExecutor hands each worker its next run ahead of time, and
+# a worker outlives a parent killed by SIGTERM, so without these guards it would start that run with
+# nobody watching, beside a comparison started again on the same folder. Each worker watches its parent
+# and the comparison's stop event; when either says stop it interrupts the run it is making (SIGTERM,
+# which a run treats as Ctrl-C: it saves its results, marked interrupted) and starts no other. After a
+# failed run the comparison sets its drain event instead: the runs going on finish, no other starts.
+_EVENTS: tuple[Any, Any] | None = None  # the comparison's stop and drain events, in a worker
+_PARENT = 0  # the comparison's process id, in a worker
+INTERRUPTED = {"error": "interrupted: what it had done is saved, marked interrupted; run the comparison again to redo it",
+               "exit_code": 130}
+
+
+def _worker_init(threads: int, stop: Any, drain: Any, parent: int) -> None:
+    import threading
+
     import torch
 
+    global _EVENTS, _PARENT
     torch.set_num_threads(threads)
+    _EVENTS, _PARENT = (stop, drain), parent
+    threading.Thread(target=_watch, args=(stop, parent), daemon=True, name="fedpilot-watch").start()
+
+
+def _stopping() -> bool:
+    return _EVENTS is not None and (any(event.is_set() for event in _EVENTS) or os.getppid() != _PARENT)
+
+
+def _watch(stop: Any, parent: int, every: float = 0.5) -> None:
+    """In a worker: once the comparison stops or its process is gone, interrupt the run going on."""
+    import signal
+
+    while not (stop.wait(every) or os.getppid() != parent):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_in_worker(config: Config, run_dir: Path) -> dict[str, Any]:
+    """:func:`_run_one` in a worker: nothing once the comparison is stopping; an orphaned worker exits."""
+    if _stopping():
+        outcome = INTERRUPTED
+    else:
+        try:
+            outcome = _run_one(config, run_dir, False)
+        except KeyboardInterrupt:  # SIGTERM from _watch, or Ctrl-C: the run saved its results as interrupted
+            outcome = INTERRUPTED
+    if os.getppid() != _PARENT:
+        os._exit(130)  # nobody to report to, and no next run to start
+    return outcome
 
 
 def _failure(run: PlannedRun, outcome: dict[str, Any]) -> FedpilotError:
@@ -417,7 +462,9 @@ def _failure(run: PlannedRun, outcome: dict[str, Any]) -> FedpilotError:
 
 
 def _run_parallel(todo: Sequence[PlannedRun], jobs: int, finished: Callable[[PlannedRun, dict[str, Any]], None]) -> None:
-    """``todo`` with ``jobs`` worker processes (spawned: no state shared with this one)."""
+    """``todo`` with ``jobs`` worker processes (spawned: no state shared with this one). A failed run
+    lets the runs going on finish and starts no other; Ctrl-C, or this process ending, interrupts
+    every worker's run (saved, marked interrupted) and starts no other."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -425,24 +472,32 @@ def _run_parallel(todo: Sequence[PlannedRun], jobs: int, finished: Callable[[Pla
     workers = min(jobs, len(todo))
     failure: FedpilotError | None = None
     context = multiprocessing.get_context("spawn")
+    stop, drain = context.Event(), context.Event()
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(parallel_threads(workers),)) as pool:
-        futures = {pool.submit(_run_one, run.config, run.dir, False): run for run in todo}
-        for future in as_completed(futures):
-            run = futures[future]
-            if future.cancelled():
-                continue
-            try:
-                outcome = future.result()
-            except BrokenProcessPool:
-                outcome = {"error": "its worker process died (out of memory or killed); run the comparison again to redo it",
-                           "exit_code": 1}
-            if outcome["error"] is None:
-                finished(run, outcome)
-            elif failure is None:
-                failure = _failure(run, outcome)
-                for pending in futures:
-                    pending.cancel()
+                             initargs=(parallel_threads(workers), stop, drain, os.getpid())) as pool:
+        futures = {pool.submit(_run_in_worker, run.config, run.dir): run for run in todo}
+        try:
+            for future in as_completed(futures):
+                run = futures[future]
+                if future.cancelled():
+                    continue
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    outcome = {"error": "its worker process died (out of memory or killed); run the comparison again to redo it",
+                               "exit_code": 1}
+                if outcome["error"] is None:
+                    finished(run, outcome)
+                elif failure is None:
+                    failure = _failure(run, outcome)
+                    drain.set()  # the runs going on finish; the one a worker already holds does not start
+                    for pending in futures:
+                        pending.cancel()
+        except BaseException:  # Ctrl-C (or SIGTERM in a run of this process): stop the workers' runs too
+            stop.set()
+            for pending in futures:
+                pending.cancel()
+            raise
     if failure is not None:
         raise failure
 
