@@ -209,13 +209,14 @@ def test_federation_local_is_the_mean_of_the_clients_shares() -> None:
 
 
 def test_federation_scope_plans_every_client_with_the_same_values() -> None:
-    strategy, context = small_fedpilot(local_scope="federation")
+    strategy, context = small_fedpilot()  # the default scope
+    assert strategy.options.local_scope == "federation"
     strategy.local_scores = {0: {"0.q": 5.0, "1.q": 1.0}, 1: {"0.f": 2.0, "1.f": 7.0}}
     values = strategy.module_values(0)
     assert values == strategy.module_values(1) == strategy.module_values(9)
     local = federation_local(strategy.local_scores.values(), context.modules)
     assert values == pytest.approx({m: 0.5 * local[m] + 0.5 * 0.25 for m in context.modules})  # no global change yet: uniform
-    own, _ = small_fedpilot()
+    own, _ = small_fedpilot(local_scope="client")
     own.local_scores = strategy.local_scores
     assert own.module_values(0) != own.module_values(1)
 

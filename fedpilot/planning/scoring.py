@@ -15,11 +15,17 @@ federation is still changing that module. Before any update it is uniform.
 
 Both terms are shares that sum to one, so IG_k sums to one over the modules.
 
-Variants (fedpilot's ``local_term``, ``local_scope`` and ``global_term`` options):
+Scope (fedpilot's ``local_scope``): with ``federation`` (fedpilot's default) the local term every
+client is planned with is the federation's, the mean over the K clients the server holds scores of
+(:func:`federation_local`),
 
-- federation scope (``local_scope: federation``): the local term is the mean, over the K clients the
-  server holds scores of, of their local shares, (1/K) sum_k F_k(m) / sum_m' F_k(m'), so every client
-  is planned with the same values and clients of one budget train the same set in a round.
+    IG(m) = lambda * (1/K) sum_k F_k(m) / sum_m' F_k(m')  +  (1 - lambda) * G(m) / sum_m' G(m'),
+
+so clients of one budget train the same set in a round; with ``client``, IG_k above, each client
+its own (under strong label skew its own Fisher terms made the federation's sets differ from client
+to client and round to round, and accuracy lower: docs/protocol.md).
+
+Variants (fedpilot's ``local_term`` and ``global_term`` options):
 
 - local term per module (``local_term: per-module``): F_k(m) times the module's parameter count
   |m|, the first-order loss decrease of a gradient step on the whole module, so a module with four

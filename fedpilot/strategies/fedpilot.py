@@ -4,8 +4,10 @@ its memory budget, and the server compensates the modules few clients trained.
 
 - allocation: the exact position-aware knapsack (fedpilot.planning.allocation) over the calibrated cost model;
 - value: the information-gain score (fedpilot.planning.scoring), local Fisher terms refreshed every
-  ``refresh_rounds`` rounds, global terms every round; ``local_scope: federation`` plans every
-  client with the mean of all clients' local terms (one value per module for the whole federation);
+  ``refresh_rounds`` rounds, global terms every round; by default (``local_scope: federation``) every
+  client is planned with the mean of all scored clients' local terms (one value per module for the
+  whole federation: clients of one budget train the same set in a round); ``local_scope: client``
+  plans each client with its own (higher-variance under label skew: docs/protocol.md, session 6);
 - stability (``keep_margin`` = mu, off by default): a client keeps its previous module set A' while
   A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
   today's scores, so that small moves of the scores do not reshuffle what a client trains;
@@ -54,7 +56,7 @@ class FedPilotOptions(StrictModel):
     )
     memory_horizon: int | None = Field(None, ge=1, description="stagg memory: forget an update this many rounds after it was made (None: never)")
     local_scope: Literal["client", "federation"] = Field(
-        "client", description="client: each client's own Fisher terms; federation: the mean of every scored client's terms, the same values for all"
+        "federation", description="federation: the mean of every scored client's Fisher terms, the same values for all; client: each client's own"
     )
     keep_margin: float | None = Field(
         None, ge=0, description="mu: keep a client's previous set unless the new one is worth more than (1 + mu) times it (None: always re-solve)"
