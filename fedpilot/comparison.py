@@ -450,6 +450,8 @@ def _run_in_worker(config: Config, run_dir: Path) -> dict[str, Any]:
             outcome = _run_one(config, run_dir, False)
         except KeyboardInterrupt:  # SIGTERM from _watch, or Ctrl-C: the run saved its results as interrupted
             outcome = INTERRUPTED
+        if outcome["error"] is not None and _EVENTS is not None:
+            _EVENTS[1].set()  # drain now: this worker may take its next run before the comparison hears of this one
     if os.getppid() != _PARENT:
         os._exit(130)  # nobody to report to, and no next run to start
     return outcome
