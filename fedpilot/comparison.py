@@ -257,12 +257,12 @@ def run_state(run: PlannedRun) -> str:
     stored = results.get("strategy_settings")
     if isinstance(stored, dict):  # absent before runs recorded it; options added since keep their old behaviour
         current = run.config.strategy_settings().model_dump(mode="json")
-        changed = sorted(k for k in stored if stored[k] != current.get(k, "<absent>"))
-        if changed:
+        current = {k: current.get(k, "<absent>") for k in stored}
+        if current != stored:
             raise FedpilotError(
                 f"{run.dir} holds a finished run made with other {run.config.strategy} settings (strategy option "
-                f"{changed[0]} is {json.dumps(stored[changed[0]])} there, {json.dumps(current.get(changed[0], '<absent>'))} here: "
-                f"its defaults changed since); it is kept: choose another --out, or move that folder"
+                f"{_first_difference(current, stored)}: its defaults changed since); it is kept: choose another --out, "
+                f"or move that folder"
             )
     return "finished"
 

@@ -63,14 +63,21 @@ def fill_missing(local: Mapping[str, float], modules: Sequence[str]) -> dict[str
     return {m: local.get(m, mean) for m in modules}
 
 
+def local_shares(local: Mapping[str, float], modules: Sequence[str], sizes: Mapping[str, int] | None = None) -> dict[str, float]:
+    """A client's local term as shares: its Fisher terms with unscored modules filled (:func:`fill_missing`),
+    times ``sizes`` when given (per module), divided by their sum."""
+    filled = fill_missing(local, modules)
+    if sizes is not None:
+        filled = {m: v * sizes[m] for m, v in filled.items()}
+    return shares(filled)
+
+
 def federation_local(
     local_by_client: Iterable[Mapping[str, float]], modules: Sequence[str], sizes: Mapping[str, int] | None = None
 ) -> dict[str, float]:
     """The federation's local term: the mean over clients of each client's local shares (unscored
     modules filled with the client's mean first, times ``sizes`` when given); uniform with no scores."""
-    per_client = [shares(fill_missing(local, modules) if sizes is None else
-                         {m: v * sizes[m] for m, v in fill_missing(local, modules).items()})
-                  for local in local_by_client]
+    per_client = [local_shares(local, modules, sizes) for local in local_by_client]
     if not per_client:
         return {m: 1.0 / len(modules) for m in modules}
     return {m: sum(s[m] for s in per_client) / len(per_client) for m in modules}
@@ -85,10 +92,7 @@ def ig_scores(
 ) -> dict[str, float]:
     """IG_k(m) for every module, from a client's local Fisher terms (per parameter) and the server's
     global terms; with ``sizes`` (parameters per module) the local terms count per module."""
-    filled = fill_missing(local, modules)
-    if sizes is not None:
-        filled = {m: v * sizes[m] for m, v in filled.items()}
-    local_share = shares(filled)
+    local_share = local_shares(local, modules, sizes)
     global_share = shares({m: global_change.get(m, 0.0) for m in modules})
     return {m: weight * local_share[m] + (1 - weight) * global_share[m] for m in modules}
 
