@@ -418,11 +418,15 @@ INTERRUPTED = {"error": "interrupted: what it had done is saved, marked interrup
 
 
 def _worker_init(threads: int, stop: Any, drain: Any, parent: int) -> None:
+    import signal
     import threading
 
     import torch
 
     global _EVENTS, _PARENT
+    # Ctrl-C reaches a worker through the comparison's stop event only (one SIGTERM from _watch): a second
+    # interrupt straight from the terminal could break the run's save of the first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _EVENTS, _PARENT = (stop, drain), parent
     threading.Thread(target=_watch, args=(stop, parent), daemon=True, name="fedpilot-watch").start()
