@@ -256,8 +256,12 @@ def run_state(run: PlannedRun) -> str:
         )
     stored = results.get("strategy_settings")
     if isinstance(stored, dict):  # absent before runs recorded it; options added since keep their old behaviour
+        from fedpilot.strategies import STRATEGIES
+
+        inert = STRATEGIES.get_or_fail(run.config.strategy).inert_options
         current = run.config.strategy_settings().model_dump(mode="json")
-        current = {k: current.get(k, "<absent>") for k in stored}
+        current = {k: current.get(k, "<absent>") for k in stored if k not in inert}
+        stored = {k: v for k, v in stored.items() if k not in inert}
         if current != stored:
             raise FedpilotError(
                 f"{run.dir} holds a finished run made with other {run.config.strategy} settings (strategy option "

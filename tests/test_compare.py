@@ -235,6 +235,24 @@ def test_a_finished_run_made_under_other_strategy_defaults_is_refused(tmp_path: 
     assert run_state(PlannedRun("fedpilot", 0, config, run_dir)) == "finished"
 
 
+def test_a_finished_run_differing_only_in_options_the_strategy_never_reads_is_kept(tmp_path: Path) -> None:
+    from fedpilot.comparison import PlannedRun, run_state
+
+    config = parse_config({"strategy": "fedpilot-noig", "federation": {"rounds": 2}, "output_dir": str(tmp_path / "run")})
+    settings = config.strategy_settings().model_dump(mode="json")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def stored(**changes: object) -> str:
+        record = {"status": "finished", "config": config.model_dump(mode="json"), "strategy_settings": {**settings, **changes}}
+        (run_dir / "results.json").write_text(json.dumps(record))
+        return run_state(PlannedRun("fedpilot-noig", 0, config, run_dir))
+
+    assert stored(local_scope="client", ig_weight=0.25) == "finished"  # uniform values: neither is read
+    with pytest.raises(FedpilotError, match="compensation is 0.25 there, 0.5 here"):
+        stored(compensation=0.25)  # stagg still runs
+
+
 def test_the_runs_record_their_strategy_settings(comparison: Path) -> None:
     results = run_results(comparison)
     assert results["fedpilot"]["strategy_settings"]["ig_weight"] == 0.5

@@ -95,3 +95,23 @@ def test_plan_shows_each_clients_allocation_before_training(tiny_config: Config,
     assert main(["plan", "--config", str(tmp_path / "c.yaml")]) == 0
     text = capsys.readouterr().out
     assert "layer" in text and "budget" in text and "needs" in text and "    5 " in text
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_inert_options_are_options_of_the_strategy(name: str) -> None:
+    strategy = STRATEGIES[name]
+    assert strategy.inert_options <= set(strategy.Options.model_fields)
+
+
+def test_fedpilot_noig_does_not_read_its_inert_options(tiny_config: Config, tiny_cost_model: CostModel, tmp_path) -> None:
+    """What `fedpilot compare` relies on to keep a finished fedpilot-noig run made under other values of them:
+    the same allocations and the same model, every round."""
+    federation = tiny_config.federation.model_copy(update={"budgets": tiered_budgets(tiny_cost_model)})
+    config = tiny_config.model_copy(update={"strategy": "fedpilot-noig", "federation": federation})
+    other = {"ig_weight": 0.9, "refresh_rounds": 1, "score_batches": 1, "global_decay": 0.1,
+             "local_term": "per-module", "global_term": "coverage", "local_scope": "client"}
+    assert set(other) == STRATEGIES["fedpilot-noig"].inert_options
+    a = run_simulation(config, tmp_path / "a", progress=False).rounds
+    b = run_simulation(config.model_copy(update={"strategy_options": other}), tmp_path / "b", progress=False).rounds
+    assert [[(c["cid"], c["modules"]) for c in r["clients"]] for r in a] == [[(c["cid"], c["modules"]) for c in r["clients"]] for r in b]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
