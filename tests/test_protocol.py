@@ -222,3 +222,31 @@ def test_allocation_diff_compares_the_same_client_rounds(tmp_path, capsys, monke
     assert "1 client-rounds trained in only one" in lines[4]
     monkeypatch.setattr(sys, "argv", ["allocation_diff.py", str(tmp_path / "a"), str(tmp_path / "missing")])
     assert allocation_diff.main() == 2
+
+
+def test_coverage_stats_follow_temporal_compensation_by_hand() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import module_coverage as coverage_benchmark
+    finally:
+        sys.path.pop(0)
+    rounds = [  # (client, samples, modules); module c is never trained
+        [(0, 1, ["a"]), (1, 3, ["a", "b"])],
+        [(0, 1, ["a"])],
+        [(1, 3, ["b"])],
+    ]
+    results = {
+        "modules": ["a", "b", "c"],
+        "strategy_settings": {"compensation": 1.0, "staleness_horizon": 3, "local_scope": "federation"},
+        "rounds": [{"round": 0, "clients": []}]
+        + [{"round": r, "clients": [{"cid": c, "num_samples": n, "modules": m} for c, n, m in plan]} for r, plan in enumerate(rounds, 1)],
+    }
+    stats = coverage_benchmark.coverage_stats(results)
+    # coverage a: 1, 1, 0; b: 3/4, 0, 1; c: 0, 0, 0. weight = (1 - c) min(1, (s + 1) / 3) with eta = 1:
+    # a: 0, 0, 2/3; b: 1/12, 2/3, 0; c: 2/3, 1, 1
+    assert stats["module_rounds"] == 9
+    assert stats["full"] == pytest.approx(3 / 9) and stats["partial"] == pytest.approx(1 / 9) and stats["none"] == pytest.approx(5 / 9)
+    assert stats["mean_coverage"] == pytest.approx(3.75 / 9)
+    assert stats["mean_weight"] == pytest.approx((2 / 3 + 1 / 12 + 2 / 3 + 2 / 3 + 1 + 1) / 9)
+    assert stats["never_trained"] == pytest.approx(1 / 3)
+    assert coverage_benchmark.main([str(ROOT / "no-such-run")]) == 2
