@@ -250,3 +250,26 @@ def test_coverage_stats_follow_temporal_compensation_by_hand() -> None:
     assert stats["mean_weight"] == pytest.approx((2 / 3 + 1 / 12 + 2 / 3 + 2 / 3 + 1 + 1) / 9)
     assert stats["never_trained"] == pytest.approx(1 / 3)
     assert coverage_benchmark.main([str(ROOT / "no-such-run")]) == 2
+
+
+def test_ablation_gap_pairs_seeds_and_compares_with_the_spread(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import ablation_gap
+    finally:
+        sys.path.pop(0)
+    import numpy as np
+
+    a = {0: 0.70, 1: 0.60, 2: 0.65}
+    b = {0: 0.60, 1: 0.52, 2: 0.55, 3: 0.9}  # seed 3 has no pair
+    runs = {"ref": {s: {"final_accuracy": v, "late_accuracy": v} for s, v in a.items()},
+            "abl": {s: {"final_accuracy": v, "late_accuracy": v + 0.2 * (s == 0)} for s, v in b.items()}}
+    final = ablation_gap.gaps(runs, "ref", "abl")["final"]
+    diffs = np.array([0.10, 0.08, 0.10])
+    assert final["seeds"] == [0, 1, 2] and np.allclose(final["diffs"], diffs)
+    assert final["mean"] == pytest.approx(diffs.mean()) and final["std"] == pytest.approx(diffs.std(ddof=1))
+    assert final["spread_reference"] == pytest.approx(np.std([0.70, 0.60, 0.65], ddof=1))
+    assert final["beyond_spread"]  # 0.093 > max(0.050, 0.040)
+    late = ablation_gap.gaps(runs, "ref", "abl")["last-3"]
+    assert late["spread_against"] == pytest.approx(np.std([0.80, 0.52, 0.55], ddof=1)) and not late["beyond_spread"]  # mean 0.027
+    assert ablation_gap.main([str(tmp_path)]) == 2  # no finished runs there
