@@ -81,6 +81,63 @@ def test_stagg_compensation_shrinks_with_coverage() -> None:
     assert one_round(1) > one_round(3) > one_round(4) == 0.0
 
 
+def test_stagg_dwa_weights_each_module_step_by_the_softmax_of_its_update_norm_ratio() -> None:
+    """lambda_m = |R| exp(r_m / T) / sum_i exp(r_i / T), r_m = ||D_m(t-1)|| / ||D_m(t-2)||, against numpy by hand."""
+    temperature = 0.5
+    stagg = TemporalCompensation(KEYS, MODULES, eta=0.5, beta=0.9, tau=3, temperature=temperature)
+    state = {"0.q/A": np.zeros(2, dtype=np.float32), "1.q/A": np.zeros(2, dtype=np.float32), "head/w": np.zeros(1, dtype=np.float32)}
+
+    def step(d0: np.ndarray, d1: np.ndarray) -> dict[str, np.ndarray]:
+        sent = {"0.q/A": state["0.q/A"] + d0, "1.q/A": state["1.q/A"] + d1, "head/w": state["head/w"]}
+        return stagg.aggregate(state, [update(0, 1, sent)])  # full coverage: no history term, only lambda * D
+
+    first = step(np.array([3.0, 4.0], dtype=np.float32), np.array([0.0, 2.0], dtype=np.float32))  # norms 5, 2
+    np.testing.assert_allclose(first["0.q/A"], [3.0, 4.0])  # no ratio yet: lambda = 1
+    state = first
+    second = step(np.array([0.6, 0.8], dtype=np.float32), np.array([2.0, 0.0], dtype=np.float32))  # norms 1, 2
+    np.testing.assert_allclose(second["0.q/A"] - first["0.q/A"], [0.6, 0.8], rtol=1e-6)  # one ratio needs two rounds behind
+    state = second
+    ratios = np.array([1.0 / 5.0, 2.0 / 2.0])
+    expected = 2 * np.exp(ratios / temperature) / np.exp(ratios / temperature).sum()
+    assert [stagg.dwa_weights()[m] for m in MODULES] == pytest.approx(expected)
+    third = step(np.ones(2, dtype=np.float32), np.ones(2, dtype=np.float32))
+    np.testing.assert_allclose(third["0.q/A"] - second["0.q/A"], expected[0], rtol=1e-5)
+    np.testing.assert_allclose(third["1.q/A"] - second["1.q/A"], expected[1], rtol=1e-5)
+    assert expected[1] > 1 > expected[0]  # 1.q's updates did not shrink: the under-updated module takes the larger step
+
+    restored = TemporalCompensation(KEYS, MODULES, eta=0.5, beta=0.9, tau=3, temperature=temperature)
+    restored.load_state_dict(stagg.state_dict())
+    assert restored.dwa_weights() == stagg.dwa_weights()
+    older = {k: v for k, v in stagg.state_dict().items() if k != "update_norms"}  # a checkpoint from before DWA
+    restored.load_state_dict(older)
+    assert restored.dwa_weights() == {"0.q": 1.0, "1.q": 1.0}
+
+
+def test_stagg_dwa_off_or_with_a_large_temperature_is_plain_stagg() -> None:
+    rng = np.random.default_rng(0)
+    plain, off = TemporalCompensation(KEYS, MODULES, 0.5, 0.9, 3), TemporalCompensation(KEYS, MODULES, 0.5, 0.9, 3, temperature=1e9)
+    state_a = state_b = {k: np.zeros(3, dtype=np.float32) for k in ["0.q/A", "1.q/A", "head/w"]}
+    for round_ in range(5):
+        keys = ["0.q/A", "1.q/A", "head/w"] if round_ % 2 else ["0.q/A", "head/w"]  # 1.q sits out every other round
+        deltas = [{k: rng.standard_normal(3).astype(np.float32) for k in keys} for _ in range(2)]
+        state_a = plain.aggregate(state_a, [update(i, i + 1, {k: state_a[k] + d[k] for k in d}) for i, d in enumerate(deltas)])
+        state_b = off.aggregate(state_b, [update(i, i + 1, {k: state_b[k] + d[k] for k in d}) for i, d in enumerate(deltas)])
+        for k in state_a:
+            np.testing.assert_allclose(state_b[k], state_a[k], rtol=1e-6, atol=1e-7)
+
+
+def test_fedpilot_options_refuse_an_option_of_the_other_stagg() -> None:
+    from pydantic import ValidationError
+
+    from fedpilot.strategies.fedpilot import FedPilotOptions
+
+    with pytest.raises(ValidationError, match="dwa_temperature weights stagg momentum"):
+        FedPilotOptions(stagg="memory", dwa_temperature=2.0)
+    with pytest.raises(ValidationError, match="memory_horizon belongs to stagg: memory"):
+        FedPilotOptions(memory_horizon=3)
+    assert FedPilotOptions(dwa_temperature=2.0).dwa_temperature == 2.0
+
+
 def test_client_scores_are_mean_squared_gradients(shared_model: LoraModel, tiny_data: SplitData, tiny_config: Config) -> None:
     client = Client(0, shared_model, tiny_data.train)
     rng = np.random.default_rng(0)

@@ -103,15 +103,49 @@ def test_inert_options_are_options_of_the_strategy(name: str) -> None:
     assert strategy.inert_options <= set(strategy.Options.model_fields)
 
 
-def test_fedpilot_noig_does_not_read_its_inert_options(tiny_config: Config, tiny_cost_model: CostModel, tmp_path) -> None:
-    """What `fedpilot compare` relies on to keep a finished fedpilot-noig run made under other values of them:
-    the same allocations and the same model, every round."""
-    federation = tiny_config.federation.model_copy(update={"budgets": tiered_budgets(tiny_cost_model)})
-    config = tiny_config.model_copy(update={"strategy": "fedpilot-noig", "federation": federation})
-    other = {"ig_weight": 0.9, "refresh_rounds": 1, "score_batches": 1, "global_decay": 0.1,
-             "local_term": "per-module", "global_term": "coverage", "local_scope": "client"}
-    assert set(other) == STRATEGIES["fedpilot-noig"].inert_options
-    a = run_simulation(config, tmp_path / "a", progress=False).rounds
-    b = run_simulation(config.model_copy(update={"strategy_options": other}), tmp_path / "b", progress=False).rounds
-    assert [[(c["cid"], c["modules"]) for c in r["clients"]] for r in a] == [[(c["cid"], c["modules"]) for c in r["clients"]] for r in b]
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+INERT_CHANGES = [  # every inert option of a strategy, set to another valid value
+    ("fedpilot-noig", {"ig_weight": 0.9, "refresh_rounds": 1, "score_batches": 1, "global_decay": 0.1,
+                       "local_term": "per-module", "global_term": "coverage", "local_scope": "client"}),
+    ("fedpilot-nostagg", {"compensation": 0.9, "history_decay": 0.1, "staleness_horizon": 1, "dwa_temperature": 0.1}),
+    ("fedpilot-nostagg", {"stagg": "memory", "memory_horizon": 1}),
+]
+
+
+def test_every_inert_option_is_checked_below() -> None:
+    checked: dict[str, set[str]] = {}
+    for name, changes in INERT_CHANGES:
+        checked.setdefault(name, set()).update(changes)
+    assert checked == {name: set(s.inert_options) for name, s in STRATEGIES.items() if s.inert_options}
+
+
+def deciding_budgets(cost_model: CostModel) -> tuple[int, int, int]:
+    """Budgets where module values decide: client 0 affords layer 5 and one of 4.query / 4.value (same
+    cost), client 1 layers 4-5 and one module of layer 3, client 2 everything."""
+    margin = FederationSettings().memory_margin
+    sets = (["5.query", "5.value", "4.query"], ["5.query", "5.value", "4.query", "4.value", "3.query"], list(cost_model.module))
+    return tuple(math.ceil(cost_model.cost(s) / (1 - margin)) + 1 for s in sets)
+
+
+@pytest.fixture(scope="module")
+def inert_runs(tiny_config: Config, tiny_cost_model: CostModel, tmp_path_factory: pytest.TempPathFactory):
+    """(strategy, options) -> (allocations, losses) of a 2-round run on deciding budgets, each made once."""
+    federation = tiny_config.federation.model_copy(update={"budgets": deciding_budgets(tiny_cost_model)})
+    made: dict[tuple[str, str], tuple[list, list]] = {}
+
+    def run(name: str, options: dict) -> tuple[list, list]:
+        key = (name, repr(sorted(options.items())))
+        if key not in made:
+            config = tiny_config.model_copy(update={"strategy": name, "federation": federation, "strategy_options": options})
+            rounds = run_simulation(config, tmp_path_factory.mktemp("inert"), progress=False).rounds
+            made[key] = ([[(c["cid"], c["modules"]) for c in r["clients"]] for r in rounds], [r["loss"] for r in rounds])
+        return made[key]
+
+    return run
+
+
+@pytest.mark.parametrize(("name", "changes"), INERT_CHANGES, ids=lambda x: x if isinstance(x, str) else ",".join(x))
+def test_a_strategy_does_not_read_its_inert_options(name: str, changes: dict, inert_runs) -> None:
+    """What `fedpilot compare` relies on to keep a finished run made under other values of them: the same
+    allocations and the same model, every round, where the same change does move `fedpilot` itself."""
+    assert inert_runs(name, changes) == inert_runs(name, {})
+    assert inert_runs("fedpilot", changes) != inert_runs("fedpilot", {})  # the check can fail: these options matter there

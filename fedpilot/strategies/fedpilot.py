@@ -12,7 +12,8 @@ its memory budget, and the server compensates the modules few clients trained.
   A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
   today's scores, so that small moves of the scores do not reshuffle what a client trains;
 - aggregation: spatial-temporal compensation (``stagg``: strategy_utils.TemporalCompensation, the
-  coverage-weighted update history, or strategy_utils.UpdateMemory, every client's latest update).
+  coverage-weighted update history, with dynamic weight adjustment of each module's step when
+  ``dwa_temperature`` is set, or strategy_utils.UpdateMemory, every client's latest update).
 
 The ablations subclass this and override one hook each.
 """
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedpilot.core.keys import module_layer
 from fedpilot.core.settings import StrictModel
@@ -55,12 +56,24 @@ class FedPilotOptions(StrictModel):
         "momentum", description="momentum: coverage-weighted update history (TemporalCompensation); memory: every client's latest update (UpdateMemory)"
     )
     memory_horizon: int | None = Field(None, ge=1, description="stagg memory: forget an update this many rounds after it was made (None: never)")
+    dwa_temperature: float | None = Field(
+        None, gt=0, description="T: stagg momentum with dynamic weight adjustment of each module's step (Liu et al. 2019; None: off)"
+    )
     local_scope: Literal["client", "federation"] = Field(
         "federation", description="federation: the mean of every scored client's Fisher terms, the same values for all; client: each client's own"
     )
     keep_margin: float | None = Field(
         None, ge=0, description="mu: keep a client's previous set unless the new one is worth more than (1 + mu) times it (None: always re-solve)"
     )
+
+    @model_validator(mode="after")
+    def _one_stagg(self) -> FedPilotOptions:
+        """An option of the other stagg would be silently ignored: an error instead."""
+        if self.stagg == "memory" and self.dwa_temperature is not None:
+            raise ValueError("dwa_temperature weights stagg momentum's steps; with stagg: memory leave it out (or set stagg: momentum)")
+        if self.stagg == "momentum" and self.memory_horizon is not None:
+            raise ValueError("memory_horizon belongs to stagg: memory; with stagg: momentum leave it out (or set stagg: memory)")
+        return self
 
 
 @STRATEGIES.register("fedpilot")
@@ -85,7 +98,8 @@ class FedPilot(FedAvg):
         self.compensation: TemporalCompensation | UpdateMemory = (
             UpdateMemory(opts.memory_horizon)
             if opts.stagg == "memory"
-            else TemporalCompensation(context.module_keys, context.modules, opts.compensation, opts.history_decay, opts.staleness_horizon)
+            else TemporalCompensation(context.module_keys, context.modules, opts.compensation, opts.history_decay, opts.staleness_horizon,
+                                      opts.dwa_temperature)
         )
         self.allocations: dict[int, Allocation] = {}
         self.trained: dict[int, tuple[str, ...]] = {}  # every client's last assigned set (keep_margin compares with it)

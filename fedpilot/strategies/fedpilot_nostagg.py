@@ -14,5 +14,8 @@ from fedpilot.strategies.strategy_utils import sample_weighted_average
 
 @STRATEGIES.register("fedpilot-nostagg")
 class FedPilotNoStagg(FedPilot):
+    # the plain average: none of stagg's options is read
+    inert_options = frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature"})
+
     def aggregate_modules(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         return sample_weighted_average(global_tensors, updates)

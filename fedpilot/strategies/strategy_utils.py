@@ -77,7 +77,19 @@ class TemporalCompensation:
         staleness  s_m = 0 if any client trained a tensor of m, else s_m + 1
         history    h_x = beta * h_x + (1 - beta) * D_x   if K_x is non-empty, else beta * h_x
         weight     w_x = eta * (1 - c_x) * min(1, (s_m + 1) / tau)
-        update     theta_x <- theta_x + D_x + w_x * h_x
+        update     theta_x <- theta_x + lambda_m * D_x + w_x * h_x
+
+    lambda_m is 1 unless a DWA temperature T is given. Dynamic weight adjustment (DWA, the rule of
+    Liu et al., CVPR 2019, "End-to-End Multi-Task Learning with Attention", with modules as tasks and
+    the norm of a module's spatial update in place of a task's loss): with u_m(t) = ||D_m(t)|| over the
+    keys of m in the t-th round that trained m (the rounds m sat out do not count),
+
+        ratio      r_m = u_m(t-1) / u_m(t-2)           (for the modules R with two such rounds behind them)
+        DWA        lambda_m = |R| exp(r_m / T) / sum_{i in R} exp(r_i / T),   lambda_m = 1 outside R
+
+    so the lambdas of R average to 1: a module whose updates shrink more slowly than the others' (an
+    under-updated module, still far from where its data pull it) takes a larger step, one that has
+    settled a smaller one. T -> infinity is plain stagg; r_m is read before this round's update.
 
     A module every client trained moves exactly as in FedAvg (c = 1). One that few or no clients
     trained keeps moving along its update history, more as it grows stale, less as coverage grows;
@@ -86,20 +98,38 @@ class TemporalCompensation:
     sample-weighted mean.
     """
 
-    def __init__(self, module_keys: Mapping[str, Sequence[str]], modules: Sequence[str], eta: float, beta: float, tau: int) -> None:
+    def __init__(self, module_keys: Mapping[str, Sequence[str]], modules: Sequence[str], eta: float, beta: float, tau: int,
+                 temperature: float | None = None) -> None:
         self.module_keys = module_keys
         self.modules = list(modules)
         self.eta, self.beta, self.tau = eta, beta, tau
+        self.temperature = temperature
         self.history: TensorDict = {}
         self.staleness: dict[str, int] = {m: 0 for m in self.modules}
+        self.update_norms: dict[str, list[float]] = {}  # the last two ||D_m|| of the rounds that trained m
+
+    def dwa_weights(self) -> dict[str, float]:
+        """lambda_m of the next round (1 for every module without DWA or without two trained rounds)."""
+        weights = {m: 1.0 for m in self.modules}
+        if self.temperature is None:
+            return weights
+        ratios = {m: (n[1] / n[0] if n[0] > 0 else 1.0) for m, n in self.update_norms.items() if len(n) == 2}
+        if ratios:
+            top = max(ratios.values()) / self.temperature  # subtracted for a stable softmax
+            exps = {m: float(np.exp(r / self.temperature - top)) for m, r in ratios.items()}
+            total = sum(exps.values())
+            weights.update({m: len(exps) * e / total for m, e in exps.items()})
+        return weights
 
     def aggregate(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         result = sample_weighted_average(global_tensors, updates)  # head, and any key outside a module
         participants = sum(u.num_samples for u in updates)
+        lambdas = self.dwa_weights()
         for m in self.modules:
             keys = self.module_keys[m]
             touched = any(key in u.tensors for u in updates for key in keys)
             self.staleness[m] = 0 if touched else self.staleness[m] + 1
+            squared_norm = 0.0
             for key in keys:
                 current = global_tensors[key]
                 trained = [u for u in updates if key in u.tensors]
@@ -109,19 +139,25 @@ class TemporalCompensation:
                 if trained:
                     mean_delta = weighted_mean([u.tensors[key] - current for u in trained], [u.num_samples for u in trained], key)
                     history = self.beta * history + (1 - self.beta) * mean_delta
+                    squared_norm += float(np.sum(mean_delta.astype(np.float64) ** 2))
                 else:
                     mean_delta = np.zeros_like(current)
                     history = self.beta * history
                 self.history[key] = history
-                result[key] = current + mean_delta + weight * history
+                result[key] = current + (lambdas[m] * mean_delta).astype(current.dtype) + weight * history
+            if touched:
+                self.update_norms[m] = [*self.update_norms.get(m, []), float(np.sqrt(squared_norm))][-2:]
         return result
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": {k: v.copy() for k, v in self.history.items()}, "staleness": dict(self.staleness)}
+        return {"history": {k: v.copy() for k, v in self.history.items()}, "staleness": dict(self.staleness),
+                "update_norms": {m: list(n) for m, n in self.update_norms.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.history = {str(k): np.asarray(v).copy() for k, v in state["history"].items()}
         self.staleness = {str(k): int(v) for k, v in state["staleness"].items()}
+        # absent in checkpoints made before DWA: no norms yet, lambda = 1 until two trained rounds are seen
+        self.update_norms = {str(m): [float(x) for x in n] for m, n in state.get("update_norms", {}).items()}
 
 
 class UpdateMemory:
