@@ -770,18 +770,21 @@ def plot_accuracy(path: Path, summary: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axis = plt.subplots(figsize=(8, 4.5))
-    for strategy in summary["strategies"]:
+    fig, axis = plt.subplots(figsize=(10.5, 4.8))
+    tab20 = plt.get_cmap("tab20").colors
+    colors = tab20[0::2] + tab20[1::2]  # 20 distinct colours, the strong ones first: the 15 strategies never share one
+    for index, strategy in enumerate(summary["strategies"]):
         curves = [r["accuracy_curve"] for r in summary["runs"] if r["strategy"] == strategy]
         length = min(len(c) for c in curves)
         # rounds every seed evaluated (train.eval_every leaves gaps); x is the round number
         x = [i for i in range(length) if all(c[i] is not None for c in curves)]
         columns = [[c[i] for c in curves] for i in x]
         aware = summary["summary"][strategy]["memory_aware"]
-        (line,) = axis.plot(x, [statistics.fmean(c) for c in columns], marker="o", markersize=3,
+        (line,) = axis.plot(x, [statistics.fmean(c) for c in columns], marker="o", markersize=3, color=colors[index % len(colors)],
+                            linewidth=2.5 if strategy == "fedpilot" else 1.3,
                             linestyle="-" if aware else "--", label=strategy + ("" if aware else " (memory-unaware)"))
         if len(curves) > 1:
-            axis.fill_between(x, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(), alpha=0.15)
+            axis.fill_between(x, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(), alpha=0.08)
     axis.axhline(summary["target"]["accuracy"], color="grey", linestyle=":", linewidth=1, label="target")
     seeds = summary["seeds"]
     title = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))} (band: min-max)"
@@ -789,7 +792,7 @@ def plot_accuracy(path: Path, summary: dict[str, Any]) -> None:
     axis.set(xlabel="round", ylabel=f"{split} accuracy", ylim=(0, 1.02), title=f"{split.capitalize()} accuracy, {title}")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize="small")
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the curves, never over them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
