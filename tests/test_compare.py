@@ -212,45 +212,35 @@ def test_a_finished_run_from_before_a_new_config_field_still_counts_as_done(tmp_
         run_state(PlannedRun("fedpilot", 0, config, run_dir))
 
 
+def state_with_settings(tmp_path: Path, strategy: str, changes: dict, drop: str | None = None) -> str:
+    """run_state of a finished run of ``strategy`` whose recorded settings are this code's with ``changes``
+    (and without the option ``drop``, as made before it existed)."""
+    from fedpilot.comparison import PlannedRun, run_state
+
+    config = parse_config({"strategy": strategy, "federation": {"rounds": 2}, "output_dir": str(tmp_path / "run")})
+    settings = {**config.strategy_settings().model_dump(mode="json"), **changes}
+    settings.pop(drop, None)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    record = {"status": "finished", "config": config.model_dump(mode="json"), "strategy_settings": settings}
+    (run_dir / "results.json").write_text(json.dumps(record))
+    return run_state(PlannedRun(strategy, 0, config, run_dir))
+
+
 def test_a_finished_run_made_under_other_strategy_defaults_is_refused(tmp_path: Path) -> None:
     """The config holds only the options a user set; results.json also records the strategy's settings
     with the defaults of the code that ran, so a changed default is not mistaken for a finished run."""
-    from fedpilot.comparison import PlannedRun, run_state
-
-    config = parse_config({"federation": {"rounds": 2}, "output_dir": str(tmp_path / "run")})
-    settings = config.strategy_settings().model_dump(mode="json")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-
-    def stored(**changes: object) -> str:
-        record = {"status": "finished", "config": config.model_dump(mode="json"), "strategy_settings": {**settings, **changes}}
-        (run_dir / "results.json").write_text(json.dumps(record))
-        return run_state(PlannedRun("fedpilot", 0, config, run_dir))
-
-    assert stored() == "finished"
+    assert state_with_settings(tmp_path, "fedpilot", {}) == "finished"
     with pytest.raises(FedpilotError, match="ig_weight is 0.25 there, 0.5 here"):
-        stored(ig_weight=0.25)
-    older = {k: v for k, v in settings.items() if k != "keep_margin"}  # made before that option existed
-    (run_dir / "results.json").write_text(json.dumps({"status": "finished", "config": config.model_dump(mode="json"), "strategy_settings": older}))
-    assert run_state(PlannedRun("fedpilot", 0, config, run_dir)) == "finished"
+        state_with_settings(tmp_path, "fedpilot", {"ig_weight": 0.25})
+    assert state_with_settings(tmp_path, "fedpilot", {}, drop="keep_margin") == "finished"  # made before that option existed
 
 
 def test_a_finished_run_differing_only_in_options_the_strategy_never_reads_is_kept(tmp_path: Path) -> None:
-    from fedpilot.comparison import PlannedRun, run_state
-
-    config = parse_config({"strategy": "fedpilot-noig", "federation": {"rounds": 2}, "output_dir": str(tmp_path / "run")})
-    settings = config.strategy_settings().model_dump(mode="json")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-
-    def stored(**changes: object) -> str:
-        record = {"status": "finished", "config": config.model_dump(mode="json"), "strategy_settings": {**settings, **changes}}
-        (run_dir / "results.json").write_text(json.dumps(record))
-        return run_state(PlannedRun("fedpilot-noig", 0, config, run_dir))
-
-    assert stored(local_scope="client", ig_weight=0.25) == "finished"  # uniform values: neither is read
+    # uniform values: neither option is read
+    assert state_with_settings(tmp_path, "fedpilot-noig", {"local_scope": "client", "ig_weight": 0.25}) == "finished"
     with pytest.raises(FedpilotError, match="compensation is 0.25 there, 0.5 here"):
-        stored(compensation=0.25)  # stagg still runs
+        state_with_settings(tmp_path, "fedpilot-noig", {"compensation": 0.25})  # stagg still runs
 
 
 def test_the_runs_record_their_strategy_settings(comparison: Path) -> None:
