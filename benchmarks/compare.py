@@ -73,6 +73,8 @@ def main() -> int:
     try:
         if args.block is not None and not args.block.replace("-", "").isalnum():  # before hours of runs, not after
             raise FedpilotError(f"--block: {args.block!r} is not a name; use letters, digits and '-', e.g. rt-strong")
+        if args.docs.exists() and not args.docs.is_dir():  # before hours of runs: the docs are written last
+            raise FedpilotError(f"--docs: {args.docs} is a file; give the folder that holds (or will hold) results.md, e.g. docs")
         from fedpilot.config import load_config, parse_config
 
         config = load_config(args.config)

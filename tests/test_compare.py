@@ -316,14 +316,18 @@ def test_the_cores_are_shared_equally_between_jobs() -> None:
     assert parallel_threads(4, cores=16) == 4
 
 
-def test_a_bad_block_name_is_refused_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(("flag", "value", "fix"), [("--block", "rt strong/x", "rt-strong"), ("--docs", "results.md", "e.g. docs")])
+def test_a_bad_block_or_docs_folder_is_refused_before_any_run(flag: str, value: str, fix: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    monkeypatch.setattr("sys.argv", ["compare.py", "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"),
-                                     "--block", "rt strong/x"])
+    (tmp_path / "results.md").write_text("kept\n")  # a file given as --docs: it used to end in a traceback after the runs
+    arguments = {"--out": str(tmp_path / "out"), "--docs": str(tmp_path / "docs"), "--block": "rt-strong"}
+    arguments[flag] = value if flag == "--block" else str(tmp_path / value)
+    monkeypatch.setattr("sys.argv", ["compare.py", *[x for pair in arguments.items() for x in pair]])
     assert benchmark.main() == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--block" in err and "rt-strong" in err
+    assert len(err.splitlines()) == 1 and flag in err and fix in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "docs").exists()
+    assert (tmp_path / "results.md").read_text() == "kept\n"
