@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from fedpilot.comparison import summarise_run
+from fedpilot.comparison import _std, summarise_run  # _std: the sample std over seeds of the compare tables (0 for one)
 
 METRICS = {"final": "final_accuracy", "last-3": "late_accuracy"}
 
@@ -34,10 +34,6 @@ def finished_runs(out: Path) -> dict[str, dict[int, dict]]:
         if match and results.get("status") == "finished":
             runs.setdefault(match[1], {})[int(match[2])] = summarise_run(results)
     return runs
-
-
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def gaps(runs: dict[str, dict[int, dict]], reference: str, against: str) -> dict[str, dict]:

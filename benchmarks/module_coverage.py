@@ -24,6 +24,7 @@ import numpy as np
 
 def coverage_stats(results: dict) -> dict[str, float]:
     from fedpilot.strategies.fedpilot import FedPilotOptions
+    from fedpilot.strategies.strategy_utils import compensation_weight
 
     settings = FedPilotOptions.model_validate(
         {k: v for k, v in (results.get("strategy_settings") or {}).items() if k in FedPilotOptions.model_fields}
@@ -44,7 +45,7 @@ def coverage_stats(results: dict) -> dict[str, float]:
             if share > 0:
                 ever.add(m)
             covers.append(share)
-            weights.append(eta * (1 - share) * min(1.0, (staleness[m] + 1) / tau))
+            weights.append(compensation_weight(eta, share, staleness[m], tau))
     c, w = np.asarray(covers), np.asarray(weights)
     return {
         "module_rounds": float(len(c)),

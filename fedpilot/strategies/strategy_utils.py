@@ -66,6 +66,11 @@ def coverage(updates: Sequence[ClientUpdate], module_keys: Mapping[str, Sequence
     }
 
 
+def compensation_weight(eta: float, coverage: float, staleness: int, tau: int) -> float:
+    """stagg's weight of a module's update history: w = eta (1 - c) min(1, (s + 1) / tau) (:class:`TemporalCompensation`)."""
+    return eta * (1 - coverage) * min(1.0, (staleness + 1) / tau)
+
+
 class TemporalCompensation:
     """Spatial-temporal aggregation (stagg) of LoRA modules trained by different clients.
 
@@ -134,18 +139,19 @@ class TemporalCompensation:
                 current = global_tensors[key]
                 trained = [u for u in updates if key in u.tensors]
                 coverage = sum(u.num_samples for u in trained) / participants if participants else 0.0
-                weight = self.eta * (1 - coverage) * min(1.0, (self.staleness[m] + 1) / self.tau)
+                weight = compensation_weight(self.eta, coverage, self.staleness[m], self.tau)
                 history = self.history.get(key, np.zeros_like(current))
                 if trained:
                     mean_delta = weighted_mean([u.tensors[key] - current for u in trained], [u.num_samples for u in trained], key)
                     history = self.beta * history + (1 - self.beta) * mean_delta
-                    squared_norm += float(np.sum(mean_delta.astype(np.float64) ** 2))
+                    if self.temperature is not None:  # DWA's norms: no work on this path without it
+                        squared_norm += float(np.sum(mean_delta.astype(np.float64) ** 2))
                 else:
                     mean_delta = np.zeros_like(current)
                     history = self.beta * history
                 self.history[key] = history
                 result[key] = current + (lambdas[m] * mean_delta).astype(current.dtype) + weight * history
-            if touched:
+            if touched and self.temperature is not None:
                 self.update_norms[m] = [*self.update_norms.get(m, []), float(np.sqrt(squared_norm))][-2:]
         return result
 
