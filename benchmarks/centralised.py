@@ -1,6 +1,6 @@
 """Centralised LoRA: the ceiling a federation is compared with.
 
-Usage: .venv/bin/python benchmarks/centralised.py [--config FILE] [--seeds 0,1,2] [--evals 10]
+Usage: .venv/bin/python benchmarks/centralised.py [--config FILE] [--seeds 0,1,2] [--lrs 2e-3,1e-3,5e-4] [--evals 10]
                                                    [--out runs/centralised/<config name>]
 
 For each seed, one model with every LoRA module of the config (its ``model.lora.targets`` at every
@@ -18,6 +18,13 @@ Every ``steps / evals`` steps and at the end it evaluates on the test split (and
 split if ``data.validation_fraction`` is set). Writes ``centralised.json`` into ``--out`` (per seed:
 the curve, the final metrics, wall time; and the mean and spread over seeds) and prints the final
 accuracy of each seed and their mean.
+
+The learning rate is the ceiling's own hyperparameter: one optimiser for all the federation's steps is
+not the federation's 8-step optimiser, and the federation's rate can be wrong for it (on rt-iid at
+2e-3 it fell to the class prior). ``--lrs 2e-3,1e-3,5e-4`` runs each rate on the first seed and keeps
+the one with the best final *validation* accuracy (never the test split; a grid needs
+``data.validation_fraction``); the other seeds run with that rate only. Every finished run is written
+at once, and a rerun with the same config reuses the runs it finds (an interrupted ceiling resumes).
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ def run_seed(config: Config, evals: int) -> dict:
                   + ", ".join(f"{n} accuracy {m['accuracy']:.3f}" for n, m in now.items()), file=sys.stderr, flush=True)
     return {
         "seed": config.seed,
+        "lr": config.train.lr,
         "train_rows": len(train),
         "steps": steps,
         "sample_steps": steps * config.train.batch_size,
@@ -100,16 +108,40 @@ def run_seed(config: Config, evals: int) -> dict:
     }
 
 
+def choose_lr(runs: list[dict]) -> float:
+    """The learning rate of the run with the best final validation accuracy (the first on a tie)."""
+    if any("validation" not in r["final"] for r in runs):
+        raise FedpilotError("--lrs: choosing a learning rate needs a validation split; set data.validation_fraction "
+                            "(e.g. 0.1) in the config, or give one rate")
+    return max(runs, key=lambda r: r["final"]["validation"]["accuracy"])["lr"]
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise FedpilotError(f"{flag} {text!r} is not a comma-separated list of positive numbers, e.g. 2e-3,1e-3,5e-4")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="a fedpilot config (default: the embedded default.yaml)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's seed)")
+    parser.add_argument("--lrs", default=None, help="comma-separated learning rates tried on the first seed, the best "
+                        "on validation kept for all (default: the config's train.lr only)")
     parser.add_argument("--evals", type=int, default=10, help="evaluations along the run, besides step 0 (default 10)")
     parser.add_argument("--out", default=None, help="folder for centralised.json (default runs/centralised/<config name>)")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
         seeds = [config.seed] if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
+        lrs = [config.train.lr] if args.lrs is None else parse_floats(args.lrs, "--lrs")
+        if len(lrs) > 1 and not config.data.validation_fraction:
+            raise FedpilotError("--lrs: choosing a learning rate needs a validation split; set data.validation_fraction "
+                                "(e.g. 0.1) in the config, or give one rate")
     except FedpilotError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -119,30 +151,63 @@ def main(argv: list[str] | None = None) -> int:
     name = Path(args.config).stem if args.config else "default"
     out = Path(args.out or f"runs/centralised/{name}")
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for seed in seeds:
-        runs.append(run_seed(config.model_copy(update={"seed": seed}), args.evals))
-        final = runs[-1]["final"]
-        print(f"centralised {name} seed {seed}: " + ", ".join(f"{n} accuracy {m['accuracy']:.4f}" for n, m in final.items())
-              + f" ({runs[-1]['steps']} steps x {config.train.batch_size} rows on {runs[-1]['train_rows']} rows, "
-              f"{runs[-1]['wall_seconds']:.0f} s)", flush=True)
-        write_record(out, config, args.config, runs)  # after every seed: an interrupted run keeps what finished
-    for split, stats in write_record(out, config, args.config, runs).items():
-        print(f"centralised {name}: {split} accuracy {stats['mean']:.4f} ± {stats['std']:.4f} "
-              f"over seeds {','.join(str(r['seed']) for r in runs)}")
+    runs = finished_runs(out, config)
+    if runs:
+        print(f"resuming: {len(runs)} finished run(s) in {out / 'centralised.json'}", file=sys.stderr)
+
+    def run(seed: int, lr: float) -> dict:
+        done = next((r for r in runs if r["seed"] == seed and r["lr"] == lr), None)
+        if done is None:
+            train = config.train.model_copy(update={"lr": lr})
+            done = run_seed(config.model_copy(update={"seed": seed, "train": train}), args.evals)
+            runs.append(done)
+            write_record(out, config, args.config, runs, chosen=None)  # after every run: an interrupted ceiling keeps it
+        final = done["final"]
+        print(f"centralised {name} seed {seed} lr {lr:g}: " + ", ".join(f"{n} accuracy {m['accuracy']:.4f}" for n, m in final.items())
+              + f" ({done['steps']} steps x {config.train.batch_size} rows on {done['train_rows']} rows, "
+              f"{done['wall_seconds']:.0f} s)", flush=True)
+        return done
+
+    try:
+        chosen = choose_lr([run(seeds[0], lr) for lr in lrs]) if len(lrs) > 1 else lrs[0]
+    except FedpilotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    if len(lrs) > 1:
+        print(f"learning rate {chosen:g}: the best final validation accuracy of {', '.join(f'{lr:g}' for lr in lrs)} on seed {seeds[0]}")
+    for seed in seeds[1:]:
+        run(seed, chosen)
+    for split, stats in write_record(out, config, args.config, runs, chosen, seeds).items():
+        print(f"centralised {name} (lr {chosen:g}): {split} accuracy {stats['mean']:.4f} ± {stats['std']:.4f} "
+              f"over seeds {','.join(str(s) for s in seeds)}")
     print(f"wrote {out / 'centralised.json'}")
     return 0
 
 
-def write_record(out: Path, config: Config, config_file: str | None, runs: list[dict]) -> dict[str, dict[str, float]]:
-    """Write ``out/centralised.json`` (the config, every finished seed, mean and std per split); the summary."""
+def finished_runs(out: Path, config: Config) -> list[dict]:
+    """The runs of an earlier ``centralised.json`` in ``out`` made with this very config (else none)."""
+    path = out / "centralised.json"
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    if record.get("config") != config.model_dump(mode="json"):
+        print(f"note: {path} was made with another config; its runs are not reused (it is rewritten)", file=sys.stderr)
+        return []
+    return [{**r, "lr": r.get("lr", config.train.lr)} for r in record.get("runs", [])]  # runs before --lrs used train.lr
+
+
+def write_record(out: Path, config: Config, config_file: str | None, runs: list[dict], chosen: float | None,
+                 seeds: list[int] | None = None) -> dict[str, dict[str, float]]:
+    """Write ``out/centralised.json`` (the config, every finished run, and once a rate is chosen the mean and std
+    per split over ``seeds`` at that rate); the summary."""
     summary = {}
-    for split in runs[0]["final"]:
-        values = [r["final"][split]["accuracy"] for r in runs]
+    kept = [r for r in runs if r["lr"] == chosen and (seeds is None or r["seed"] in seeds)]
+    for split in (kept[0]["final"] if kept else []):
+        values = [r["final"][split]["accuracy"] for r in kept]
         summary[split] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
     record = {
-        "config": config.model_dump(mode="json"), "config_file": config_file, "seeds": [r["seed"] for r in runs],
-        "runs": runs, "summary": summary,
+        "config": config.model_dump(mode="json"), "config_file": config_file, "chosen_lr": chosen,
+        "seeds": [r["seed"] for r in kept], "runs": runs, "summary": summary,
     }
     partial = out / "centralised.json.tmp"
     partial.write_text(json.dumps(record, indent=2))

@@ -273,3 +273,52 @@ def test_ablation_gap_pairs_seeds_and_compares_with_the_spread(tmp_path) -> None
     late = ablation_gap.gaps(runs, "ref", "abl")["last-3"]
     assert late["spread_against"] == pytest.approx(np.std([0.80, 0.52, 0.55], ddof=1)) and not late["beyond_spread"]  # mean 0.027
     assert ablation_gap.main([str(tmp_path)]) == 2  # no finished runs there
+
+
+def test_centralised_ceiling_chooses_its_learning_rate_on_validation_and_resumes(tiny_config, tmp_path, monkeypatch, capsys) -> None:
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import centralised
+    finally:
+        sys.path.pop(0)
+    # the rule: the best final validation accuracy, whatever the test split says; no validation split, no choice
+    runs = [{"lr": 1e-3, "final": {"test": {"accuracy": 0.9}, "validation": {"accuracy": 0.6}}},
+            {"lr": 5e-4, "final": {"test": {"accuracy": 0.5}, "validation": {"accuracy": 0.7}}}]
+    assert centralised.choose_lr(runs) == 5e-4
+    with pytest.raises(FedpilotError, match="validation_fraction"):
+        centralised.choose_lr([{"lr": 1e-3, "final": {"test": {"accuracy": 0.9}}}] * 2)
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(tiny_config.model_dump(mode="json")))
+    assert centralised.main(["--config", str(plain), "--lrs", "1e-3,5e-4", "--out", str(tmp_path / "p")]) == 2
+    assert "data.validation_fraction" in capsys.readouterr().err
+    assert centralised.main(["--config", str(plain), "--lrs", "1e-3,x", "--out", str(tmp_path / "p")]) == 2
+    assert "--lrs" in capsys.readouterr().err
+
+    config = tiny_config.model_copy(update={
+        "data": tiny_config.data.model_copy(update={"validation_fraction": 0.2}),
+        "federation": tiny_config.federation.model_copy(update={"rounds": 1}),
+        "train": tiny_config.train.model_copy(update={"local_steps": 2}),
+    })
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    out = tmp_path / "ceiling"
+    args = ["--config", str(path), "--seeds", "0,1", "--lrs", "1e-2,1e-3", "--evals", "1", "--out", str(out)]
+    assert centralised.main(args) == 0
+    record = json.loads((out / "centralised.json").read_text())
+    trained = {(r["seed"], r["lr"]) for r in record["runs"]}
+    grid = [r for r in record["runs"] if r["seed"] == 0]
+    best = max(grid, key=lambda r: r["final"]["validation"]["accuracy"])["lr"]
+    assert record["chosen_lr"] == best and trained == {(0, 1e-2), (0, 1e-3), (1, best)}  # seed 1 only at the chosen rate
+    assert record["seeds"] == [0, 1] and all(r["steps"] == 1 * 3 * 2 for r in record["runs"])
+    kept = [r["final"]["test"]["accuracy"] for r in record["runs"] if r["lr"] == best]
+    assert record["summary"]["test"]["mean"] == pytest.approx(sum(kept) / 2)
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(centralised, "run_seed", no_training)
+    assert centralised.main(args) == 0  # every run found: nothing trains, the same record
+    assert json.loads((out / "centralised.json").read_text())["runs"] == record["runs"]
