@@ -108,11 +108,14 @@ def run_seed(config: Config, evals: int) -> dict:
     }
 
 
+NEEDS_VALIDATION = ("--lrs: choosing a learning rate needs a validation split; set data.validation_fraction (e.g. 0.1) "
+                    "in the config, or give one rate")
+
+
 def choose_lr(runs: list[dict]) -> float:
     """The learning rate of the run with the best final validation accuracy (the first on a tie)."""
     if any("validation" not in r["final"] for r in runs):
-        raise FedpilotError("--lrs: choosing a learning rate needs a validation split; set data.validation_fraction "
-                            "(e.g. 0.1) in the config, or give one rate")
+        raise FedpilotError(NEEDS_VALIDATION)
     return max(runs, key=lambda r: r["final"]["validation"]["accuracy"])["lr"]
 
 
@@ -140,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [config.seed] if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
         lrs = [config.train.lr] if args.lrs is None else parse_floats(args.lrs, "--lrs")
         if len(lrs) > 1 and not config.data.validation_fraction:
-            raise FedpilotError("--lrs: choosing a learning rate needs a validation split; set data.validation_fraction "
-                                "(e.g. 0.1) in the config, or give one rate")
+            raise FedpilotError(NEEDS_VALIDATION)
     except FedpilotError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -168,11 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{done['wall_seconds']:.0f} s)", flush=True)
         return done
 
-    try:
-        chosen = choose_lr([run(seeds[0], lr) for lr in lrs]) if len(lrs) > 1 else lrs[0]
-    except FedpilotError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    chosen = choose_lr([run(seeds[0], lr) for lr in lrs]) if len(lrs) > 1 else lrs[0]  # validation checked above
     if len(lrs) > 1:
         print(f"learning rate {chosen:g}: the best final validation accuracy of {', '.join(f'{lr:g}' for lr in lrs)} on seed {seeds[0]}")
     for seed in seeds[1:]:
