@@ -6,8 +6,10 @@ strategies see the same data split, partition and budgets. Runs live in ``OUT/<s
 a run counts as done only when its ``results.json`` says ``"status": "finished"`` and holds the config
 this comparison would run (``output_dir`` aside) and the same strategy settings, defaults included
 (so a run made before a strategy's default changed is not taken for a run of the new default). Done runs are skipped when the command is run again;
-unfinished ones are deleted and rerun from scratch; a finished run of a different config is never
-touched: the command refuses, naming the folder.
+an unfinished run continues from its last checkpoint (every round writes one) when that checkpoint
+holds this run's config and settings, and ends exactly as an uninterrupted run would; otherwise (no
+readable checkpoint, another config) it is deleted and rerun from scratch, saying why. A finished run
+of a different config is never touched: the command refuses, naming the folder.
 
 Outputs in OUT: ``comparison.md``, ``comparison.json``, ``accuracy.png``, ``memory.png``, ``allocation.png``.
 
@@ -24,7 +26,7 @@ import shlex
 import shutil
 import statistics
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,6 +161,7 @@ class PlannedRun:
     seed: int
     config: Config
     dir: Path
+    resume: bool = False  # continue the unfinished run in ``dir`` from its checkpoint
 
     @property
     def name(self) -> str:
@@ -230,8 +233,44 @@ def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
         return stored
 
 
+def _settings_difference(run: PlannedRun, stored: Any) -> str | None:
+    """How the strategy settings a run recorded differ from this code's for ``run`` (options the strategy
+    declares inert aside); None when they agree or the run recorded none (made before runs recorded them)."""
+    if not isinstance(stored, dict):
+        return None
+    from fedpilot.strategies import STRATEGIES
+
+    inert = STRATEGIES.get_or_fail(run.config.strategy).inert_options
+    current = run.config.strategy_settings().model_dump(mode="json")
+    current = {k: current.get(k, "<absent>") for k in stored if k not in inert}
+    stored = {k: v for k, v in stored.items() if k not in inert}
+    return None if current == stored else _first_difference(current, stored)
+
+
+def resume_blocker(run: PlannedRun) -> str | None:
+    """Why the unfinished run in ``run.dir`` cannot continue from its checkpoint; None when it can (the
+    checkpoint reads and holds this run's config, ``output_dir`` aside, and strategy settings)."""
+    from fedpilot.runtime.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(run.dir)
+    except CheckpointError as err:
+        return str(err).split("; ")[0]
+    stored = checkpoint.results.get("config")
+    if not isinstance(stored, dict):
+        return "its checkpoint records no config"
+    ours, theirs = comparable_config(run.config.model_dump(mode="json")), comparable_config(_with_defaults(stored))
+    if ours != theirs:
+        return f"its checkpoint is of another config ({_first_difference(ours, theirs)})"
+    difference = _settings_difference(run, checkpoint.results.get("strategy_settings"))
+    if difference is not None:
+        return f"its checkpoint was made with other {run.config.strategy} settings ({difference})"
+    return None
+
+
 def run_state(run: PlannedRun) -> str:
-    """``"finished"`` (keep), ``"missing"`` or ``"unfinished"`` (run from scratch); refuses what it must not delete."""
+    """``"finished"`` (keep), ``"missing"`` or ``"unfinished"`` (continue from its checkpoint, or from
+    scratch: :func:`resume_blocker`); refuses what it must not delete."""
     results_path = run.dir / "results.json"
     if not run.dir.exists():
         return "missing"
@@ -254,20 +293,13 @@ def run_state(run: PlannedRun) -> str:
             f"{run.dir} holds a finished run of a different config ({_first_difference(ours, theirs)}); "
             f"it is kept: choose another --out, or move that folder"
         )
-    stored = results.get("strategy_settings")
-    if isinstance(stored, dict):  # absent before runs recorded it; options added since keep their old behaviour
-        from fedpilot.strategies import STRATEGIES
-
-        inert = STRATEGIES.get_or_fail(run.config.strategy).inert_options
-        current = run.config.strategy_settings().model_dump(mode="json")
-        current = {k: current.get(k, "<absent>") for k in stored if k not in inert}
-        stored = {k: v for k, v in stored.items() if k not in inert}
-        if current != stored:
-            raise FedpilotError(
-                f"{run.dir} holds a finished run made with other {run.config.strategy} settings (strategy option "
-                f"{_first_difference(current, stored)}: its defaults changed since); it is kept: choose another --out, "
-                f"or move that folder"
-            )
+    # absent before runs recorded it; options added since keep their old behaviour
+    difference = _settings_difference(run, results.get("strategy_settings"))
+    if difference is not None:
+        raise FedpilotError(
+            f"{run.dir} holds a finished run made with other {run.config.strategy} settings (strategy option "
+            f"{difference}: its defaults changed since); it is kept: choose another --out, or move that folder"
+        )
     return "finished"
 
 
@@ -343,14 +375,22 @@ def run_comparison(
             say(f"{run.name}: final accuracy {outcome['accuracy']:.3f}, "
                 f"{outcome['violations']} budget violations, {outcome['wall_seconds']:.0f} s")
 
+        resuming: set[str] = set()
         for run in todo:
-            if run.dir.exists():
-                say(f"{run.name}: rerunning from scratch (previous run {states[run.name]})")
+            if states[run.name] != "unfinished":
+                continue
+            blocker = resume_blocker(run)
+            if blocker is None:
+                resuming.add(run.name)
+                say(f"{run.name}: continuing from its checkpoint")
+            else:
+                say(f"{run.name}: rerunning from scratch ({blocker})")
                 shutil.rmtree(run.dir)
+        todo = [replace(run, resume=run.name in resuming) for run in todo]
         if jobs == 1 or len(todo) <= 1:
             for run in todo:
                 bar.set_postfix_str(run.name)
-                outcome = _run_one(run.config, run.dir, progress)
+                outcome = _run_one(run.config, run.dir, progress, run.resume)
                 if outcome["error"] is not None:
                     raise _failure(run, outcome)
                 finished(run, outcome)
@@ -396,12 +436,13 @@ def parallel_threads(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // jobs)
 
 
-def _run_one(config: Config, run_dir: Path, progress: bool) -> dict[str, Any]:
-    """One run; what the comparison reports of it, or its error (message and exit code)."""
+def _run_one(config: Config, run_dir: Path, progress: bool, resume: bool = False) -> dict[str, Any]:
+    """One run (``resume``: continued from the checkpoint in ``run_dir``, which holds ``config``, checked
+    by :func:`resume_blocker`); what the comparison reports of it, or its error (message and exit code)."""
     from fedpilot.simulation import run_simulation
 
     try:
-        result = run_simulation(config, run_dir, progress=progress)
+        result = run_simulation(None, run_dir, progress=progress, resume=True) if resume else run_simulation(config, run_dir, progress=progress)
     except FedpilotError as err:
         return {"error": str(err), "exit_code": err.exit_code}
     return {"error": None, "accuracy": result.rounds[-1]["accuracy"],
@@ -417,7 +458,7 @@ def _run_one(config: Config, run_dir: Path, progress: bool) -> dict[str, Any]:
 # failed run the comparison sets its drain event instead: the runs going on finish, no other starts.
 _EVENTS: tuple[Any, Any] | None = None  # the comparison's stop and drain events, in a worker
 _PARENT = 0  # the comparison's process id, in a worker
-INTERRUPTED = {"error": "interrupted: what it had done is saved, marked interrupted; run the comparison again to redo it",
+INTERRUPTED = {"error": "interrupted: what it had done is saved, marked interrupted; run the comparison again to continue it",
                "exit_code": 130}
 
 
@@ -449,13 +490,13 @@ def _watch(stop: Any, parent: int, every: float = 0.5) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run_in_worker(config: Config, run_dir: Path) -> dict[str, Any]:
+def _run_in_worker(config: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """:func:`_run_one` in a worker: nothing once the comparison is stopping; an orphaned worker exits."""
     if _stopping():
         outcome = INTERRUPTED
     else:
         try:
-            outcome = _run_one(config, run_dir, False)
+            outcome = _run_one(config, run_dir, False, resume)
         except KeyboardInterrupt:  # SIGTERM from _watch, or Ctrl-C: the run saved its results as interrupted
             outcome = INTERRUPTED
         if outcome["error"] is not None and _EVENTS is not None:
@@ -485,7 +526,7 @@ def _run_parallel(todo: Sequence[PlannedRun], jobs: int, finished: Callable[[Pla
     stop, drain = context.Event(), context.Event()
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                              initargs=(parallel_threads(workers), stop, drain, os.getpid())) as pool:
-        futures = {pool.submit(_run_in_worker, run.config, run.dir): run for run in todo}
+        futures = {pool.submit(_run_in_worker, run.config, run.dir, run.resume): run for run in todo}
         try:
             for future in as_completed(futures):
                 run = futures[future]

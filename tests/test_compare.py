@@ -119,6 +119,54 @@ def test_an_unfinished_run_is_rerun(comparison: Path, config_file: Path, tmp_pat
     assert rerun["status"] == "finished" and len(rerun["rounds"]) == TINY["federation"]["rounds"] + 1
 
 
+def test_an_interrupted_run_continues_from_its_checkpoint_to_the_same_end(
+        comparison: Path, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after round 1 continues there when the comparison runs again (no round is redone)
+    and ends exactly as the uninterrupted run of the module's comparison."""
+    from fedpilot.runtime.server import Server
+
+    out, original = tmp_path / "out", Server.run_round
+
+    def stop_at_round_2(self, server_round, transport):
+        if server_round == 2:
+            raise KeyboardInterrupt
+        return original(self, server_round, transport)
+
+    monkeypatch.setattr(Server, "run_round", stop_at_round_2)
+    assert main(["compare", "--config", str(config_file), "--strategies", "fedpilot", "--seeds", "0", "--out", str(out), "--quiet"]) == 130
+    monkeypatch.setattr(Server, "run_round", original)
+    part = json.loads((out / "fedpilot-seed0" / "results.json").read_text())
+    assert part["status"] == "interrupted" and len(part["rounds"]) == 2
+    first_round_at = part["rounds"][1]["finished_at"]
+
+    assert compare(config_file, out) == 0  # fedpilot continues, fedavg is new
+    resumed, full = run_results(out)["fedpilot"], run_results(comparison)["fedpilot"]
+    assert resumed["status"] == "finished" and resumed["resumed_after_rounds"] == [1]
+    assert resumed["rounds"][1]["finished_at"] == first_round_at  # round 1 was not trained again
+    for a, b in zip(full["rounds"], resumed["rounds"], strict=True):
+        assert (a["round"], a["accuracy"], a["loss"], a["train_loss"]) == (b["round"], b["accuracy"], b["loss"], b["train_loss"])
+    data = json.loads((out / "comparison.json").read_text())
+    assert sorted(data["executed"]) == ["fedavg-seed0", "fedpilot-seed0"]
+
+
+def test_a_checkpoint_that_cannot_continue_the_run_is_named_and_the_run_starts_over(comparison: Path, tmp_path: Path) -> None:
+    from fedpilot.comparison import PlannedRun, resume_blocker
+
+    run_dir = tmp_path / "fedpilot-seed0"
+    shutil.copytree(comparison / "fedpilot-seed0", run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    config = parse_config({**results["config"], "output_dir": str(run_dir)})
+    assert resume_blocker(PlannedRun("fedpilot", 0, config, run_dir)) is None
+    other = config.model_copy(update={"train": config.train.model_copy(update={"lr": 0.1})})
+    assert resume_blocker(PlannedRun("fedpilot", 0, other, run_dir)) == (
+        "its checkpoint is of another config (train.lr is 0.003 there, 0.1 here)")
+    checkpoint = run_dir / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    assert resume_blocker(PlannedRun("fedpilot", 0, config, run_dir)).startswith(f"{checkpoint}: damaged checkpoint")
+    checkpoint.unlink()
+    assert resume_blocker(PlannedRun("fedpilot", 0, config, run_dir)) == f"{checkpoint}: no checkpoint here"
+
+
 def test_a_finished_run_of_another_config_is_kept(comparison: Path, config_file: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "copy"
