@@ -708,8 +708,11 @@ def describe_config(config: dict[str, Any]) -> str:
     )
 
 
-def _pm(stat: dict[str, Any]) -> str:
-    return "n/a" if stat["mean"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+def _pm(stat: dict[str, Any], spread: bool = True) -> str:
+    """Mean ± sample std; the mean alone where ``spread`` is False (one seed: no spread to show)."""
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if spread else f"{stat['mean']:.3f}"
 
 
 def _ratio(value: float | None) -> str:
@@ -741,7 +744,7 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         "| peak / budget, mean | peak / budget, max | budget violations | upload MiB / round | wall s / run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    unaware = []
+    unaware, spread = [], len(summary["seeds"]) > 1
     for strategy, row in summary["summary"].items():
         mark = "" if row["memory_aware"] else " †"
         if not row["memory_aware"]:
@@ -753,14 +756,17 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
             to_target = f"{reach['mean']:.1f}" + ("" if reach["reached"] == reach["runs"] else f" ({reach['reached']} of {reach['runs']} seeds)")
         cr = row["client_rounds"]
         lines.append(
-            f"| `{strategy}`{mark} | {_pm(row['final_accuracy'])} | {_pm(row['best_accuracy'])} | {_pm(row['late_accuracy'])} | {_pm(row['final_macro_f1'])} "
+            f"| `{strategy}`{mark} | {_pm(row['final_accuracy'], spread)} | {_pm(row['best_accuracy'], spread)} "
+            f"| {_pm(row['late_accuracy'], spread)} | {_pm(row['final_macro_f1'], spread)} "
             f"| {to_target} | {cr['trained']} / {cr['planned']} ({cr['lost']}) | {_ratio(row['peak_over_budget']['mean'])} "
             f"| {_ratio(row['peak_over_budget']['max'])} | {row['budget_violations']} | {row['upload_mib_per_round']:.2f} "
             f"| {row['wall_seconds']['mean']:.0f} |"
         )
     lines += [
         "",
-        f"- Accuracies are on the {evaluated_split(summary)} split, mean ± sample standard deviation over seeds; best is the highest of rounds 1 to R; "
+        f"- Accuracies are on the {evaluated_split(summary)} split, "
+        + ("mean ± sample standard deviation over seeds" if spread else "one seed, so no spread over seeds is shown")
+        + "; best is the highest of rounds 1 to R; "
         f"last-{LATE_EVALUATIONS} mean is the mean of the last {LATE_EVALUATIONS} evaluated rounds (the final one included), "
         "steadier than the final round where a round's few sampled clients swing the accuracy.",
         "- Rounds to target: the first round whose accuracy reaches the target, mean over the seeds that reached it.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -17,6 +18,14 @@ TINY = {
     "federation": {"num_clients": 3, "rounds": 2},
     "train": {"local_steps": 4, "batch_size": 8, "lr": 0.003},
 }
+
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child a test stops with Ctrl-C: SIGINT back to its default, so the test holds
+    when pytest itself was started with SIGINT ignored (under nohup or as a shell's background job,
+    whose children inherit the ignore and, for bash, cannot undo it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

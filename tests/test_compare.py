@@ -64,6 +64,18 @@ def test_outputs_exist_and_parse(comparison: Path) -> None:
         assert len(results["rounds"]) == TINY["federation"]["rounds"] + 1
 
 
+def test_one_seed_shows_no_spread_and_several_seeds_show_mean_and_std(comparison: Path) -> None:
+    from fedpilot.comparison import render_markdown
+
+    data = json.loads((comparison / "comparison.json").read_text())
+    final = data["summary"]["fedpilot"]["final_accuracy"]["mean"]
+    one = render_markdown(data)
+    assert f"| `fedpilot` | {final:.3f} |" in one and "one seed, so no spread over seeds is shown" in one
+    assert not any("±" in line for line in one.splitlines() if line.startswith("| `"))
+    several = render_markdown({**data, "seeds": [0, 1]})
+    assert f"| `fedpilot` | {final:.3f} ± 0.000 |" in several and "mean ± sample standard deviation over seeds" in several
+
+
 def test_numbers_match_the_runs(comparison: Path) -> None:
     data = json.loads((comparison / "comparison.json").read_text())
     runs = run_results(comparison)

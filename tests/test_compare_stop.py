@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import TINY
+from tests.conftest import TINY, default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["fedavg", "fedpilot", "exclusive"]  # two workers: the third run is queued behind them
@@ -41,7 +41,7 @@ def start(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     command = [sys.executable, "-m", "fedpilot.cli", "compare", "--jobs", "2", "--config", str(config),
                "--strategies", ",".join(STRATEGIES), "--seeds", "0", "--out", str(out), "--quiet"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # both workers inside their rounds
         if all(status(out / f"{s}-seed0")[1] >= 3 for s in STRATEGIES[:2]):

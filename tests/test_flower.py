@@ -648,14 +648,14 @@ def processes_with(variable: str) -> list[int]:
 def test_flower_local_sh_stops_every_process_it_started_on_ctrl_c(tmp_path: Path) -> None:
     """The launcher starts a SuperLink and N SuperNodes and `flwr run`; Ctrl-C while the run is under way
     stops every one of them, the processes they started included, and the script exits 130."""
-    from conftest import TINY
+    from conftest import TINY, default_sigint
 
     work, config = tmp_path / "work", tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "run")}))
     env = {**os.environ, "FLOWER_LOCAL_DIR": str(work), "FEDPILOT_BIN": str(Path(sys.executable).parent), "FEDPILOT_NODE_WAIT": "60"}
     with open(tmp_path / "script.log", "wb") as log:
         script = subprocess.Popen(["bash", str(ROOT / "scripts" / "flower-local.sh"), "3", str(config)], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 180
         run_log = work / "flwr-run.log"
