@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedpilot.comparison import parse_seeds
 from fedpilot.config import Config, load_config
 from fedpilot.core.errors import FedpilotError
 from fedpilot.data.partition import partition_indices
@@ -140,16 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        seeds = [config.seed] if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = [config.seed] if args.seeds is None else parse_seeds(args.seeds)
         lrs = [config.train.lr] if args.lrs is None else parse_floats(args.lrs, "--lrs")
         if len(lrs) > 1 and not config.data.validation_fraction:
             raise FedpilotError(NEEDS_VALIDATION)
     except FedpilotError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except ValueError:
-        print(f"error: --seeds {args.seeds!r} is not a comma-separated list of integers, e.g. 0,1,2", file=sys.stderr)
-        return 2
     name = Path(args.config).stem if args.config else "default"
     out = Path(args.out or f"runs/centralised/{name}")
     out.mkdir(parents=True, exist_ok=True)

@@ -296,6 +296,9 @@ def test_centralised_ceiling_chooses_its_learning_rate_on_validation_and_resumes
     assert "data.validation_fraction" in capsys.readouterr().err
     assert centralised.main(["--config", str(plain), "--lrs", "1e-3,x", "--out", str(tmp_path / "p")]) == 2
     assert "--lrs" in capsys.readouterr().err
+    for seeds, named in (("0,x", "'x' is not an integer"), ("1,1", "seed 1 is listed twice")):
+        assert centralised.main(["--config", str(plain), "--seeds", seeds, "--out", str(tmp_path / "p")]) == 2
+        assert f"--seeds: {named}" in capsys.readouterr().err
 
     config = tiny_config.model_copy(update={
         "data": tiny_config.data.model_copy(update={"validation_fraction": 0.2}),
