@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.strategies import STRATEGIES, Assignment, ClientInfo, ClientUpdate, FederationContext
@@ -65,3 +68,12 @@ def test_a_lower_rank_tensor_is_refused_whatever_the_client_order(order: tuple[i
         sample_weighted_average(start, [updates[i] for i in order])
     with pytest.raises(ValueError, match="cannot average tensors of shapes"):
         weighted_mean([full["0.query/lora_A"], low["0.query/lora_A"]][:: 1 if order == (0, 1) else -1], [1, 1])
+
+
+@given(st.lists(hnp.arrays(np.float32, hnp.array_shapes(max_dims=3, max_side=5),
+                           elements=st.floats(-1e3, 1e3, width=32)), min_size=0, max_size=4))
+def test_squared_norm_is_the_squared_norm_of_all_entries_together(arrays: list[np.ndarray]) -> None:
+    from fedpilot.core.tensors import squared_norm
+
+    flat = np.concatenate([a.astype(np.float64).ravel() for a in arrays]) if arrays else np.zeros(0)
+    assert squared_norm(*arrays) == pytest.approx(float(np.linalg.norm(flat)) ** 2, rel=1e-12, abs=1e-12)

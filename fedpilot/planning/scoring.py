@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpilot.core.tensors import TensorDict
+from fedpilot.core.tensors import TensorDict, squared_norm
 
 EPS = 1e-12
 
@@ -145,7 +145,7 @@ class GlobalChange(ModuleAverage):
         relative = {}
         for m in self.modules:
             keys = self.module_keys[m]
-            delta = np.sqrt(sum(float(np.square((after[k] - before[k]).astype(np.float64)).sum()) for k in keys))
-            norm = np.sqrt(sum(float(np.square(before[k].astype(np.float64)).sum()) for k in keys))
+            delta = np.sqrt(squared_norm(*(after[k] - before[k] for k in keys)))
+            norm = np.sqrt(squared_norm(*(before[k] for k in keys)))
             relative[m] = float(delta / (norm + EPS))
         self.smooth(relative)

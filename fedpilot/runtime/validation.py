@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedpilot.core.keys import HEAD, module_of
-from fedpilot.core.tensors import TensorDict
+from fedpilot.core.tensors import TensorDict, squared_norm
 from fedpilot.strategies.base import Assignment, FederationContext
 
 
@@ -47,7 +47,7 @@ def update_rms(sent: TensorDict, received: Mapping[str, np.ndarray]) -> float:
 
     Per element, so clients that trained different numbers of modules compare.
     """
-    squares = sum(float(np.square(sent[k].astype(np.float64) - received[k].astype(np.float64)).sum()) for k in sent)
+    squares = squared_norm(*(sent[k].astype(np.float64) - received[k].astype(np.float64) for k in sent))
     elements = sum(sent[k].size for k in sent)
     return float(np.sqrt(squares / elements)) if elements else 0.0
 

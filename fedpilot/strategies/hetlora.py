@@ -13,7 +13,7 @@ from pydantic import Field
 
 from fedpilot.core.keys import LORA_A, LORA_B, tensor_key
 from fedpilot.core.settings import StrictModel
-from fedpilot.core.tensors import TensorDict
+from fedpilot.core.tensors import TensorDict, squared_norm
 from fedpilot.strategies import STRATEGIES
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
@@ -135,8 +135,8 @@ class HetLoRA(FedAvg):
             if pair is None:
                 continue
             b, a = pair
-            full += float(np.sum(product(b, a) ** 2))
-            tail += float(np.sum(product(b[:, keep:], a[keep:]) ** 2))
+            full += squared_norm(product(b, a))
+            tail += squared_norm(product(b[:, keep:], a[keep:]))
         return math.sqrt(tail / full) if full > 0 else None
 
     def self_prune(self, update: ClientUpdate) -> None:

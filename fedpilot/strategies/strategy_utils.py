@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpilot.core.tensors import TensorDict
+from fedpilot.core.tensors import TensorDict, squared_norm
 from fedpilot.strategies.base import ClientUpdate
 
 
@@ -134,7 +134,7 @@ class TemporalCompensation:
             keys = self.module_keys[m]
             touched = any(key in u.tensors for u in updates for key in keys)
             self.staleness[m] = 0 if touched else self.staleness[m] + 1
-            squared_norm = 0.0
+            module_squares = 0.0
             for key in keys:
                 current = global_tensors[key]
                 trained = [u for u in updates if key in u.tensors]
@@ -145,14 +145,14 @@ class TemporalCompensation:
                     mean_delta = weighted_mean([u.tensors[key] - current for u in trained], [u.num_samples for u in trained], key)
                     history = self.beta * history + (1 - self.beta) * mean_delta
                     if self.temperature is not None:  # DWA's norms: no work on this path without it
-                        squared_norm += float(np.sum(mean_delta.astype(np.float64) ** 2))
+                        module_squares += squared_norm(mean_delta)
                 else:
                     mean_delta = np.zeros_like(current)
                     history = self.beta * history
                 self.history[key] = history
                 result[key] = current + (lambdas[m] * mean_delta).astype(current.dtype) + weight * history
             if touched and self.temperature is not None:
-                self.update_norms[m] = [*self.update_norms.get(m, []), float(np.sqrt(squared_norm))][-2:]
+                self.update_norms[m] = [*self.update_norms.get(m, []), float(np.sqrt(module_squares))][-2:]
         return result
 
     def state_dict(self) -> dict[str, Any]:
