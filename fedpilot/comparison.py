@@ -233,6 +233,14 @@ def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
         return stored
 
 
+def _config_difference(run: PlannedRun, stored: Any) -> str | None:
+    """How a config a run recorded differs from ``run``'s (``output_dir`` and ``model.device`` aside, fields
+    added since at their defaults); None when they agree."""
+    ours = comparable_config(run.config.model_dump(mode="json"))
+    theirs = comparable_config(_with_defaults(stored)) if isinstance(stored, dict) else stored
+    return None if ours == theirs else _first_difference(ours, theirs)
+
+
 def _settings_difference(run: PlannedRun, stored: Any) -> str | None:
     """How the strategy settings a run recorded differ from this code's for ``run`` (options the strategy
     declares inert aside); None when they agree or the run recorded none (made before runs recorded them)."""
@@ -259,9 +267,9 @@ def resume_blocker(run: PlannedRun) -> str | None:
     stored = checkpoint.results.get("config")
     if not isinstance(stored, dict):
         return "its checkpoint records no config"
-    ours, theirs = comparable_config(run.config.model_dump(mode="json")), comparable_config(_with_defaults(stored))
-    if ours != theirs:
-        return f"its checkpoint is of another config ({_first_difference(ours, theirs)})"
+    difference = _config_difference(run, stored)
+    if difference is not None:
+        return f"its checkpoint is of another config ({difference})"
     difference = _settings_difference(run, checkpoint.results.get("strategy_settings"))
     if difference is not None:
         return f"its checkpoint was made with other {run.config.strategy} settings ({difference})"
@@ -286,11 +294,10 @@ def run_state(run: PlannedRun) -> str:
         return "unfinished"
     if not isinstance(results, dict) or results.get("status") != "finished":
         return "unfinished"
-    ours, theirs = comparable_config(run.config.model_dump(mode="json")), results.get("config")
-    theirs = comparable_config(_with_defaults(theirs)) if isinstance(theirs, dict) else theirs
-    if ours != theirs:
+    difference = _config_difference(run, results.get("config"))
+    if difference is not None:
         raise FedpilotError(
-            f"{run.dir} holds a finished run of a different config ({_first_difference(ours, theirs)}); "
+            f"{run.dir} holds a finished run of a different config ({difference}); "
             f"it is kept: choose another --out, or move that folder"
         )
     # absent before runs recorded it; options added since keep their old behaviour
