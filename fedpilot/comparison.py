@@ -263,7 +263,7 @@ def resume_blocker(run: PlannedRun) -> str | None:
     try:
         checkpoint = load_checkpoint(run.dir)
     except CheckpointError as err:
-        return str(err).split("; ")[0]
+        return err.reason
     stored = checkpoint.results.get("config")
     if not isinstance(stored, dict):
         return "its checkpoint records no config"

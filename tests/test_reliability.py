@@ -4,6 +4,7 @@ resume exactly, finished runs are never overwritten."""
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -156,6 +157,9 @@ def test_a_torn_checkpoint_is_never_loaded(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError, match="damaged checkpoint") as err:
             load_checkpoint(tmp_path)
         assert "\n" not in str(err.value)
+        assert err.value.reason.endswith(")") and str(err.value) == f"{err.value.reason}; rerun with --overwrite"
+        copied = pickle.loads(pickle.dumps(err.value))  # as a compare --jobs worker hands it back
+        assert type(copied) is CheckpointError and (copied.reason, str(copied)) == (err.value.reason, str(err.value))
 
 
 def test_an_existing_run_is_never_overwritten_silently(tmp_path: Path) -> None:

@@ -30,7 +30,18 @@ _GLOBAL, _STRATEGY = "global/", "strategy/"
 
 
 class CheckpointError(FedpilotError):
-    """A checkpoint that cannot be read or does not belong to this run."""
+    """A checkpoint that cannot be read or does not belong to this run.
+
+    ``reason``: what is wrong, without the fix the message goes on to name (``fedpilot compare``
+    says it when it starts such a run over instead of continuing it).
+    """
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"{reason}; {fix}")
+        self.reason, self.fix = reason, fix
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # rebuilt whole across processes (compare --jobs)
+        return type(self), (self.reason, self.fix)
 
 
 @dataclass
@@ -101,7 +112,7 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     """The checkpoint in ``folder``; a :class:`CheckpointError` (one line) if it is absent or damaged."""
     path = Path(folder) / CHECKPOINT
     if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint here; resume needs a run directory written by fedpilot run")
+        raise CheckpointError(f"{path}: no checkpoint here", "resume needs a run directory written by fedpilot run")
     try:
         data = path.read_bytes()
         header = json.loads(_read_header(data)["fedpilot"])
@@ -118,4 +129,4 @@ def load_checkpoint(folder: Path) -> Checkpoint:
             results=dict(header["results"]),
         )
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
-        raise CheckpointError(f"{path}: damaged checkpoint ({type(err).__name__}: {err}); rerun with --overwrite") from None
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(err).__name__}: {err})", "rerun with --overwrite") from None
