@@ -1,7 +1,7 @@
 """Does an ablation differ from fedpilot by more than the seed spread? Paired by seed, from the finished
-runs of one comparison folder.
+runs of one or more comparison folders.
 
-Usage: .venv/bin/python benchmarks/ablation_gap.py runs/rt-strong [--reference fedpilot]
+Usage: .venv/bin/python benchmarks/ablation_gap.py runs/rt-strong [runs/rt-mild ...] [--reference fedpilot]
        [--against fedpilot-noig fedpilot-nostagg ...]
 
 For each strategy B against the reference A, on the seeds both finished, for the final accuracy and the
@@ -9,12 +9,19 @@ last-3 mean (fedpilot.comparison.summarise_run): the per-seed differences A - B,
 standard deviation, and the seed spread (sample std over seeds) of A and of B. "gap > spread" says
 whether |mean difference| exceeds the larger of the two spreads, the issue's criterion. A seed that
 only one of the two finished is named on stderr, never silently left out.
+
+With several folders (protocols), each gets its table, and a last table pools the pairs of all of them
+(a pair: one folder's seed): how many pairs the reference is ahead in, and the exact two-sided sign test
+p = min(1, 2 P(X >= max(k, n - k))), X ~ Binomial(n, 1/2), with n the pairs that differ and k those the
+reference is ahead in. The spread of the levels mostly measures how hard each seed's partition is, which
+both strategies of a pair share; the sign of the paired difference does not depend on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -52,31 +59,62 @@ def gaps(runs: dict[str, dict[int, dict]], reference: str, against: str) -> dict
     return table
 
 
+def sign_test(diffs: list[float]) -> tuple[int, int, float]:
+    """(pairs the reference is ahead in, pairs that differ, exact two-sided sign-test p); ties are left out."""
+    ahead, n = sum(d > 0 for d in diffs), sum(d != 0 for d in diffs)
+    extreme = max(ahead, n - ahead)
+    tail = sum(math.comb(n, i) for i in range(extreme, n + 1)) / 2**n
+    return ahead, n, min(1.0, 2 * tail)
+
+
+def print_table(runs: dict[str, dict[int, dict]], reference: str, against: list[str], where: Path) -> dict[str, dict[str, list[float]]]:
+    """One folder's table; returns its paired differences, strategy -> metric -> differences."""
+    print(f"{where}:\n")
+    print(f"| {reference} - strategy | metric | seeds | per-seed difference | mean ± std | spread ({reference}; strategy) | gap > spread |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    paired: dict[str, dict[str, list[float]]] = {}
+    for name in against:
+        unpaired = set(runs[reference]) ^ set(runs[name])
+        if unpaired:
+            print(f"ablation_gap.py: {where}: seeds {sorted(unpaired)} finished for only one of {reference}, {name}: left out", file=sys.stderr)
+        for label, g in gaps(runs, reference, name).items():
+            paired.setdefault(name, {})[label] = g["diffs"]
+            diffs = ", ".join(f"{d:+.3f}" for d in g["diffs"])
+            print(f"| {name} | {label} | {','.join(map(str, g['seeds']))} | {diffs} | {g['mean']:+.3f} ± {g['std']:.3f} | "
+                  f"{g['spread_reference']:.3f}; {g['spread_against']:.3f} | {'yes' if g['beyond_spread'] else 'no'} |")
+    print()
+    return paired
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="a fedpilot compare folder")
+    parser.add_argument("out", type=Path, nargs="+", help="fedpilot compare folders (one per protocol)")
     parser.add_argument("--reference", default="fedpilot")
     parser.add_argument("--against", nargs="+", default=["fedpilot-noig", "fedpilot-nostagg"])
     args = parser.parse_args(argv)
-    try:
-        runs = finished_runs(args.out)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        print(f"ablation_gap.py: {args.out}: cannot read its runs ({error!r}); give a fedpilot compare folder", file=sys.stderr)
-        return 2
-    for name in [args.reference, *args.against]:
-        if name not in runs:
-            print(f"ablation_gap.py: {args.out} holds no finished {name} run; check --reference / --against", file=sys.stderr)
+    folders = {}
+    for out in args.out:
+        try:
+            folders[out] = finished_runs(out)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"ablation_gap.py: {out}: cannot read its runs ({error!r}); give a fedpilot compare folder", file=sys.stderr)
             return 2
-    print(f"| {args.reference} - strategy | metric | seeds | per-seed difference | mean ± std | spread ({args.reference}; strategy) | gap > spread |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for against in args.against:
-        unpaired = set(runs[args.reference]) ^ set(runs[against])
-        if unpaired:
-            print(f"ablation_gap.py: seeds {sorted(unpaired)} finished for only one of {args.reference}, {against}: left out", file=sys.stderr)
-        for label, g in gaps(runs, args.reference, against).items():
-            diffs = ", ".join(f"{d:+.3f}" for d in g["diffs"])
-            print(f"| {against} | {label} | {','.join(map(str, g['seeds']))} | {diffs} | {g['mean']:+.3f} ± {g['std']:.3f} | "
-                  f"{g['spread_reference']:.3f}; {g['spread_against']:.3f} | {'yes' if g['beyond_spread'] else 'no'} |")
+        for name in [args.reference, *args.against]:
+            if name not in folders[out]:
+                print(f"ablation_gap.py: {out} holds no finished {name} run; check --reference / --against", file=sys.stderr)
+                return 2
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for out, runs in folders.items():
+        for name, metrics in print_table(runs, args.reference, args.against, out).items():
+            for label, diffs in metrics.items():
+                pooled.setdefault(name, {}).setdefault(label, []).extend(diffs)
+    print("all folders, pairs (folder, seed) pooled:\n")
+    print(f"| {args.reference} - strategy | metric | pairs | {args.reference} ahead | mean ± std | sign test p (two-sided) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, metrics in pooled.items():
+        for label, diffs in metrics.items():
+            ahead, n, p = sign_test(diffs)
+            print(f"| {name} | {label} | {len(diffs)} | {ahead} of {n} | {statistics.fmean(diffs):+.3f} ± {_std(diffs):.3f} | {p:.3f} |")
     return 0
 
 

@@ -275,6 +275,50 @@ def test_ablation_gap_pairs_seeds_and_compares_with_the_spread(tmp_path) -> None
     assert ablation_gap.main([str(tmp_path)]) == 2  # no finished runs there
 
 
+@pytest.mark.parametrize("diffs", [[0.1, 0.2, 0.05], [0.1, -0.2, 0.3, 0.0, 0.1, 0.2], [-0.1] * 5 + [0.2] * 2, [0.0, 0.0], [0.3] * 6])
+def test_ablation_gap_sign_test_matches_brute_force(diffs) -> None:
+    import itertools
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import ablation_gap
+    finally:
+        sys.path.pop(0)
+    ahead, n, p = ablation_gap.sign_test(diffs)
+    nonzero = [d for d in diffs if d != 0]
+    assert (ahead, n) == (sum(d > 0 for d in diffs), len(nonzero))
+    # every equally likely sign pattern of the n differing pairs, and the share at least as far from n/2 as the observed one
+    patterns = list(itertools.product([0, 1], repeat=n))
+    as_extreme = sum(abs(sum(pattern) - n / 2) >= abs(ahead - n / 2) for pattern in patterns)
+    assert p == pytest.approx(min(1.0, as_extreme / len(patterns)))
+
+
+def test_ablation_gap_pools_pairs_over_folders(tmp_path, capsys) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import ablation_gap
+    finally:
+        sys.path.pop(0)
+
+    def finished(folder, strategy, seed, accuracies):
+        run = tmp_path / folder / f"{strategy}-seed{seed}"
+        run.mkdir(parents=True)
+        rounds = [{"round": r, "accuracy": a, "clients": [], "upload_bytes": 0, "download_bytes": 0} for r, a in enumerate(accuracies)]
+        results = {"status": "finished", "rounds": rounds, "wall_seconds": 1.0, "config": {"federation": {"clients_per_round": 8, "num_clients": 40}}}
+        (run / "results.json").write_text(json.dumps(results))
+
+    for folder, gap in (("strong", 0.1), ("mild", 0.05)):
+        for seed in (0, 1, 2):
+            finished(folder, "fedpilot", seed, [0.4, 0.5, 0.6, 0.7 + gap])
+            finished(folder, "fedpilot-noig", seed, [0.4, 0.5, 0.6, 0.7])
+    assert ablation_gap.main([str(tmp_path / "strong"), str(tmp_path / "mild"), "--against", "fedpilot-noig"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| fedpilot-noig | final | 0,1,2 |") == 2  # one table per folder
+    pooled = out.split("pooled")[1]
+    assert "| fedpilot-noig | final | 6 | 6 of 6 | +0.075 ± 0.027 | 0.031 |" in pooled  # 2 / 2**6
+    assert ablation_gap.main([str(tmp_path / "strong"), str(tmp_path / "absent")]) == 2
+
+
 def test_centralised_ceiling_chooses_its_learning_rate_on_validation_and_resumes(tiny_config, tmp_path, monkeypatch, capsys) -> None:
     import yaml
 
