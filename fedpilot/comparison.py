@@ -611,7 +611,15 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
         "wall_seconds": results["wall_seconds"],
         "calibration_cached": results.get("memory", {}).get("calibration_cached", True),
         "memory_aware": results.get("memory_aware", True),
+        "majority_accuracy": majority_accuracy(results),
     }
+
+
+def majority_accuracy(results: dict[str, Any]) -> float | None:
+    """The accuracy of always predicting the evaluated split's most frequent class (None: a run made
+    before results.json recorded ``evaluated_label_counts``)."""
+    counts = results.get("evaluated_label_counts")
+    return max(counts) / sum(counts) if counts and sum(counts) else None
 
 
 LATE_EVALUATIONS = 3
@@ -645,6 +653,10 @@ def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], ta
                        "best_mean_final_accuracy": mean_final[leader]}
     else:
         target_info = {"accuracy": target, "source": "--target"}
+    majorities = [r["majority_accuracy"] for r in per_run if r["majority_accuracy"] is not None]
+    if majorities:  # the highest over the runs' splits: a target at or below it is met by predicting one class
+        target_info["majority_accuracy"] = max(majorities)
+        target_info["trivial"] = target_info["accuracy"] <= max(majorities)
     for entry in per_run:
         entry["rounds_to_target"] = rounds_to_target(entry["accuracy_curve"], target_info["accuracy"])
     table = {}
@@ -733,6 +745,12 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
                        f"(`{target['from_strategy']}`, {target['best_mean_final_accuracy']:.3f}).")
     else:
         target_line = f"Target accuracy {target['accuracy']:.3f}, given by --target."
+    trivial = target.get("trivial", False)
+    if "majority_accuracy" in target:
+        target_line += f" Predicting the most frequent class scores {target['majority_accuracy']:.3f} on the evaluated split" + (
+            ": the target is no higher, so reaching it says nothing and rounds to target are not shown (give --target above it)."
+            if trivial else "."
+        )
     seeds = ", ".join(map(str, summary["seeds"]))
     preset = summary.get("preset")
     lines = [
@@ -757,7 +775,9 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         if not row["memory_aware"]:
             unaware.append(strategy)
         reach = row["rounds_to_target"]
-        if reach["reached"] == 0:
+        if trivial:
+            to_target = "n/a"
+        elif reach["reached"] == 0:
             to_target = "not reached"
         else:
             to_target = f"{reach['mean']:.1f}" + ("" if reach["reached"] == reach["runs"] else f" ({reach['reached']} of {reach['runs']} seeds)")

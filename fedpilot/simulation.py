@@ -253,6 +253,8 @@ def run_header(
         "test_samples": len(data.test),
         **({"validation_samples": len(data.validation)} if data.validation is not None else {}),
         **({"evaluated_on": config.train.evaluate_on} if config.train.evaluate_on != "test" else {}),
+        # what predicting one class scores is read from these (fedpilot compare's tables state it)
+        "evaluated_label_counts": np.bincount(evaluation_split(config, data).labels.numpy(), minlength=len(data.label_names)).tolist(),
         "modules": model.modules,
         "memory_aware": server.strategy.memory_aware,
         "clients": clients,

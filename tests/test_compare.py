@@ -323,6 +323,24 @@ def test_the_tables_and_plot_name_the_split_the_runs_were_evaluated_on(compariso
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_target_that_predicting_one_class_meets_is_named_and_not_counted(comparison: Path, config_file: Path, tmp_path: Path) -> None:
+    results = run_results(comparison)["fedpilot"]
+    counts = results["evaluated_label_counts"]
+    assert sum(counts) == results["test_samples"] and len(counts) == len(results["label_names"])
+    majority = max(counts) / sum(counts)
+    copy = tmp_path / "out"
+    shutil.copytree(comparison, copy)
+    for target, trivial in ((majority - 0.001, True), (min(1.0, majority + 0.01), False)):
+        assert compare(config_file, copy, "--target", f"{target:.6f}") == 0  # nothing reruns; the tables are made again
+        data = json.loads((copy / "comparison.json").read_text())
+        assert data["target"]["majority_accuracy"] == pytest.approx(majority) and data["target"]["trivial"] is trivial
+        text = (copy / "comparison.md").read_text()
+        assert f"Predicting the most frequent class scores {majority:.3f} on the evaluated split" in text
+        rows = [line for line in text.splitlines() if line.startswith("| `")]
+        assert all(line.split(" | ")[5] == "n/a" for line in rows) is trivial
+        assert ("reaching it says nothing" in text) is trivial
+
+
 def test_the_late_accuracy_is_the_mean_of_the_last_three_evaluated_rounds() -> None:
     from fedpilot.comparison import late_accuracy
 
