@@ -10,6 +10,8 @@ results-allocation.png. ``--block NAME`` writes a block of its own instead (mark
 plots NAME-accuracy.png, NAME-memory.png, NAME-allocation.png), so one results.md holds several
 comparisons (the benchmark protocol's three levels). ``--clients-per-round N`` sets ``federation.clients_per_round`` in the config
 (use another --out than the full-participation runs'). Lists may be given with commas or spaces.
+A config that evaluates on the validation split (a tuning comparison) needs ``--block``: it never
+replaces the main, test-split table.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ def main() -> int:
         from fedpilot.config import load_config, parse_config
 
         config = load_config(args.config)
+        if config.train.evaluate_on != "test" and args.block is None:  # a tuning comparison must not replace the main table
+            raise FedpilotError(
+                f"train.evaluate_on: {config.train.evaluate_on} makes this a tuning comparison, and without --block it would "
+                "replace docs/results.md's main (test-split) table; run it with `fedpilot compare`, or pass --block NAME"
+            )
         if args.clients_per_round is not None:
             data = config.model_dump(mode="json")
             data["federation"]["clients_per_round"] = args.clients_per_round

@@ -394,6 +394,25 @@ def test_the_cores_are_shared_equally_between_jobs() -> None:
     assert parallel_threads(4, cores=16) == 4
 
 
+def test_a_tuning_comparison_never_replaces_the_main_table(config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    tuning = yaml.safe_load(config_file.read_text())
+    tuning.setdefault("data", {})["validation_fraction"] = 0.1
+    tuning.setdefault("train", {})["evaluate_on"] = "validation"
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(tuning))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("kept\n")
+    monkeypatch.setattr("sys.argv", ["compare.py", "--config", str(tmp_path / "tune.yaml"), "--out", str(tmp_path / "out"),
+                                     "--docs", str(tmp_path / "docs")])
+    assert benchmark.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.evaluate_on: validation" in err and "--block" in err
+    assert not (tmp_path / "out").exists() and (tmp_path / "docs" / "results.md").read_text() == "kept\n"
+
+
 @pytest.mark.parametrize(("flag", "value", "fix"), [("--block", "rt strong/x", "rt-strong"), ("--docs", "results.md", "e.g. docs")])
 def test_a_bad_block_or_docs_folder_is_refused_before_any_run(flag: str, value: str, fix: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
