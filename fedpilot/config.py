@@ -180,6 +180,11 @@ class FederationSettings(StrictModel):
         description="valid updates a round needs; with fewer, the global model stays unchanged and the round is "
         "recorded as skipped (both drivers)",
     )
+    server_lr: float = Field(
+        1.0, gt=0, le=1,
+        description="the share of the way the global adapter moves to each round's aggregate (1: takes it; below 1 "
+        "damps the round-to-round swing of a few sampled non-IID clients; the same for every strategy)",
+    )
     payload: Literal["full", "assigned"] = Field(
         "full",
         description="what a task carries: full = the whole global adapter (frozen LoRA modules take part in the "

@@ -113,7 +113,7 @@ def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[C
     server = Server(
         strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound, proxy,
         min_replies=config.federation.min_replies, payload=config.federation.payload,
-        eval_every=config.train.eval_every, final_round=config.federation.rounds,
+        eval_every=config.train.eval_every, final_round=config.federation.rounds, server_lr=config.federation.server_lr,
     )
     server.check_budgets()
     return server

@@ -57,6 +57,8 @@ BAD_CONFIGS = [
     ("data: {dataset: imagenet}", "data.dataset: unknown dataset 'imagenet'; available: bbc-news"),
     ("strategy: fedsgd", "strategy: unknown strategy 'fedsgd'; available:"),
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
+    ("federation: {server_lr: 1.5}", "federation.server_lr: Input should be less than or equal to 1"),
+    ("federation: {server_lr: 0}", "federation.server_lr: Input should be greater than 0"),
     ("[1, 2]", "expected a mapping of settings, got list"),
     ("federation: {rounds: [", "not valid YAML at line 1"),
 ]

@@ -30,6 +30,7 @@ from fedpilot.runtime.transport import Transport
 from fedpilot.runtime.checkpoint import Checkpoint
 from fedpilot.runtime.validation import outliers, update_problem, update_rms
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, Strategy, derived_seed
+from fedpilot.strategies.strategy_utils import server_step
 
 Evaluator = Callable[[TensorDict], dict[str, float]]
 ProxyScorer = Callable[[TensorDict], Mapping[str, float]]  # global adapter -> a score per module (the server's proxy set)
@@ -92,6 +93,7 @@ class Server:
         payload: str = "full",
         eval_every: int = 1,
         final_round: int | None = None,
+        server_lr: float = 1.0,
     ) -> None:
         """``train_settings`` is the config's ``train`` section (local steps, batch size, optimiser);
         ``update_norm_bound``: reject an update whose RMS change exceeds this multiple of the round's median;
@@ -99,11 +101,14 @@ class Server:
         ``min_replies``: a round with fewer valid updates keeps the global model and is recorded as skipped;
         ``payload``: ``"full"`` (every task carries the whole global adapter) or ``"assigned"`` (only the
         tensors of the modules the task is about, and the head: :meth:`payload_for`);
-        ``eval_every``, ``final_round``: the evaluation cadence (:meth:`evaluation_due`)."""
+        ``eval_every``, ``final_round``: the evaluation cadence (:meth:`evaluation_due`);
+        ``server_lr``: the global state moves this share of the way to each aggregate (:func:`server_step`)."""
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         if min_replies < 1:
             raise ValueError(f"min_replies must be >= 1, got {min_replies}")
+        if not 0 < server_lr <= 1:
+            raise ValueError(f"server_lr must be in (0, 1], got {server_lr}")
         if payload not in PAYLOADS:
             raise ValueError(f"payload must be one of {PAYLOADS}, got {payload!r}")
         ids = [c.cid for c in clients]
@@ -124,6 +129,7 @@ class Server:
         self.update_norm_bound = update_norm_bound
         self.min_replies = min_replies
         self.payload = payload
+        self.server_lr = server_lr
         self.eval_every, self.final_round = eval_every, final_round
         self.last_metrics: dict[str, float] = {}
         self._last_on_subset: bool | None = None  # what last_metrics was measured on (None: unknown, after a restore)
@@ -356,7 +362,8 @@ class Server:
         self.last_metrics = dict(checkpoint.last_metrics)
 
     def _apply(self, new_tensors: Mapping[str, Any]) -> None:
-        """Take the aggregate as the global adapter, if it keeps every key and shape (never a silent change)."""
+        """Move the global adapter to the aggregate (``server_lr`` of the way), if it keeps every key and shape
+        (never a silent change)."""
         if set(new_tensors) != set(self.global_tensors):
             missing, extra = sorted(set(self.global_tensors) - set(new_tensors)), sorted(set(new_tensors) - set(self.global_tensors))
             raise ValueError(f"{type(self.strategy).__name__}.aggregate_train changed the adapter's keys (missing {missing[:3]}, extra {extra[:3]})")
@@ -364,4 +371,6 @@ class Server:
             old = self.global_tensors[key]
             if value.shape != old.shape or value.dtype != old.dtype:
                 raise ValueError(f"{type(self.strategy).__name__}.aggregate_train changed {key} from {old.shape} {old.dtype} to {value.shape} {value.dtype}")
-        self.global_tensors = dict(new_tensors)
+        self.global_tensors = server_step(
+            self.global_tensors, dict(new_tensors), self.server_lr, self.context.modules, self.context.scaling, self.strategy.base_deltas
+        )

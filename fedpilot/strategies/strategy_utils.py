@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedpilot.core.keys import BASE_DELTA, LORA_A, LORA_B, tensor_key
 from fedpilot.core.tensors import TensorDict, squared_norm
 from fedpilot.strategies.base import ClientUpdate
 
@@ -249,3 +250,46 @@ class UpdateMemory:
         self.memory = {int(cid): {str(k): np.asarray(v).copy() for k, v in slot.items()} for cid, slot in state["memory"].items()}
         self.samples = {int(cid): int(n) for cid, n in state["samples"].items()}
         self.made = {int(cid): {str(k): int(r) for k, r in made.items()} for cid, made in state["made"].items()}
+
+
+def server_step(
+    old: TensorDict, new: TensorDict, lr: float, modules: Sequence[str], scaling: float, base_deltas: bool
+) -> TensorDict:
+    """The global state after a server step of size ``lr`` (0 < lr <= 1) from ``old`` towards the aggregate ``new``.
+
+    Every tensor moves linearly, ``x <- x_old + lr (x_new - x_old)`` (the server learning rate of
+    FedOpt, Reddi et al. 2021, without an adaptive optimiser; lr = 1 takes the aggregate as it is).
+    For LoRA factors this interpolates A and B, not their product, as averaging them does. Where the
+    state merges into frozen weights (``base_deltas``: a module's weight is ``D + s B A``), the merge
+    is corrected so the module's effective weight moves exactly by ``lr`` of the aggregate's step:
+
+        D <- W_old + lr (W_new - W_old) - s B' A',   W = D + s B A,   B', A' the interpolated factors
+
+    (strategies that re-initialise A and B after merging, like FLoRA, stay exact this way). Computed
+    in float64, returned in each tensor's dtype; keys and shapes must match (no broadcasting).
+    """
+    if not 0 < lr <= 1:
+        raise ValueError(f"server learning rate must be in (0, 1], got {lr}")
+    if set(old) != set(new):
+        raise ValueError(f"server step: the aggregate's keys differ from the global state's ({sorted(set(old) ^ set(new))[:3]})")
+    if lr == 1:
+        return dict(new)
+    result: TensorDict = {}
+    for key, current in old.items():
+        if new[key].shape != current.shape:
+            raise ValueError(f"server step: the aggregate's {key} has shape {new[key].shape}, the global state's {current.shape}")
+        moved = current.astype(np.float64) + lr * (new[key].astype(np.float64) - current.astype(np.float64))
+        result[key] = moved.astype(current.dtype)
+    if base_deltas:
+        for module in modules:
+            a_key, b_key, d_key = (tensor_key(module, part) for part in (LORA_A, LORA_B, BASE_DELTA))
+            if d_key not in old:
+                raise ValueError(f"server step: {d_key} is missing from a state that merges into the base")
+
+            def weight(state: TensorDict) -> np.ndarray:
+                return state[d_key].astype(np.float64) + scaling * (state[b_key].astype(np.float64) @ state[a_key].astype(np.float64))
+
+            target = weight(old) + lr * (weight(new) - weight(old))
+            product = scaling * (result[b_key].astype(np.float64) @ result[a_key].astype(np.float64))
+            result[d_key] = (target - product).astype(old[d_key].dtype)
+    return result
