@@ -251,6 +251,12 @@ class TrainSettings(StrictModel):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    logit_adjustment: float = Field(
+        0.0, ge=0,
+        description="tau: each client trains on its logits plus tau x the log of its own label prior (add-one "
+        "smoothed), so local label skew stops pulling the shared head toward each client's prior (logit adjustment, "
+        "Menon et al. 2021, as FedLC uses it); the server evaluates the plain logits. 0: off",
+    )
     evaluate_on: Literal["test", "validation"] = Field(
         "test", description="the split the server evaluates on every round; validation needs data.validation_fraction"
     )

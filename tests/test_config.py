@@ -59,6 +59,7 @@ BAD_CONFIGS = [
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
     ("federation: {server_lr: 1.5}", "federation.server_lr: Input should be less than or equal to 1"),
     ("federation: {server_lr: 0}", "federation.server_lr: Input should be greater than 0"),
+    ("train: {logit_adjustment: -1}", "train.logit_adjustment: Input should be greater than or equal to 0"),
     ("[1, 2]", "expected a mapping of settings, got list"),
     ("federation: {rounds: [", "not valid YAML at line 1"),
 ]

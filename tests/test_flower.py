@@ -78,7 +78,7 @@ def test_tensors_round_trip_exactly() -> None:
     ],
 )
 def test_train_tasks_round_trip_exactly(assignment: Assignment) -> None:
-    instructions = TrainInstructions(local_steps=3, batch_size=8, optimizer="adamw", lr=0.003, weight_decay=0.01, seed=2**31 - 1)
+    instructions = TrainInstructions(local_steps=3, batch_size=8, optimizer="adamw", lr=0.003, weight_decay=0.01, seed=2**31 - 1, logit_adjustment=0.5)
     got_assignment, got_tensors, got_instructions = codec.decode_train_task(wire(codec.encode_train_task(assignment, tensors(), instructions)))
     assert got_assignment == assignment and got_instructions == instructions
     assert dict(got_assignment.ranks) == dict(assignment.ranks) and got_assignment.parts == assignment.parts

@@ -21,7 +21,7 @@ from fedpilot.data.split import TensorSplit
 from fedpilot.memory.measure import PeakMeter, optimizer_tensors, release_gradients
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.messages import ScoreInstructions, TrainInstructions
-from fedpilot.runtime.training import batch_indices, batch_loss, make_optimizer, training_step
+from fedpilot.runtime.training import batch_indices, batch_loss, label_offset, make_optimizer, training_step
 from fedpilot.strategies.base import Assignment
 
 T = TypeVar("T")
@@ -142,9 +142,10 @@ class Client:
         batches = list(batch_indices(self.num_samples, config.batch_size, config.local_steps, generator))
         rows = len(batches[-1])
         what = trainable_signature(assignment)
+        offset = label_offset(self.data.labels, model.num_labels, config.logit_adjustment)
         with model.fold_frozen(assignment.modules):
-            losses = [training_step(model, optimizer, self.data, idx) for idx in batches[:-1]]
-            last = partial(training_step, model, optimizer, self.data, batches[-1])
+            losses = [training_step(model, optimizer, self.data, idx, offset) for idx in batches[:-1]]
+            last = partial(training_step, model, optimizer, self.data, batches[-1], offset)
             if self.peaks is None:
                 losses.append(last())
             else:

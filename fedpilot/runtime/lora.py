@@ -52,6 +52,7 @@ class LoraModel:
         torch.manual_seed(seed)  # the head's initial weights and LoRA A matrices
         base = self.runtime.load_model(self.spec, num_labels, settings.base_dropout)
         self.num_layers: int = self.runtime.num_layers(base)
+        self.num_labels = num_labels
         self.settings = settings
         self.rank: int = settings.lora.rank
         self.modules: list[str] = [

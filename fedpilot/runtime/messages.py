@@ -22,6 +22,7 @@ class TrainInstructions:
     weight_decay: float
     seed: int
     payload: str = "full"  # federation.payload: what the task's tensors hold (Client.receive)
+    logit_adjustment: float = 0.0  # train.logit_adjustment: tau of the local label prior added to the logits (0: off)
 
     @classmethod
     def from_settings(cls, settings: Any, seed: int, payload: str = "full") -> TrainInstructions:
@@ -34,6 +35,7 @@ class TrainInstructions:
             weight_decay=settings.weight_decay,
             seed=seed,
             payload=payload,
+            logit_adjustment=settings.logit_adjustment,
         )
 
     def to_dict(self) -> dict[str, float | int | str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fedpilot.data.split import TensorSplit
@@ -29,15 +30,35 @@ def batch_indices(num_samples: int, batch_size: int, steps: int, generator: torc
         order = order[batch_size:]
 
 
-def batch_loss(model: LoraModel, data: TensorSplit, rows: Tensor | slice, reduction: str = "mean") -> Tensor:
-    """The family's loss of the model on ``rows`` of ``data``, computed on the model's device."""
+def label_offset(labels: Tensor, num_labels: int, tau: float) -> Tensor | None:
+    """``tau log pi``: the logit adjustment for a client whose labels are ``labels`` (None when tau is 0).
+
+    pi is the client's label prior, add-one smoothed so a class it never saw gets a finite offset:
+    ``pi_c = (n_c + 1) / (n + C)``.
+    """
+    if tau == 0:
+        return None
+    counts = torch.bincount(labels.long().cpu(), minlength=num_labels).double()
+    if len(counts) != num_labels:
+        raise ValueError(f"labels go up to {len(counts) - 1}, the model has {num_labels} labels")
+    return (tau * torch.log((counts + 1) / (counts.sum() + num_labels))).float()
+
+
+def batch_loss(model: LoraModel, data: TensorSplit, rows: Tensor | slice, reduction: str = "mean", offset: Tensor | None = None) -> Tensor:
+    """The family's loss of the model on ``rows`` of ``data``, computed on the model's device.
+
+    ``offset`` (:func:`label_offset`): the loss is instead the cross-entropy of the label scores plus
+    the offset, ``-log softmax(f(x) + tau log pi)_y`` (the family's loss when its scores are logits)."""
     features, labels = data.batch(rows, model.device)
-    return model.runtime.loss(model.forward(features), labels, reduction)
+    output = model.forward(features)
+    if offset is None:
+        return model.runtime.loss(output, labels, reduction)
+    return F.cross_entropy(output.float() + offset.to(output.device), labels, reduction=reduction)
 
 
-def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: TensorSplit, rows: Tensor) -> float:
-    """One forward, backward and optimiser step on ``rows`` of ``data``; returns the loss."""
-    loss = batch_loss(model, data, rows)
+def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: TensorSplit, rows: Tensor, offset: Tensor | None = None) -> float:
+    """One forward, backward and optimiser step on ``rows`` of ``data`` (``offset``: :func:`batch_loss`); returns the loss."""
+    loss = batch_loss(model, data, rows, offset=offset)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
