@@ -719,10 +719,16 @@ def describe_config(config: dict[str, Any]) -> str:
     skew = {"iid": "IID", "dirichlet": f"Dirichlet({partition['alpha']:g}) labels",
             "pathological": f"{partition['classes_per_client']} labels per client"}.get(partition["kind"], partition["kind"])
     samples = "all samples" if data["max_samples"] is None else f"{data['max_samples']} samples"
+    extras = []  # settings away from their defaults that change what every run learns
+    if train.get("logit_adjustment"):
+        extras.append(f"logit adjustment tau={train['logit_adjustment']:g}")
+    if fed.get("server_lr", 1.0) != 1.0:
+        extras.append(f"server learning rate {fed['server_lr']:g}")
     return (
         f"{model['name']}, LoRA r={model['lora']['rank']} on {'/'.join(model['lora']['targets'])}, {data['dataset']} "
         f"({samples}, {data['test_fraction']:.0%} test), {fed['num_clients']} clients, {skew}, "
-        f"{fed['rounds']} rounds x {train['local_steps']} local steps, batch {train['batch_size']}, "
+        f"{fed['rounds']} rounds x {train['local_steps']} local steps, batch {train['batch_size']}"
+        f"{''.join(', ' + e for e in extras)}, "
         f"sequence {data['max_length']}; {memory}; {fed['clients_per_round'] or fed['num_clients']} clients sampled per round"
     )
 

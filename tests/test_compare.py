@@ -428,3 +428,13 @@ def test_a_bad_block_or_docs_folder_is_refused_before_any_run(flag: str, value: 
     assert len(err.splitlines()) == 1 and flag in err and fix in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "docs").exists()
     assert (tmp_path / "results.md").read_text() == "kept\n"
+
+
+def test_the_config_sentence_names_the_loss_and_server_settings_that_change_every_run() -> None:
+    from fedpilot.comparison import describe_config
+    from fedpilot.config import parse_config
+
+    plain = describe_config(parse_config({}).model_dump(mode="json"))
+    assert "logit adjustment" not in plain and "server learning rate" not in plain
+    tuned = describe_config(parse_config({"train": {"logit_adjustment": 1.0}, "federation": {"server_lr": 0.5}}).model_dump(mode="json"))
+    assert "batch 16, logit adjustment tau=1, server learning rate 0.5, sequence" in tuned
