@@ -175,8 +175,11 @@ def test_benchmark_configs_are_the_scaled_protocol() -> None:
         assert config.data.validation_fraction and config.train.evaluate_on == "test", path.name
         kinds.add((config.data.partition.kind, config.data.partition.classes_per_client if config.data.partition.kind == "pathological" else None))
     assert kinds == {("iid", None), ("dirichlet", None), ("pathological", 2)}
-    # the three levels differ only in the partition (and where they write): one protocol, three skews
+    # the three levels differ only in the partition and the logit adjustment chosen for it on validation
+    # (and where they write): one protocol, three skews
     dumps = [load_config(path).model_dump(exclude={"output_dir"}) for path in CONFIGS]
+    adjustments = {path.stem: dump["train"].pop("logit_adjustment") for path, dump in zip(CONFIGS, dumps)}
+    assert adjustments["rt-iid"] == 0 and adjustments["rt-mild"] == 1.0  # docs/protocol.md, session 11
     for dump in dumps:
         dump["data"].pop("partition")
     assert all(dump == dumps[0] for dump in dumps)
