@@ -285,11 +285,12 @@ def server_step(
             a_key, b_key, d_key = (tensor_key(module, part) for part in (LORA_A, LORA_B, BASE_DELTA))
             if d_key not in old:
                 raise ValueError(f"server step: {d_key} is missing from a state that merges into the base")
-
-            def weight(state: TensorDict) -> np.ndarray:
-                return state[d_key].astype(np.float64) + scaling * (state[b_key].astype(np.float64) @ state[a_key].astype(np.float64))
-
-            target = weight(old) + lr * (weight(new) - weight(old))
+            before, after = (_effective_weight(state, a_key, b_key, d_key, scaling) for state in (old, new))
             product = scaling * (result[b_key].astype(np.float64) @ result[a_key].astype(np.float64))
-            result[d_key] = (target - product).astype(old[d_key].dtype)
+            result[d_key] = (before + lr * (after - before) - product).astype(old[d_key].dtype)
     return result
+
+
+def _effective_weight(state: TensorDict, a_key: str, b_key: str, d_key: str, scaling: float) -> np.ndarray:
+    """``D + s B A`` in float64: the change a merging strategy's state makes to a module's frozen weight."""
+    return state[d_key].astype(np.float64) + scaling * (state[b_key].astype(np.float64) @ state[a_key].astype(np.float64))
