@@ -146,6 +146,37 @@ def test_prediction_picks_the_highest_scoring_label(tiny_spec):
     assert predicted.tolist() == logits[:, split.features["answer_ids"][0]].argmax(1).tolist()
 
 
+def test_tiny_random_llama_adjusted_loss_moves_only_the_answer_logits(tiny_spec):
+    """train.logit_adjustment on a decoder: the loss is the full-vocabulary softmax with the offset added
+    to the label tokens' logits only, so tau -> 0 meets the plain loss (not a label-renormalised one)."""
+    model = LoraModel(tiny_settings(), num_labels=3, seed=0)
+    model.peft.eval()
+    split = tiny_split(tiny_spec, rows_per_label=2)
+    runtime, answers = model.runtime, split.features["answer_ids"]
+    offset = torch.tensor([0.8, -2.5, 0.3])
+    with torch.no_grad():
+        logits = model.peft(input_ids=split.features["input_ids"], attention_mask=split.features["attention_mask"],
+                            position_ids=(split.features["attention_mask"].cumsum(1) - 1).clamp(min=0)).logits[:, -1].double()
+        moved = logits.clone()
+        for label in range(3):
+            moved[torch.arange(len(split)), answers[:, label]] += float(offset[label])
+        reference = -moved.log_softmax(1).gather(1, answers.gather(1, split.labels[:, None])).squeeze(1)
+        output = model.forward(split.features)
+        ours = runtime.loss(output, split.labels, "none", offset)
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)
+        plain = runtime.loss(output, split.labels, "none")
+        np.testing.assert_allclose(runtime.loss(output, split.labels, "none", torch.zeros(3)).numpy(), plain.numpy(), rtol=1e-5)
+        assert not np.allclose(ours.numpy(), plain.numpy(), rtol=1e-3)
+        assert runtime.loss(output, split.labels, "sum", offset).item() == pytest.approx(ours.sum().item(), rel=1e-6)
+    # label tokens holding (almost) all the mass: still finite, with finite gradients
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8 - 1e-9]])).requires_grad_()
+    loss = runtime.loss(scores, torch.tensor([0, 2]), "mean", offset)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()
+    expected = -np.log(np.exp(np.log(0.5) + 0.8) / np.sum(np.array([0.5, 0.3, 0.2]) * np.exp(offset.numpy())))
+    assert runtime.loss(scores[:1].detach(), torch.tensor([0]), "mean", offset).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_tiny_random_llama_client_step_trains_only_the_assigned_modules(tiny_spec):
     model = LoraModel(tiny_settings(("q_proj", "k_proj", "v_proj", "down_proj")), num_labels=3, seed=0)
     split = tiny_split(tiny_spec)

@@ -102,7 +102,9 @@ class FamilyRuntime(ABC):
         """The task output (e.g. logits) of a batch."""
 
     @abstractmethod
-    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor: ...
+    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean", offset: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of a batch; ``offset`` (one value per label, ``train.logit_adjustment``) is added
+        to each label's logit before the loss (Menon et al. 2021), so a zero offset gives the plain loss."""
 
     @abstractmethod
     def predict(self, output: torch.Tensor) -> torch.Tensor:

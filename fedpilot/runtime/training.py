@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fedpilot.data.split import TensorSplit
@@ -47,13 +46,10 @@ def label_offset(labels: Tensor, num_labels: int, tau: float) -> Tensor | None:
 def batch_loss(model: LoraModel, data: TensorSplit, rows: Tensor | slice, reduction: str = "mean", offset: Tensor | None = None) -> Tensor:
     """The family's loss of the model on ``rows`` of ``data``, computed on the model's device.
 
-    ``offset`` (:func:`label_offset`): the loss is instead the cross-entropy of the label scores plus
-    the offset, ``-log softmax(f(x) + tau log pi)_y`` (the family's loss when its scores are logits)."""
+    ``offset`` (:func:`label_offset`): the family's loss with each label's logit moved by it,
+    ``-log softmax(f(x) + tau log pi)_y`` for a classifier head (``FamilyRuntime.loss``)."""
     features, labels = data.batch(rows, model.device)
-    output = model.forward(features)
-    if offset is None:
-        return model.runtime.loss(output, labels, reduction)
-    return F.cross_entropy(output.float() + offset.to(output.device), labels, reduction=reduction)
+    return model.runtime.loss(model.forward(features), labels, reduction, offset)
 
 
 def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: TensorSplit, rows: Tensor, offset: Tensor | None = None) -> float:

@@ -37,7 +37,9 @@ class BertClassification(LabelClassification):
     def forward(self, model: nn.Module, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return model(input_ids=features["input_ids"], attention_mask=features["attention_mask"]).logits
 
-    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean", offset: torch.Tensor | None = None) -> torch.Tensor:
+        if offset is not None:
+            output = output.float() + offset.to(output.device)
         return F.cross_entropy(output, labels, reduction=reduction)
 
 

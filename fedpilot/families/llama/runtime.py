@@ -163,8 +163,20 @@ class LlamaInstruct(LabelClassification):
         log_probs = out.logits[:, -1].float().log_softmax(dim=-1)
         return log_probs.gather(1, features["answer_ids"])
 
-    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean", offset: torch.Tensor | None = None) -> torch.Tensor:
+        """The answer token's negative log-probability over the full vocabulary. With ``offset`` the
+        answer tokens' logits move by it and every other token's stays, ``-log softmax(z + e)_y``
+        (``e`` the offset on the label tokens, 0 elsewhere), computed from the label log-probabilities
+        ``o = log softmax(z)`` alone: ``-(o_y + e_y) + log(sum_c exp(o_c + e_c) + 1 - sum_c exp(o_c))``.
+        A zero offset gives the plain loss exactly (the mass of the other tokens stays in the sum)."""
         nll = -output.gather(1, labels[:, None]).squeeze(1)
+        if offset is not None:
+            offset = offset.to(output.device, torch.float32)
+            output = output.float()
+            # the other tokens' mass, kept off 0 so its log (and gradient) stays finite in float32
+            rest = (-torch.logsumexp(output, dim=1).exp()).clamp(min=-1 + 1e-6).log1p()
+            normaliser = torch.logsumexp(torch.cat([output + offset, rest[:, None]], dim=1), dim=1)
+            nll = normaliser - (output + offset).gather(1, labels[:, None]).squeeze(1)
         if reduction == "mean":
             return nll.mean()
         if reduction == "sum":
