@@ -95,7 +95,7 @@ def test_an_assignment_with_its_own_tensors_gets_them_back() -> None:
 
 
 def test_score_tasks_and_replies_round_trip_exactly() -> None:
-    instructions = ScoreInstructions(batches=2, batch_size=8, seed=7)
+    instructions = ScoreInstructions(batches=2, batch_size=8, seed=7, logit_adjustment=0.5)
     modules, got_tensors, got_instructions = codec.decode_score_task(wire(codec.encode_score_task(["5.query", "4.value"], tensors(), instructions)))
     assert modules == ["5.query", "4.value"] and got_instructions == instructions
     same_tensors(got_tensors, tensors())

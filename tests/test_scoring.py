@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from fedpilot.config import Config
 from fedpilot.data.split import SplitData
@@ -147,3 +148,58 @@ def test_client_scores_are_mean_squared_gradients(shared_model: LoraModel, tiny_
     assert set(scores) == {"4.query", "5.value"} and all(v > 0 for v in scores.values())
     assert scores == again
     assert all(p.grad is None for p in shared_model.params.values())
+
+
+def test_client_scores_the_logit_adjusted_loss_when_asked(shared_model: LoraModel, tiny_data: SplitData) -> None:
+    """ScoreInstructions.logit_adjustment: the squared gradients are those of the loss the client trains on
+    (logits + tau log of its label prior), recomputed here batch by batch without folding."""
+    from fedpilot.runtime.training import batch_indices, batch_loss, label_offset
+
+    client = Client(0, shared_model, tiny_data.train)
+    rng = np.random.default_rng(1)
+    state = {k: v + 0.01 * rng.standard_normal(v.shape).astype(v.dtype) for k, v in shared_model.state().items()}
+    modules = ["4.query", "5.value"]
+    adjusted, _ = client.score(modules, state, ScoreInstructions(batches=2, batch_size=8, seed=0, logit_adjustment=1.0))
+    plain, _ = client.score(modules, state, ScoreInstructions(batches=2, batch_size=8, seed=0))
+    offset = label_offset(tiny_data.train.labels, shared_model.num_labels, 1.0)
+    shared_model.load_state(state)
+    shared_model.set_trainable(modules)
+    shared_model.peft.eval()
+    squared = dict.fromkeys(modules, 0.0)
+    batches = list(batch_indices(len(tiny_data.train), 8, 2, torch.Generator().manual_seed(0)))
+    for idx in batches:
+        for param in shared_model.params.values():
+            param.grad = None
+        batch_loss(shared_model, tiny_data.train, idx, offset=offset).backward()
+        for m in modules:
+            squared[m] += sum(float((shared_model.params[k].grad.double() ** 2).sum()) for k in shared_model.module_keys[m])
+    shared_model.set_trainable([])
+    for m in modules:
+        size = sum(shared_model.params[k].numel() for k in shared_model.module_keys[m])
+        assert adjusted[m] == pytest.approx(squared[m] / (size * len(batches)), rel=1e-4)
+        assert adjusted[m] != pytest.approx(plain[m], rel=1e-3)
+
+
+def test_fedpilot_score_loss_option_sets_what_the_server_asks() -> None:
+    """`score_loss: trained` sends train.logit_adjustment with every score task; the default sends 0."""
+    from fedpilot.config import TrainSettings
+    from fedpilot.runtime.server import Server
+    from fedpilot.strategies import STRATEGIES, ClientInfo
+    from tests.test_flower_planning import BUDGET, EchoTransport, context, global_tensors
+
+    sent = []
+
+    class Recording(EchoTransport):
+        def score(self, server_round, tasks):
+            sent.extend(tasks)
+            return super().score(server_round, tasks)
+
+    for options, expected in (({}, 0.0), ({"score_loss": "trained"}, 0.7)):
+        sent.clear()
+        ctx = context()
+        strategy = STRATEGIES["fedpilot"](ctx, STRATEGIES["fedpilot"].Options(**options))
+        clients = [ClientInfo(cid, 10, BUDGET) for cid in range(3)]
+        server = Server(strategy, clients, global_tensors(ctx), TrainSettings(logit_adjustment=0.7), seed=0)
+        server.check_budgets()
+        server.run_round(1, Recording(ctx))
+        assert sent and {t.instructions.logit_adjustment for t in sent} == {expected}

@@ -170,7 +170,8 @@ class Client:
         """Empirical Fisher information of each module's LoRA parameters on this client's data.
 
         The mean squared gradient per parameter over ``config.batches`` batches (dropout off; the
-        other modules folded, :meth:`LoraModel.fold_frozen`).
+        other modules folded, :meth:`LoraModel.fold_frozen`) of the plain loss, or with
+        ``config.logit_adjustment`` of the logit-adjusted one the client trains on (:func:`label_offset`).
         Backpropagating into ``modules`` costs at most what training them does, so the server
         asks only for modules the client can afford.
         """
@@ -181,9 +182,10 @@ class Client:
         model.peft.eval()
         generator = torch.Generator().manual_seed(config.seed)
         squared = {m: 0.0 for m in modules}
+        offset = label_offset(self.data.labels, model.num_labels, config.logit_adjustment)
 
         def backward(idx: Tensor) -> None:
-            batch_loss(model, self.data, idx).backward()
+            batch_loss(model, self.data, idx, offset=offset).backward()
 
         what = frozenset(modules)
         batches = list(batch_indices(self.num_samples, config.batch_size, config.batches, generator))

@@ -50,6 +50,7 @@ class ScoreInstructions:
     batch_size: int
     seed: int
     payload: str = "full"  # federation.payload: what the task's tensors hold (Client.receive)
+    logit_adjustment: float = 0.0  # tau of the loss differentiated (0: the plain loss; Client.score)
 
 
 @dataclass(frozen=True)

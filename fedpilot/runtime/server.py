@@ -228,6 +228,7 @@ class Server:
                     batch_size=self.train_settings.batch_size,
                     seed=derived_seed(self.seed, server_round, client.cid, 1),
                     payload=self.payload,
+                    logit_adjustment=self.train_settings.logit_adjustment if self.strategy.score_trained_loss else 0.0,
                 ),
             )
             for client in selected

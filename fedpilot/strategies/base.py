@@ -147,6 +147,7 @@ class Strategy(ABC):
     memory_aware: ClassVar[bool] = True  # plans within budgets (False: says so in results)
     base_deltas: ClassVar[bool] = False  # the global state also holds "<module>/base_delta" (merges into frozen weights)
     score_batches: int = 1  # batches a client scores on, when configure_score asks it to
+    score_trained_loss: bool = False  # clients score on the loss they train on (train.logit_adjustment), else the plain one
     inert_options: ClassVar[frozenset[str]] = frozenset()  # options inherited but never read (a finished run made under
     # other values of them is the same run: `fedpilot compare` keeps it)
     needs_proxy: ClassVar[bool] = False  # scores modules on the server's proxy set (the driver must offer one)

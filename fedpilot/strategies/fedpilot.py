@@ -62,6 +62,9 @@ class FedPilotOptions(StrictModel):
     local_scope: Literal["client", "federation"] = Field(
         "federation", description="federation: the mean of every scored client's Fisher terms, the same values for all; client: each client's own"
     )
+    score_loss: Literal["plain", "trained"] = Field(
+        "plain", description="the loss the local Fisher term differentiates: plain cross-entropy, or the one clients train on (train.logit_adjustment)"
+    )
     keep_margin: float | None = Field(
         None, ge=0, description="mu: keep a client's previous set unless the new one is worth more than (1 + mu) times it (None: always re-solve)"
     )
@@ -104,6 +107,7 @@ class FedPilot(FedAvg):
         self.allocations: dict[int, Allocation] = {}
         self.trained: dict[int, tuple[str, ...]] = {}  # every client's last assigned set (keep_margin compares with it)
         self.score_batches = opts.score_batches
+        self.score_trained_loss = opts.score_loss == "trained"
 
     # -- what allocation plans with (the ablations override these) --------------------------------
     def allocation_cost_model(self, client: ClientInfo) -> CostModel:

@@ -14,7 +14,7 @@ from fedpilot.strategies.fedpilot import FedPilot
 @STRATEGIES.register("fedpilot-noig")
 class FedPilotNoIG(FedPilot):
     # uniform values: the IG-score's options decide nothing (the global term is still kept, unread, for checkpoints)
-    inert_options = frozenset({"ig_weight", "refresh_rounds", "score_batches", "global_decay", "local_term", "global_term", "local_scope"})
+    inert_options = frozenset({"ig_weight", "refresh_rounds", "score_batches", "global_decay", "local_term", "global_term", "local_scope", "score_loss"})
 
     def module_values(self, cid: int) -> dict[str, float]:
         return {m: 1.0 for m in self.context.modules}
