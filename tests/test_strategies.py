@@ -105,7 +105,7 @@ def test_inert_options_are_options_of_the_strategy(name: str) -> None:
 
 INERT_CHANGES = [  # every inert option of a strategy, set to another valid value
     ("fedpilot-noig", {"ig_weight": 0.9, "refresh_rounds": 1, "score_batches": 1, "global_decay": 0.1,
-                       "local_term": "per-module", "global_term": "coverage", "local_scope": "client"}),
+                       "local_term": "per-module", "global_term": "coverage", "local_scope": "client", "score_loss": "trained"}),
     ("fedpilot-nostagg", {"compensation": 0.9, "history_decay": 0.1, "staleness_horizon": 1, "dwa_temperature": 0.1}),
     ("fedpilot-nostagg", {"stagg": "memory", "memory_horizon": 1}),
 ]
