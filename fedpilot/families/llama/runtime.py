@@ -168,15 +168,15 @@ class LlamaInstruct(LabelClassification):
         answer tokens' logits move by it and every other token's stays, ``-log softmax(z + e)_y``
         (``e`` the offset on the label tokens, 0 elsewhere), computed from the label log-probabilities
         ``o = log softmax(z)`` alone: ``-(o_y + e_y) + log(sum_c exp(o_c + e_c) + 1 - sum_c exp(o_c))``.
-        A zero offset gives the plain loss exactly (the mass of the other tokens stays in the sum)."""
-        nll = -output.gather(1, labels[:, None]).squeeze(1)
-        if offset is not None:
-            offset = offset.to(output.device, torch.float32)
+        A zero offset gives the plain loss up to rounding (the mass of the other tokens stays in the sum)."""
+        if offset is None:
+            nll = -output.gather(1, labels[:, None]).squeeze(1)
+        else:
             output = output.float()
+            adjusted = output + offset.to(output.device, torch.float32)
             # the other tokens' mass, kept off 0 so its log (and gradient) stays finite in float32
             rest = (-torch.logsumexp(output, dim=1).exp()).clamp(min=-1 + 1e-6).log1p()
-            normaliser = torch.logsumexp(torch.cat([output + offset, rest[:, None]], dim=1), dim=1)
-            nll = normaliser - (output + offset).gather(1, labels[:, None]).squeeze(1)
+            nll = torch.logsumexp(torch.cat([adjusted, rest[:, None]], dim=1), dim=1) - adjusted.gather(1, labels[:, None]).squeeze(1)
         if reduction == "mean":
             return nll.mean()
         if reduction == "sum":
