@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -373,3 +374,33 @@ def test_centralised_ceiling_chooses_its_learning_rate_on_validation_and_resumes
     monkeypatch.setattr(centralised, "run_seed", no_training)
     assert centralised.main(args) == 0  # every run found: nothing trains, the same record
     assert json.loads((out / "centralised.json").read_text())["runs"] == record["runs"]
+
+
+def test_pack_records_keeps_finished_runs_and_never_drops_archived_ones(tmp_path, monkeypatch, capsys) -> None:
+    import tarfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import pack_records
+    finally:
+        sys.path.pop(0)
+    monkeypatch.chdir(tmp_path)
+    level = Path("runs/level")
+    for name, status in [("a-seed0", "finished"), ("b-seed0", "finished"), ("c-seed0", "running")]:
+        (level / name).mkdir(parents=True)
+        (level / name / "results.json").write_text(json.dumps({"status": status, "name": name}))
+        (level / name / "metrics.csv").write_text(f"round,accuracy\n0,{name}\n")
+        (level / name / "checkpoint.safetensors").write_bytes(b"big")
+    assert pack_records.main([str(level), "--records", "records"]) == 0
+    assert "left out (not finished): c-seed0" in capsys.readouterr().out
+    archive = Path("records/level.tar.xz")
+    with tarfile.open(archive, "r:xz") as tar:
+        assert sorted(tar.getnames()) == [f"runs/level/{r}/{f}" for r in ("a-seed0", "b-seed0") for f in ("metrics.csv", "results.json")]
+        # unpacked elsewhere, the files are the runs' own
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    assert json.loads((tmp_path / "unpacked" / level / "b-seed0" / "results.json").read_text())["name"] == "b-seed0"
+    before = archive.read_bytes()
+    shutil.rmtree(level / "a-seed0")  # a machine that lacks an archived run must not drop it from the archive
+    assert pack_records.main([str(level), "--records", "records"]) == 2
+    assert "runs/level/a-seed0" in capsys.readouterr().err and archive.read_bytes() == before
+    assert pack_records.main(["runs/none", "--records", "records"]) == 2
