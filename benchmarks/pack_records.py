@@ -5,9 +5,9 @@ Usage: .venv/bin/python benchmarks/pack_records.py runs/rt-strong [runs/rt-mild 
 
 Each folder becomes RECORDS/<folder name>.tar.xz holding <folder>/<run>/results.json and metrics.csv
 for every run whose results.json says "status": "finished" (unfinished runs are left out and named: they
-continue from their checkpoint on the machine that has it). Paths inside are as given, so pass them relative
-to the repository root and unpack there with `tar xJf benchmarks/records/NAME.tar.xz`; `fedpilot compare`
-then skips those runs. An existing archive is replaced only when the new one holds every run it held.
+continue from their checkpoint on the machine that has it). Paths inside are relative to the working
+directory (run it from the repository root; an absolute folder path is made relative to it), so unpack there with
+`tar xJf benchmarks/records/NAME.tar.xz`; `fedpilot compare` then skips those runs. An existing archive is replaced only when the new one holds every run it held.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def pack(folder: Path, records: Path) -> Path:
     """Write RECORDS/<folder name>.tar.xz from ``folder``'s finished runs; refuses to drop archived runs."""
     if not folder.is_dir():
         raise RecordsError(f"{folder} is not a folder; give a comparison folder such as runs/rt-strong")
+    try:  # names in the archive are relative to the working directory, however the folder was given
+        folder = folder.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        raise RecordsError(f"{folder} is outside the working directory; run from the repository root "
+                           "and give the folder under it, such as runs/rt-strong") from None
     done, other = finished_runs(folder)
     if not done:
         raise RecordsError(f"{folder} holds no finished run; give a comparison folder such as runs/rt-strong")

@@ -391,8 +391,9 @@ def test_pack_records_keeps_finished_runs_and_never_drops_archived_ones(tmp_path
         (level / name / "results.json").write_text(json.dumps({"status": status, "name": name}))
         (level / name / "metrics.csv").write_text(f"round,accuracy\n0,{name}\n")
         (level / name / "checkpoint.safetensors").write_bytes(b"big")
-    assert pack_records.main([str(level), "--records", "records"]) == 0
+    assert pack_records.main([str(tmp_path / level), "--records", "records"]) == 0  # absolute: same names
     assert "left out (not finished): c-seed0" in capsys.readouterr().out
+    assert pack_records.main([str(level), "--records", "records"]) == 0  # repacking the same runs is no loss
     archive = Path("records/level.tar.xz")
     with tarfile.open(archive, "r:xz") as tar:
         assert sorted(tar.getnames()) == [f"runs/level/{r}/{f}" for r in ("a-seed0", "b-seed0") for f in ("metrics.csv", "results.json")]
@@ -404,3 +405,6 @@ def test_pack_records_keeps_finished_runs_and_never_drops_archived_ones(tmp_path
     assert pack_records.main([str(level), "--records", "records"]) == 2
     assert "runs/level/a-seed0" in capsys.readouterr().err and archive.read_bytes() == before
     assert pack_records.main(["runs/none", "--records", "records"]) == 2
+    (tmp_path.parent / "elsewhere").mkdir(exist_ok=True)
+    assert pack_records.main([str(tmp_path.parent / "elsewhere"), "--records", "records"]) == 2
+    assert "outside the working directory" in capsys.readouterr().err
