@@ -6,8 +6,9 @@ Usage: .venv/bin/python benchmarks/pack_records.py runs/rt-strong [runs/rt-mild 
 Each folder becomes RECORDS/<folder name>.tar.xz holding <folder>/<run>/results.json and metrics.csv
 for every run whose results.json says "status": "finished" (unfinished runs are left out and named: they
 continue from their checkpoint on the machine that has it). Paths inside are relative to the working
-directory (run it from the repository root; an absolute folder path is made relative to it), so unpack there with
-`tar xJf benchmarks/records/NAME.tar.xz`; `fedpilot compare` then skips those runs. An existing archive is replaced only when the new one holds every run it held.
+directory (run it from the repository root; an absolute folder path is made relative to it), so unpack
+there with `tar xJf benchmarks/records/NAME.tar.xz`; `fedpilot compare` then skips those runs. An existing
+archive is replaced only when the new one holds every run it held.
 """
 
 from __future__ import annotations
