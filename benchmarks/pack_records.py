@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -47,8 +48,9 @@ def pack(folder: Path, records: Path) -> Path:
     """Write RECORDS/<folder name>.tar.xz from ``folder``'s finished runs; refuses to drop archived runs."""
     if not folder.is_dir():
         raise RecordsError(f"{folder} is not a folder; give a comparison folder such as runs/rt-strong")
-    try:  # names in the archive are relative to the working directory, however the folder was given
-        folder = folder.resolve().relative_to(Path.cwd().resolve())
+    try:  # names in the archive are relative to the working directory, however the folder was given;
+        # lexically (abspath, not resolve), so a runs/ that is a symlink to another disk stays runs/
+        folder = Path(os.path.abspath(folder)).relative_to(Path.cwd())
     except ValueError:
         raise RecordsError(f"{folder} is outside the working directory; run from the repository root "
                            "and give the folder under it, such as runs/rt-strong") from None

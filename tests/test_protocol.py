@@ -405,6 +405,13 @@ def test_pack_records_keeps_finished_runs_and_never_drops_archived_ones(tmp_path
     assert pack_records.main([str(level), "--records", "records"]) == 2
     assert "runs/level/a-seed0" in capsys.readouterr().err and archive.read_bytes() == before
     assert pack_records.main(["runs/none", "--records", "records"]) == 2
+    (tmp_path / "disk" / "level").mkdir(parents=True)  # runs/ a symlink to another disk: names stay runs/...
+    shutil.copytree(level / "b-seed0", tmp_path / "disk" / "level" / "b-seed0")
+    Path("runs/linked").symlink_to(tmp_path / "disk" / "level")
+    assert pack_records.main(["runs/linked", "--records", "records"]) == 0
+    with tarfile.open("records/linked.tar.xz", "r:xz") as tar:
+        assert sorted(tar.getnames()) == ["runs/linked/b-seed0/metrics.csv", "runs/linked/b-seed0/results.json"]
+    capsys.readouterr()
     (tmp_path.parent / "elsewhere").mkdir(exist_ok=True)
     assert pack_records.main([str(tmp_path.parent / "elsewhere"), "--records", "records"]) == 2
     assert "outside the working directory" in capsys.readouterr().err
