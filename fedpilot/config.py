@@ -28,18 +28,21 @@ DEFAULT_MODEL = "all-minilm-l6-v2"
 
 
 class LoraSettings(StrictModel):
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    targets: tuple[str, ...] = Field((), description="LoRA targets of the model's family; empty: the family's default")
+    rank: int = Field(8, ge=1, description="LoRA rank r of every module (the global rank)")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the LoRA branch is scaled by alpha / rank")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the input of each trained LoRA module")
+    targets: tuple[str, ...] = Field((), description="LoRA targets of the model's family (bert-classifier: any of query, key, value, attn_out, ffn_in, "
+        "ffn_out; llama-instruct: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); empty: the "
+        "family's default (query, value; q_proj, v_proj)")
 
 
 class ModelSettings(StrictModel):
-    name: str = DEFAULT_MODEL
+    name: str = Field(DEFAULT_MODEL, description="the pretrained model: all-minilm-l6-v2 (bert-classifier) or smollm2-135m-instruct (llama-instruct)")
     base_dropout: float = Field(
-        0.0, ge=0, lt=1, description="dropout inside the frozen base model; 0 halves activation memory"
+        0.0, ge=0, lt=1, description="dropout inside the frozen base model; 0 halves activation memory (BERT's own 0.1 keeps extra "
+        "sequence x sequence attention tensors), while LoRA's own dropout still regularises the adapters"
     )
-    lora: LoraSettings = Field(default_factory=LoraSettings, validate_default=True)
+    lora: LoraSettings = Field(default_factory=LoraSettings, validate_default=True, description="the LoRA adapter")
 
     @field_validator("name")
     @classmethod
@@ -60,7 +63,7 @@ class ModelSettings(StrictModel):
             raise ValueError(f"targets: {err}") from None
         return lora
 
-    device: str = Field("auto", description="where the model runs: auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    device: str = Field("auto", description="where the model runs: auto (cuda when available, else cpu), cpu, cuda or cuda:N; --device on run, compare, profile and plan overrides it")
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype of the frozen base weights (llama-instruct: float32 or bfloat16); LoRA stays float32"
     )
@@ -84,17 +87,17 @@ class ModelSettings(StrictModel):
 class PartitionSettings(StrictModel):
     """How the train split is spread over clients (flwr-datasets partitioners)."""
 
-    kind: Literal["iid", "dirichlet", "pathological"] = "dirichlet"
+    kind: Literal["iid", "dirichlet", "pathological"] = Field("dirichlet", description="iid: uniform rows; dirichlet: label skew by Dirichlet(alpha); pathological: classes_per_client labels per client")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = more label skew")
-    min_partition_size: int = Field(10, ge=0, description="Dirichlet: resample until every client has this many")
+    min_partition_size: int = Field(10, ge=0, description="dirichlet: resample until every client has at least this many samples")
     classes_per_client: int = Field(2, ge=1, description="pathological: labels per client")
 
 
 class DataSettings(StrictModel):
-    dataset: str = "bbc-news"
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    max_length: int = Field(64, ge=8, le=512)
-    max_samples: int | None = Field(None, ge=10, description="use a stratified subset of the corpus")
+    dataset: str = Field("bbc-news", description="bbc-news: 2,225 BBC News articles, 5 topics; rotten-tomatoes: 13,905 review snippets and plot synopses, 3 classes")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of each class held out as the test split (stratified)")
+    max_length: int = Field(64, ge=8, le=512, description="tokens per example (longer texts are cut)")
+    max_samples: int | None = Field(None, ge=10, description="use a stratified subset of this many examples of the corpus; null: the whole corpus")
     proxy_fraction: float | None = Field(
         None, gt=0, lt=0.5,
         description="share of each class held out of the train split as the server's proxy set (for strategies "
@@ -105,7 +108,7 @@ class DataSettings(StrictModel):
         description="share of each class held out of the train split (before the proxy set and partitioning) as a "
         "validation split for choosing hyperparameters; clients never see it; null: no validation split",
     )
-    partition: PartitionSettings = PartitionSettings()
+    partition: PartitionSettings = Field(PartitionSettings(), description="how the train split is spread over the clients")
 
     @field_validator("dataset")
     @classmethod
@@ -114,8 +117,8 @@ class DataSettings(StrictModel):
 
 
 class MemoryTier(StrictModel):
-    fraction: float = Field(gt=0, le=1)
-    memory: int = Field(description="bytes")
+    fraction: float = Field(gt=0, le=1, description="share of the clients in this tier (tiers are assigned in client order)")
+    memory: int = Field(description="the tier's memory budget: a size such as 150MiB or 1GiB (bytes internally)")
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -130,7 +133,7 @@ class MemoryTier(StrictModel):
 class TieredBudgets(StrictModel):
     """Clients split into memory tiers, e.g. 40 % at 600MiB, 60 % at 1GiB (assigned in client order)."""
 
-    tiers: tuple[MemoryTier, ...]
+    tiers: tuple[MemoryTier, ...] = Field(description="the tiers; their fractions sum to 1")
 
     @field_validator("tiers")
     @classmethod
@@ -153,9 +156,9 @@ class TieredBudgets(StrictModel):
 
 
 class FederationSettings(StrictModel):
-    num_clients: int = Field(8, ge=1)
-    clients_per_round: int | None = Field(None, ge=1, description="None: every client, every round")
-    rounds: int = Field(5, ge=1)
+    num_clients: int = Field(8, ge=1, description="clients in the federation (each gets one partition of the train split)")
+    clients_per_round: int | None = Field(None, ge=1, description="clients sampled per round; null: every client, every round")
+    rounds: int = Field(5, ge=1, description="federated rounds")
     memory_margin: float = Field(
         0.01, ge=0, lt=0.5,
         description="share of each budget planners keep free for the cost model's error (benchmarks/memory_model.py)",
@@ -168,7 +171,8 @@ class FederationSettings(StrictModel):
         TieredBudgets.model_validate(
             {"tiers": [{"fraction": 0.4, "memory": "150MiB"}, {"fraction": 0.3, "memory": "190MiB"}, {"fraction": 0.3, "memory": "256MiB"}]}
         ),
-        description="memory per client: one size for all, a list (one per client), or {tiers: [...]}",
+        description="memory per client: one size for all (e.g. 1GiB), a list with one size per client, or "
+        "{tiers: [{fraction: 0.4, memory: 600MiB}, ...]}; null: unlimited",
     )
     round_timeout: float | None = Field(
         600.0, gt=0,
@@ -183,13 +187,16 @@ class FederationSettings(StrictModel):
     server_lr: float = Field(
         1.0, gt=0, le=1,
         description="the share of the way the global adapter moves to each round's aggregate (1: takes it; below 1 "
-        "damps the round-to-round swing of a few sampled non-IID clients; the same for every strategy)",
+        "damps the round-to-round swing of a few sampled non-IID clients; the same for every strategy: each tensor "
+        "moves linearly, and where a strategy merges into the frozen weights the merge is corrected so that each "
+        "module's effective weight D + s B A moves exactly that share)",
     )
     payload: Literal["full", "assigned"] = Field(
         "full",
         description="what a task carries: full = the whole global adapter (frozen LoRA modules take part in the "
         "client's forward pass); assigned = only the assigned (or scored) modules' tensors and the head, every other "
-        "LoRA module runs as the base model (its LoRA tensors zero)",
+        "LoRA module runs as the base model (its LoRA tensors zero); strategies with base deltas (fedex-lora, flora) "
+        "refuse assigned",
     )
 
     @field_validator("budgets", mode="before")
@@ -245,36 +252,39 @@ class FederationSettings(StrictModel):
 
 
 class TrainSettings(StrictModel):
-    local_steps: int = Field(8, ge=1)
-    batch_size: int = Field(16, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    local_steps: int = Field(8, ge=1, description="optimiser steps each client takes per round")
+    batch_size: int = Field(16, ge=1, description="training batch size (it sets what each module costs in memory)")
+    eval_batch_size: int = Field(64, ge=1, description="batch size of the server's evaluation")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the clients' optimiser, fresh every round")
+    lr: float = Field(2e-3, gt=0, description="the clients' learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="the optimiser's weight decay")
     logit_adjustment: float = Field(
         0.0, ge=0,
         description="tau: each client trains on its logits plus tau x the log of its own label prior (add-one "
         "smoothed), so local label skew stops pulling the shared head toward each client's prior (logit adjustment, "
-        "Menon et al. 2021, as FedLC uses it); the server evaluates the plain logits. 0: off",
+        "Menon et al. 2021, as FedLC uses it); a decoder family moves only the answer tokens' logits in its "
+        "full-vocabulary softmax, so tau near 0 is the plain loss; the server evaluates the plain logits, and clients "
+        "score modules on the plain loss unless fedpilot's score_loss: trained. 0: off",
     )
     evaluate_on: Literal["test", "validation"] = Field(
-        "test", description="the split the server evaluates on every round; validation needs data.validation_fraction"
+        "test", description="the split the server evaluates on every round: test, or validation for tuning runs (never tune on "
+        "the test split); validation needs data.validation_fraction"
     )
-    eval_every: int = Field(1, ge=1, description="evaluate the global model every this many rounds (the last round always)")
+    eval_every: int = Field(1, ge=1, description="evaluate the global model every this many rounds (round 0 and the last round always; rounds between carry no accuracy)")
     eval_subset: int | None = Field(
         None, ge=1, description="evaluate on a fixed, seeded, stratified subset of this many examples (the last round: the whole split); null: the whole split"
     )
 
 
 class Config(StrictModel):
-    model: ModelSettings = ModelSettings()
-    data: DataSettings = DataSettings()
-    federation: FederationSettings = FederationSettings()
-    train: TrainSettings = TrainSettings()
-    strategy: str = "fedpilot"
-    strategy_options: dict[str, Any] = Field(default_factory=dict, description="checked by the strategy's Options")
-    seed: int = Field(0, ge=0)
-    output_dir: str = "runs/default"
+    model: ModelSettings = Field(ModelSettings(), description="the pretrained model and its LoRA adapter")
+    data: DataSettings = Field(DataSettings(), description="the corpus, its splits and the partition over clients")
+    federation: FederationSettings = Field(FederationSettings(), description="clients, rounds, memory budgets and what a round accepts")
+    train: TrainSettings = Field(TrainSettings(), description="local training and the server's evaluation")
+    strategy: str = Field("fedpilot", description="the registered strategy (docs/strategies.md)")
+    strategy_options: dict[str, Any] = Field(default_factory=dict, description="the strategy's own options, checked by its Options model (below)")
+    seed: int = Field(0, ge=0, description="the run seed: data split, partition, sampling and every client's training derive from it")
+    output_dir: str = Field("runs/default", description="where the run writes its outputs (--out overrides it)")
 
     @field_validator("strategy")
     @classmethod

@@ -180,7 +180,7 @@ def test_benchmark_configs_are_the_scaled_protocol() -> None:
     # (and where they write): one protocol, three skews
     dumps = [load_config(path).model_dump(exclude={"output_dir"}) for path in CONFIGS]
     adjustments = {path.stem: dump["train"].pop("logit_adjustment") for path, dump in zip(CONFIGS, dumps)}
-    # docs/protocol.md, sessions 11 and 12: the non-IID levels train with it, IID needs none
+    # docs/protocol.md, the rt-mild and rt-strong logit-adjustment tuning: the non-IID levels train with it, IID needs none
     assert adjustments == {"rt-iid": 0, "rt-mild": 1.0, "rt-strong": 1.0}
     for dump in dumps:
         dump["data"].pop("partition")
