@@ -40,6 +40,13 @@ carriers() {  # carriers HOME: pids of live processes (this script aside) whose 
     echo "${found[@]}"
 }
 
+groups_alive() {  # groups_alive [list]: true while a started process group still has a member (zombies included)
+    local pid alive=()
+    for pid in "${PIDS[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive+=("$pid"); done
+    [ "${1:-}" = list ] && echo "${alive[*]}"
+    ((${#alive[@]}))
+}
+
 stop_all() {
     local status=$? home=$FLWR_HOME left
     trap - EXIT INT TERM
@@ -48,13 +55,17 @@ stop_all() {
         echo "flower-local.sh: stopping ${#PIDS[@]} processes" >&2
         for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
         for _ in $(seq 50); do  # up to 5 s for a clean exit
-            local alive=0
-            for pid in "${PIDS[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
-            ((alive)) || break
+            groups_alive || break
             sleep 0.1
         done
         for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
         wait 2>/dev/null || true
+        # A group outlives its leader while a member is still dying or is a zombie: a member whose
+        # parent died first is reparented to init, which reaps on its own schedule (up to ~2 s seen
+        # here). Return only once every group is gone, so "stopped" means gone when the script exits.
+        local deadline=$((SECONDS + 15))
+        while groups_alive && ((SECONDS < deadline)); do sleep 0.1; done
+        groups_alive && echo "flower-local.sh: process groups still present 15 s after SIGKILL: $(groups_alive list)" >&2
     fi
     # Flower may start processes in sessions of their own (app processes); each still carries this
     # rehearsal's FLWR_HOME, which is unique to it: stop those too
