@@ -43,11 +43,12 @@ from fedpilot.comparison import parse_seeds
 from fedpilot.config import Config, load_config
 from fedpilot.core.errors import FedpilotError
 from fedpilot.data.partition import partition_indices
-from fedpilot.data.split import SplitData, TensorSplit, load_split
+from fedpilot.data.split import SplitData, TensorSplit
+from fedpilot.families.encoding import load_split
+from fedpilot.federation import make_model
 from fedpilot.runtime.evaluation import evaluate
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.training import batch_indices, make_optimizer, training_step
-from fedpilot.simulation import make_model
 
 
 def union_of_shards(config: Config, data: SplitData) -> TensorSplit:

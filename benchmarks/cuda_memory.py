@@ -33,13 +33,13 @@ from fedpilot.cli.profile import analytic_cost_model
 from fedpilot.config import Config, load_config, parse_config
 from fedpilot.core.keys import module_layer
 from fedpilot.core.sizes import mib
-from fedpilot.data.split import load_split
+from fedpilot.families.encoding import load_split
+from fedpilot.federation import make_model, make_server
 from fedpilot.memory.calibrate import calibrate
 from fedpilot.memory.validate import compare_predictions, random_module_sets
 from fedpilot.runtime.client import Client, StepPeaks
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.transport import InProcessTransport
-from fedpilot.simulation import make_model, make_server
 from fedpilot.strategies import ClientInfo
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "fedpilot" / "configs"

@@ -29,11 +29,11 @@ import numpy as np
 from fedpilot.cli.profile import analytic_cost_model
 from fedpilot.config import load_config
 from fedpilot.core.sizes import mib
-from fedpilot.data.split import load_split
+from fedpilot.families.encoding import load_split
+from fedpilot.federation import make_model
 from fedpilot.memory.calibrate import calibrate, load_or_calibrate
 from fedpilot.memory.validate import compare_predictions, random_module_sets
 from fedpilot.runtime.messages import TrainInstructions
-from fedpilot.simulation import make_model
 
 CONFIGS = {"bert-classifier": None, "llama-instruct": "smollm2-bbc.yaml"}  # shipped in fedpilot/configs; None: default.yaml
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "fedpilot" / "configs"

@@ -37,10 +37,10 @@ from peft import LoraConfig, get_peft_model
 
 from fedpilot.config import load_config
 from fedpilot.core.keys import parse_module
-from fedpilot.data.split import load_split
-from fedpilot.memory.measure import PeakMeter, optimizer_tensors, peak_of_timeline, release_gradients
+from fedpilot.families.encoding import load_split
 from fedpilot.runtime.client import Client
 from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.measure import PeakMeter, optimizer_tensors, peak_of_timeline, release_gradients
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.training import batch_indices, make_optimizer, training_step
 from fedpilot.strategies.base import Assignment

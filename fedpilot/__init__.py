@@ -2,7 +2,7 @@
 
 import os
 
-# fedpilot profiles training steps on purpose (fedpilot.memory.measure): keep the profiler's own
+# fedpilot profiles training steps on purpose (fedpilot.runtime.measure): keep the profiler's own
 # start/stop logs and its "memory block of unknown size" warning (handled there) off the terminal.
 # Set before torch loads; a user's own setting wins.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")

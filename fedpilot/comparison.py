@@ -243,12 +243,13 @@ def _config_difference(run: PlannedRun, stored: Any) -> str | None:
 
 def _settings_difference(run: PlannedRun, stored: Any) -> str | None:
     """How the strategy settings a run recorded differ from this code's for ``run`` (options the strategy
-    declares inert aside); None when they agree or the run recorded none (made before runs recorded them)."""
+    does not read aside); None when they agree or the run recorded none (made before runs recorded them)."""
     if not isinstance(stored, dict):
         return None
-    from fedpilot.strategies import STRATEGIES
+    from fedpilot.strategies import STRATEGIES, accepted_options
 
-    inert = STRATEGIES.get_or_fail(run.config.strategy).inert_options
+    strategy = STRATEGIES.get_or_fail(run.config.strategy)
+    inert = set(strategy.Options.model_fields) - accepted_options(strategy)
     current = run.config.strategy_settings().model_dump(mode="json")
     current = {k: current.get(k, "<absent>") for k in stored if k not in inert}
     stored = {k: v for k, v in stored.items() if k not in inert}

@@ -19,9 +19,14 @@ from pydantic import Field, ValidationError, ValidationInfo, field_serializer, f
 from fedpilot.core.errors import ConfigError
 from fedpilot.core.settings import StrictModel, describe_error
 from fedpilot.core.sizes import format_memory, parse_memory
-from fedpilot.data.datasets import DATASETS
+from fedpilot.data.settings import DataSettings, PartitionSettings
 from fedpilot.families import MODELS
 from fedpilot.strategies import STRATEGIES
+
+__all__ = [  # the data settings live with the data (fedpilot.data.settings); the run's schema names them too
+    "Config", "DataSettings", "FederationSettings", "LoraSettings", "MemoryTier", "ModelSettings", "PartitionSettings",
+    "TieredBudgets", "TrainSettings", "load_config", "parse_config",
+]
 
 DEFAULT_CONFIG = "default.yaml"
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -82,38 +87,6 @@ class ModelSettings(StrictModel):
         if family is not None and dtype not in family.dtypes:
             raise ValueError(f"{dtype} is not supported by the {family.name} family (its memory model prices {', '.join(family.dtypes)}); use float32")
         return dtype
-
-
-class PartitionSettings(StrictModel):
-    """How the train split is spread over clients (flwr-datasets partitioners)."""
-
-    kind: Literal["iid", "dirichlet", "pathological"] = Field("dirichlet", description="iid: uniform rows; dirichlet: label skew by Dirichlet(alpha); pathological: classes_per_client labels per client")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = more label skew")
-    min_partition_size: int = Field(10, ge=0, description="dirichlet: resample until every client has at least this many samples")
-    classes_per_client: int = Field(2, ge=1, description="pathological: labels per client")
-
-
-class DataSettings(StrictModel):
-    dataset: str = Field("bbc-news", description="bbc-news: 2,225 BBC News articles, 5 topics; rotten-tomatoes: 13,905 review snippets and plot synopses, 3 classes")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of each class held out as the test split (stratified)")
-    max_length: int = Field(64, ge=8, le=512, description="tokens per example (longer texts are cut)")
-    max_samples: int | None = Field(None, ge=10, description="use a stratified subset of this many examples of the corpus; null: the whole corpus")
-    proxy_fraction: float | None = Field(
-        None, gt=0, lt=0.5,
-        description="share of each class held out of the train split as the server's proxy set (for strategies "
-        "that score on the server, e.g. fisher); null: none, or the strategy's own default if it needs one",
-    )
-    validation_fraction: float | None = Field(
-        None, gt=0, lt=0.5,
-        description="share of each class held out of the train split (before the proxy set and partitioning) as a "
-        "validation split for choosing hyperparameters; clients never see it; null: no validation split",
-    )
-    partition: PartitionSettings = Field(PartitionSettings(), description="how the train split is spread over the clients")
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, name: str) -> str:
-        return DATASETS.check(name)
 
 
 class MemoryTier(StrictModel):
@@ -304,7 +277,7 @@ class Config(StrictModel):
     def _payload_fits_the_strategy(self) -> Config:
         """``payload: assigned`` leaves out the modules a client does not train; a strategy that keeps base
         deltas (dense changes merged into frozen weights, part of every client's forward pass) needs them all."""
-        if self.federation.payload == "assigned" and STRATEGIES.get_or_fail(self.strategy).base_deltas:
+        if self.federation.payload == "assigned" and STRATEGIES.get_or_fail(self.strategy).capabilities.base_deltas:
             raise ValueError(
                 f"federation.payload: assigned cannot carry strategy {self.strategy!r}'s base deltas (changes of the "
                 f"frozen weights every client's forward pass needs); use payload: full"
@@ -329,8 +302,8 @@ class Config(StrictModel):
         else the strategy's default where it needs a proxy set, else None (no proxy set)."""
         if self.data.proxy_fraction is not None:
             return self.data.proxy_fraction
-        strategy = STRATEGIES.get_or_fail(self.strategy)
-        return strategy.proxy_default_fraction if strategy.needs_proxy else None
+        capabilities = STRATEGIES.get_or_fail(self.strategy).capabilities
+        return capabilities.proxy_default_fraction if capabilities.needs_proxy else None
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -10,7 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fedpilot.config import Config, parse_config  # noqa: E402
-from fedpilot.data.split import SplitData, load_split  # noqa: E402
+from fedpilot.data.split import SplitData  # noqa: E402
+from fedpilot.families.encoding import load_split  # noqa: E402
 from fedpilot.runtime.lora import LoraModel  # noqa: E402
 
 TINY = {

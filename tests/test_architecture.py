@@ -1,5 +1,5 @@
 """The package's shape: no import cycles (computed from the sources), a torch-free core, and each
-name-bearing rule in one place."""
+name-bearing rule in one place. Which layer may import which: tests/test_layers.py."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_is_acyclic() -> None:
     graph = import_graph()
-    assert len(graph) > 30 and "fedpilot.runtime.server" in graph["fedpilot.simulation"]
+    assert len(graph) > 30 and "fedpilot.runtime.server" in graph["fedpilot.federation"]
     assert "fedpilot.simulation" in graph["fedpilot.cli"]  # a function-local import counts
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
@@ -86,14 +86,6 @@ def test_the_import_graph_is_acyclic() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-
-
-def test_the_core_never_imports_a_driver_or_the_runtime() -> None:
-    graph = import_graph()
-    pure = [m for m in graph if m.startswith(("fedpilot.core", "fedpilot.planning", "fedpilot.strategies"))]
-    for module in pure:
-        bad = {t for t in graph[module] if t.startswith(("fedpilot.runtime", "fedpilot.simulation", "fedpilot.cli", "fedpilot.memory"))}
-        assert not bad, f"{module} imports {bad}"
 
 
 def test_config_and_the_pure_layers_load_without_torch() -> None:

@@ -14,11 +14,12 @@ from fedpilot.config import Config
 from fedpilot.core.errors import FedpilotError
 from fedpilot.core.keys import LORA_B, rank_axis
 from fedpilot.core.tensors import TensorDict
+from fedpilot.federation import Federation, build_federation
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.runtime.server import Server
 from fedpilot.runtime.validation import update_problem
-from fedpilot.simulation import Federation, build_federation, run_simulation
-from fedpilot.strategies import STRATEGIES, Assignment, ClientInfo, ClientScores, ClientUpdate, FederationContext, Strategy
+from fedpilot.simulation import run_simulation
+from fedpilot.strategies import STRATEGIES, Assignment, Capabilities, ClientInfo, ClientScores, ClientUpdate, FederationContext, Strategy
 from fedpilot.strategies.strategy_utils import sample_weighted_average
 
 
@@ -44,7 +45,7 @@ def zero_pad(tensors: TensorDict, shapes: dict[str, tuple[int, ...]]) -> TensorD
 class RankedAverage(Strategy):
     """Test strategy: some clients train every module at a lower rank; the server zero-pads and averages."""
 
-    memory_aware = False
+    capabilities = Capabilities(memory_aware=False, per_client_assignment=False, rank_heterogeneous=True)
 
     def __init__(self, context: FederationContext, low: dict[int, int], parts: tuple[str, ...] = ("lora_A", "lora_B"), send_truncated: bool = True) -> None:
         super().__init__(context)
@@ -245,7 +246,7 @@ def test_strategy_state_round_trips_and_decides_the_same() -> None:
 
 
 class NobodyTrains(Strategy):
-    memory_aware = False
+    capabilities = Capabilities(memory_aware=False, per_client_assignment=False, rank_heterogeneous=False)
 
     def configure_train(self, server_round, clients, global_tensors):
         return {}
@@ -264,7 +265,7 @@ def test_a_round_with_nothing_to_train_is_skipped_and_recorded(federation: Feder
 
 
 class EmptyAssignments(Strategy):
-    memory_aware = False
+    capabilities = Capabilities(memory_aware=False, per_client_assignment=False, rank_heterogeneous=False)
 
     def configure_train(self, server_round, clients, global_tensors):
         return {c.cid: Assignment(()) for c in clients}

@@ -13,9 +13,10 @@ from fedpilot.cli import main
 from fedpilot.config import Config
 from fedpilot.data.split import SplitData
 from fedpilot.families import MODELS
+from fedpilot.federation import RunResult
 from fedpilot.runtime.evaluation import evaluate
 from fedpilot.runtime.lora import LoraModel
-from fedpilot.simulation import RunResult, run_simulation
+from fedpilot.simulation import run_simulation
 from tests.conftest import TINY
 
 
@@ -93,7 +94,7 @@ def test_saved_adapter_reloads_with_identical_logits(tiny_run: Path, tiny_data: 
 
 def test_every_client_round_records_measured_predicted_and_budget(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """fedavg ignores budgets: a client that fits only the cheapest module is over budget, and says so."""
-    from fedpilot.data.split import load_split
+    from fedpilot.families.encoding import load_split
     from fedpilot.memory.calibrate import load_or_calibrate
     from fedpilot.runtime.messages import TrainInstructions
 

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedpilot.core.keys import module_layer
-from fedpilot.data.split import hold_out_per_class, load_split
+from fedpilot.data.split import hold_out_per_class
+from fedpilot.families.encoding import load_split
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.runtime.server import Server
 from fedpilot.strategies import STRATEGIES, ClientInfo

@@ -20,8 +20,8 @@ import yaml
 from fedpilot.flower import codec
 from fedpilot.flower.transport import SCORE_TYPE, TRAIN_TYPE, FlowerTransport, content_bytes
 from fedpilot.planning.costmodel import CostModel
-from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreReply, ScoreTask, TrainInstructions, TrainReply, TrainTask
-from fedpilot.strategies.base import Assignment
+from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreTask, TrainInstructions, TrainTask
+from fedpilot.strategies.base import Assignment, ClientScores, ClientUpdate
 
 from flwr.app import Error, Message, RecordDict  # noqa: E402
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto  # noqa: E402
@@ -174,7 +174,7 @@ def test_the_transport_sends_one_message_per_node_and_decodes_replies() -> None:
     grid = FakeGrid({100: "ok", 101: "ok"})
     transport = FlowerTransport(grid, {0: 100, 1: 101}, timeout=30.0, run_config="{}")
     replies = transport.train(1, train_tasks([1, 0]))
-    assert [r.cid for r in replies] == [1, 0] and all(isinstance(r, TrainReply) for r in replies)
+    assert [r.cid for r in replies] == [1, 0] and all(isinstance(r, ClientUpdate) for r in replies)
     assert [m.metadata.dst_node_id for m in grid.sent] == [101, 100] and grid.timeouts == [30.0]
     assert all(m.metadata.message_type == TRAIN_TYPE and m.metadata.group_id == "1" for m in grid.sent)
     assert replies[0].num_samples == 10 and replies[0].metrics["peak_bytes"] == 99
@@ -182,7 +182,7 @@ def test_the_transport_sends_one_message_per_node_and_decodes_replies() -> None:
     assert replies[0].metrics["wire_down_bytes"] > sum(v.nbytes for v in tensors().values())
     assert [(w["round"], w["phase"], w["cid"]) for w in transport.wire_log] == [(1, "training", 1), (1, "training", 0)]
     scores = transport.score(2, [ScoreTask(0, ["0.query"], tensors(), ScoreInstructions(1, 2, 3))])
-    assert isinstance(scores[0], ScoreReply) and scores[0].scores == {"0.query": 1.0}
+    assert isinstance(scores[0], ClientScores) and scores[0].scores == {"0.query": 1.0}
     assert grid.sent[-1].metadata.message_type == SCORE_TYPE
 
 
@@ -190,7 +190,7 @@ def test_a_silent_node_an_error_and_garbage_become_failures_with_reasons() -> No
     grid = FakeGrid({100: "ok", 101: "silent", 102: "error", 103: "garbage", 105: "unavailable"})
     transport = FlowerTransport(grid, {0: 100, 1: 101, 2: 102, 3: 103, 5: 105}, timeout=5.0, run_config="{}")
     replies = transport.train(2, train_tasks([0, 1, 2, 3, 4, 5]))
-    assert isinstance(replies[0], TrainReply)
+    assert isinstance(replies[0], ClientUpdate)
     assert all(isinstance(r, Failure) for r in replies[1:])
     reasons = {r.cid: r.reason for r in replies[1:]}
     assert reasons[1].startswith("no reply")
@@ -209,16 +209,16 @@ def test_a_node_silent_past_the_timeout_is_a_failure_that_says_so() -> None:
 
     transport = FlowerTransport(SlowGrid({100: "ok", 101: "silent"}), {0: 100, 1: 101}, timeout=0.2, run_config="{}")
     replies = transport.train(1, train_tasks([0, 1]))
-    assert isinstance(replies[0], TrainReply)
+    assert isinstance(replies[0], ClientUpdate)
     assert replies[1] == Failure(1, "no reply within the round timeout of 0.2 s")
 
 
 def test_the_server_round_loop_runs_over_the_flower_transport(tiny_config, tiny_data, shared_model, tiny_cost_model) -> None:
     """Server.run_round with a FlowerTransport whose fake Grid calls real Clients: a dropped node is a
     failure, the round aggregates the others."""
-    from fedpilot.runtime.client import Client, StepPeaks
-    from fedpilot.simulation import make_server
     from fedpilot.data.partition import partition_indices
+    from fedpilot.federation import make_server
+    from fedpilot.runtime.client import Client, StepPeaks
     from fedpilot.strategies import ClientInfo
 
     config = tiny_config
@@ -574,8 +574,8 @@ def test_a_supernode_killed_in_round_2_is_recorded_and_the_round_aggregates_the_
     """Run with ``payload: assigned``, so that this rehearsal also shows Flower and the simulator agree on
     partial payloads (each client receives only its assigned modules and the head)."""
     from fedpilot.config import parse_config
+    from fedpilot.federation import build_federation
     from fedpilot.runtime.messages import Failure
-    from fedpilot.simulation import build_federation
 
     budgets, settings, config_path = tiny_flower_config(tiny_cost_model, tmp_path, round_timeout=150, payload="assigned")
     loopback.start_federation(budgets)

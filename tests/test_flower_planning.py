@@ -9,9 +9,10 @@ import pytest
 from fedpilot.config import TrainSettings, parse_config
 from fedpilot.core.errors import ConfigError
 from fedpilot.planning.costmodel import CostModel
-from fedpilot.runtime.messages import Failure, ScoreReply, TrainReply
+from fedpilot.runtime.messages import Failure
 from fedpilot.runtime.server import Server
 from fedpilot.strategies import STRATEGIES, ClientInfo, FederationContext
+from fedpilot.strategies.base import ClientScores, ClientUpdate
 
 LAYERS, TARGETS, RANK = 4, ("q", "v"), 4
 MODULES = [f"{layer}.{t}" for layer in range(LAYERS) for t in TARGETS]
@@ -106,7 +107,7 @@ class EchoTransport:
         self.ctx, self.silent, self.sent = ctx, silent, []
 
     def score(self, server_round, tasks):
-        return [Failure(t.cid, "silent") if t.cid in self.silent else ScoreReply(t.cid, {m: 1.0 for m in t.modules}, {"peak_bytes": 1}) for t in tasks]
+        return [Failure(t.cid, "silent") if t.cid in self.silent else ClientScores(t.cid, {m: 1.0 for m in t.modules}, {"peak_bytes": 1}) for t in tasks]
 
     def train(self, server_round, tasks):
         self.sent.extend(tasks)
@@ -116,7 +117,7 @@ class EchoTransport:
                 replies.append(Failure(t.cid, "silent"))
                 continue
             keys = self.ctx.reply_keys(t.assignment)
-            replies.append(TrainReply(t.cid, 10, {k: t.tensors[k] + 0.01 for k in keys}, {"peak_bytes": 1}))
+            replies.append(ClientUpdate(t.cid, 10, {k: t.tensors[k] + 0.01 for k in keys}, {"peak_bytes": 1}))
         return replies
 
 

@@ -16,10 +16,10 @@ from fedpilot.config import Config
 from fedpilot.core.errors import FedpilotError
 from fedpilot.data.split import SplitData
 from fedpilot.memory.calibrate import calibrate, decompose_step, load_or_calibrate, measure_peak
-from fedpilot.memory.measure import PeakMeter, measure_step
 from fedpilot.memory.validate import compare_predictions, random_module_sets
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.measure import PeakMeter, measure_step
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.strategies import STRATEGIES, ClientInfo, FederationContext
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fedpilot.config import Config, PartitionSettings
-from fedpilot.data.split import load_split
 from fedpilot.core.errors import ConfigError
 from fedpilot.data.partition import partition_indices
+from fedpilot.families.encoding import load_split
 
 
 @pytest.fixture(scope="module")

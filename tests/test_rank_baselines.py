@@ -12,9 +12,9 @@ import pytest
 
 from fedpilot.config import Config
 from fedpilot.core.errors import FedpilotError
+from fedpilot.federation import Federation, build_federation
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.runtime.server import Server
-from fedpilot.simulation import Federation, build_federation
 from fedpilot.strategies import STRATEGIES, ClientInfo, ClientUpdate, FederationContext
 from fedpilot.strategies.rank_utils import (
     average_products,
@@ -106,8 +106,8 @@ def test_the_largest_rank_that_fits_full_depth() -> None:
 
 def test_the_three_are_registered_with_their_memory_awareness() -> None:
     assert {"ffa-lora", "hetlora", "flexlora"} <= set(STRATEGIES)
-    assert not STRATEGIES["ffa-lora"].memory_aware
-    assert STRATEGIES["hetlora"].memory_aware and STRATEGIES["flexlora"].memory_aware
+    assert not STRATEGIES["ffa-lora"].capabilities.memory_aware
+    assert STRATEGIES["hetlora"].capabilities.memory_aware and STRATEGIES["flexlora"].capabilities.memory_aware
     with pytest.raises(ValueError, match="unknown key 'gamma'"):
         STRATEGIES["hetlora"].Options.model_validate({"gamma": 0.5})
 

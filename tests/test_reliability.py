@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from fedpilot.config import Config, TrainSettings
 from fedpilot.core.errors import FedpilotError
 from fedpilot.core.files import write_atomic
+from fedpilot.federation import prepare_out_dir
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.runtime.checkpoint import CHECKPOINT, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from fedpilot.runtime.messages import ScoreReply, ScoreTask, TrainReply, TrainTask
+from fedpilot.runtime.messages import ScoreTask, TrainTask
 from fedpilot.runtime.server import Server
-from fedpilot.simulation import prepare_out_dir, run_simulation
+from fedpilot.simulation import run_simulation
 from fedpilot.strategies import STRATEGIES, ClientInfo, FederationContext
+from fedpilot.strategies.base import ClientScores, ClientUpdate
 
 RANK, D = 2, 3
 MODULES = [f"{layer}.{t}" for layer in range(3) for t in ("q", "v")]
@@ -41,11 +43,11 @@ class FakeTransport:
         self.seed, self.victim, self.corruption, self.drop_victim = seed, victim, corruption, drop_victim
         self.victim_had_task = False
 
-    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ScoreReply]:
+    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ClientScores]:
         rng = np.random.default_rng([self.seed, server_round, 7])
-        return [ScoreReply(t.cid, {m: float(rng.random()) + 0.01 for m in t.modules}) for t in tasks]
+        return [ClientScores(t.cid, {m: float(rng.random()) + 0.01 for m in t.modules}) for t in tasks]
 
-    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[TrainReply]:
+    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[ClientUpdate]:
         replies = []
         for task in tasks:
             rng = np.random.default_rng([self.seed, server_round, task.cid])
@@ -58,7 +60,7 @@ class FakeTransport:
                 if self.drop_victim:
                     continue
                 tensors = corrupt(tensors, task, self.corruption, rng)
-            replies.append(TrainReply(task.cid, 10 + task.cid, tensors, {"train_loss": 1.0}))
+            replies.append(ClientUpdate(task.cid, 10 + task.cid, tensors, {"train_loss": 1.0}))
         return replies
 
 
@@ -87,13 +89,13 @@ def corrupt(tensors: dict, task: TrainTask, kind: str, rng: np.random.Generator)
 
 def make_server(name: str) -> Server:
     shapes = dict(SHAPES)
-    if STRATEGIES[name].base_deltas:  # strategies that merge into the frozen weights carry a delta per module
+    if STRATEGIES[name].capabilities.base_deltas:  # strategies that merge into the frozen weights carry a delta per module
         shapes |= {f"{m}/base_delta": (D, D) for m in MODULES}
     strategy = STRATEGIES[name](FederationContext(MODULES, KEYS, shapes, 3, RANK, COST, memory_margin=0.0))
     clients = [ClientInfo(cid, 10 + cid, None) for cid in range(4)]
     initial = {k: np.random.default_rng(1).standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
     # strategies that score on the server's proxy set get fixed scores (a layer's importance grows with depth)
-    proxy = (lambda tensors: {m: 1.0 + i for i, m in enumerate(MODULES)}) if STRATEGIES[name].needs_proxy else None
+    proxy = (lambda tensors: {m: 1.0 + i for i, m in enumerate(MODULES)}) if STRATEGIES[name].capabilities.needs_proxy else None
     server = Server(strategy, clients, initial, TrainSettings(), seed=0, update_norm_bound=10.0, proxy=proxy)
     server.check_budgets()  # as every driver does before round 1
     return server
@@ -121,7 +123,7 @@ def test_a_round_with_no_valid_update_keeps_the_global_model() -> None:
 
     class AllNaN(FakeTransport):
         def train(self, server_round, tasks):
-            return [TrainReply(t.cid, 5, {k: np.full_like(t.tensors[k], np.nan) for k in CONTEXT.reply_keys(t.assignment)}) for t in tasks]
+            return [ClientUpdate(t.cid, 5, {k: np.full_like(t.tensors[k], np.nan) for k in CONTEXT.reply_keys(t.assignment)}) for t in tasks]
 
     result = server.run_round(1, AllNaN(0))
     assert result.skipped == "no valid update arrived" and len(result.rejected) == 4

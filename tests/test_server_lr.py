@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from fedpilot.config import Config
 from fedpilot.core.keys import BASE_DELTA, HEAD, LORA_A, LORA_B, tensor_key
+from fedpilot.federation import build_federation
 from fedpilot.runtime.server import Server
-from fedpilot.simulation import build_federation
 from fedpilot.strategies import STRATEGIES
 from fedpilot.strategies.strategy_utils import server_step
 
@@ -109,9 +109,9 @@ def test_a_real_round_with_half_the_server_rate_lands_half_way(tiny_config: Conf
         ends[lr] = server.global_tensors
     head_keys = context.head_keys
     assert head_keys
-    for key in head_keys if strategy.base_deltas else initial:
+    for key in head_keys if strategy.capabilities.base_deltas else initial:
         np.testing.assert_allclose(ends[0.5][key], 0.5 * (initial[key].astype(np.float64) + ends[1.0][key]), rtol=1e-5, atol=1e-6)
-    if strategy.base_deltas:
+    if strategy.capabilities.base_deltas:
         for m in context.modules:
             np.testing.assert_allclose(effective(ends[0.5], m, context.scaling),
                                        0.5 * (effective(initial, m, context.scaling) + effective(ends[1.0], m, context.scaling)), atol=1e-5)

@@ -7,11 +7,12 @@ import math
 import pytest
 
 from fedpilot.config import Config, FederationSettings
+from fedpilot.federation import RunResult
 from fedpilot.planning.costmodel import CostModel
-from fedpilot.simulation import RunResult, run_simulation
-from fedpilot.strategies import STRATEGIES
+from fedpilot.simulation import run_simulation
+from fedpilot.strategies import STRATEGIES, accepted_options
 
-MEMORY_AWARE = sorted(name for name, strategy in STRATEGIES.items() if strategy.memory_aware)
+MEMORY_AWARE = sorted(name for name, strategy in STRATEGIES.items() if strategy.capabilities.memory_aware)
 MEMORY_UNAWARE = sorted(set(STRATEGIES) - set(MEMORY_AWARE))
 
 
@@ -97,13 +98,19 @@ def test_plan_shows_each_clients_allocation_before_training(tiny_config: Config,
     assert "layer" in text and "budget" in text and "needs" in text and "    5 " in text
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_inert_options_are_options_of_the_strategy(name: str) -> None:
+def unread_options(name: str) -> set[str]:
+    """The options ``name`` accepts (its Options model) but never reads (its capabilities' ``options``)."""
     strategy = STRATEGIES[name]
-    assert strategy.inert_options <= set(strategy.Options.model_fields)
+    return set(strategy.Options.model_fields) - accepted_options(strategy)
 
 
-INERT_CHANGES = [  # every inert option of a strategy, set to another valid value
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_the_options_a_strategy_reads_are_options_of_the_strategy(name: str) -> None:
+    strategy = STRATEGIES[name]
+    assert accepted_options(strategy) <= set(strategy.Options.model_fields)
+
+
+INERT_CHANGES = [  # every option a strategy accepts but does not read, set to another valid value
     ("fedpilot-noig", {"ig_weight": 0.9, "refresh_rounds": 1, "score_batches": 1, "global_decay": 0.1,
                        "local_term": "per-module", "global_term": "coverage", "local_scope": "client", "score_loss": "trained"}),
     ("fedpilot-nostagg", {"compensation": 0.9, "history_decay": 0.1, "staleness_horizon": 1, "dwa_temperature": 0.1}),
@@ -115,7 +122,7 @@ def test_every_inert_option_is_checked_below() -> None:
     checked: dict[str, set[str]] = {}
     for name, changes in INERT_CHANGES:
         checked.setdefault(name, set()).update(changes)
-    assert checked == {name: set(s.inert_options) for name, s in STRATEGIES.items() if s.inert_options}
+    assert checked == {name: unread_options(name) for name in STRATEGIES if unread_options(name)}
 
 
 def deciding_budgets(cost_model: CostModel) -> tuple[int, int, int]:
@@ -144,7 +151,7 @@ def inert_runs(tiny_config: Config, tiny_cost_model: CostModel, tmp_path_factory
 
 
 @pytest.mark.parametrize(("name", "changes"), INERT_CHANGES, ids=lambda x: x if isinstance(x, str) else ",".join(x))
-def test_a_strategy_does_not_read_its_inert_options(name: str, changes: dict, inert_runs) -> None:
+def test_a_strategy_ignores_the_options_it_does_not_read(name: str, changes: dict, inert_runs) -> None:
     """What `fedpilot compare` relies on to keep a finished run made under other values of them: the same
     allocations and the same model, every round, where the same change does move `fedpilot` itself."""
     assert inert_runs(name, changes) == inert_runs(name, {})

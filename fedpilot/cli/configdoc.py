@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from fedpilot.config import Config
-from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies import STRATEGIES, accepted_options
 
 REGENERATE = "python scripts/config_doc.py"
 
@@ -165,7 +165,7 @@ def render_config_doc() -> str:
         "## Strategy options (`strategy_options`)",
         "",
         "Each strategy checks `strategy_options` with its own `Options` model; an option it does not declare is",
-        "an error. Inert options are inherited but never read by that strategy (a finished run made under other",
+        "an error. Inert options are inherited but not among the options the strategy's capabilities say it reads (a finished run made under other",
         "values of them is the same run for `fedpilot compare`).",
         "",
     ]
@@ -174,8 +174,8 @@ def render_config_doc() -> str:
         strategy = STRATEGIES[name]
         options = strategy.Options
         lines += [f"### `{name}`", ""]
-        notes = [] if strategy.memory_aware else ["Memory-unaware: it ignores the budgets."]
-        inert = sorted(getattr(strategy, "inert_options", ()))
+        notes = [] if strategy.capabilities.memory_aware else ["Memory-unaware: it ignores the budgets."]
+        inert = sorted(set(options.model_fields) - accepted_options(strategy))
         if options in documented:
             notes.append(f"The options of `{documented[options]}` (above).")
         elif options.model_fields:

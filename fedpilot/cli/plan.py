@@ -8,7 +8,7 @@ from fedpilot.config import Config
 from fedpilot.core.keys import parse_module
 from fedpilot.core.sizes import mib
 from fedpilot.families import MODELS
-from fedpilot.simulation import build_federation
+from fedpilot.federation import build_federation
 
 
 def make_plan(config: Config, progress: bool = True) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def profile_memory(config: Config, analytic: bool = False, progress: bool = True
         cached = False
     else:
         # The torch side, only when a forward pass is wanted (--analytic must stay light).
-        from fedpilot.data.split import load_split
+        from fedpilot.families.encoding import load_split
         from fedpilot.memory.calibrate import decompose_step, load_or_calibrate
         from fedpilot.runtime.device import build_model
         from fedpilot.runtime.messages import TrainInstructions

@@ -40,8 +40,10 @@ class Registry(dict[str, T], Generic[T]):
         return self[self.check(name)]
 
 
-def import_submodules(package_name: str) -> None:
-    """Import every module of a package so that their ``register`` calls run."""
+def import_submodules(package_name: str, packages_only: bool = False) -> None:
+    """Import every module of a package so that their ``register`` calls run (``packages_only``: its
+    sub-packages only, leaving its plain modules to be imported when needed)."""
     package = importlib.import_module(package_name)
     for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package_name}.{info.name}")
+        if info.ispkg or not packages_only:
+            importlib.import_module(f"{package_name}.{info.name}")

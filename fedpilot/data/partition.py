@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 
-from fedpilot.config import PartitionSettings
 from fedpilot.core.errors import ConfigError
+from fedpilot.data.settings import PartitionSettings
 
 
 def partition_indices(

@@ -1,33 +1,21 @@
-"""From a registered corpus to encoded, stratified train/test tensors (encoded once, cached on disk).
+"""Encoded examples and their stratified train / test (/ validation / proxy) splits.
 
-How texts become model inputs is the model family's business (:meth:`FamilyRuntime.encode`); this
-module only caches the result and splits it.
+How texts become model inputs is the model family's business: :func:`fedpilot.families.encoding.load_split`
+encodes a registered corpus for a model (cached on disk) and hands it to :func:`split_encoded` here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from fedpilot.config import DataSettings
-from fedpilot.data.datasets import DATASETS
-from fedpilot.families import MODELS
-
-ENCODING_VERSION = 2
-
-
-def cache_dir() -> Path:
-    """``$FEDPILOT_CACHE``, else ``~/.cache/fedpilot``."""
-    return Path(os.environ.get("FEDPILOT_CACHE", Path.home() / ".cache" / "fedpilot"))
+from fedpilot.data.settings import DataSettings
 
 
 @dataclass(frozen=True)
@@ -65,26 +53,10 @@ class SplitData:
     validation: TensorSplit | None = None  # data.validation_fraction: held out of the train split, for tuning
 
 
-def _encode_corpus(dataset: str, model_name: str, max_length: int) -> tuple[TensorSplit, list[str]]:
-    spec = MODELS[model_name]
-    corpus = DATASETS.get_or_fail(dataset)()
-    digest = hashlib.sha256("\x00".join(corpus.texts).encode()).hexdigest()[:16]
-    path = cache_dir() / f"tokens-v{ENCODING_VERSION}-{dataset}-{model_name}-{max_length}-{digest}.pt"
-    if path.is_file():
-        cached = torch.load(path)
-        return TensorSplit(cached["features"], cached["labels"]), corpus.label_names
-    runtime = spec.family.load_runtime()
-    features = runtime.encode_task(runtime.load_tokenizer(spec), corpus.texts, corpus.label_names, max_length)
-    split = TensorSplit(features, torch.tensor(corpus.labels, dtype=torch.long))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"features": dict(split.features), "labels": split.labels}, partial)
-    partial.replace(path)
-    return split, corpus.label_names
-
-
-def load_split(settings: DataSettings, model_name: str, seed: int, proxy_fraction: float | None = None) -> SplitData:
-    """Encoded train and test splits, stratified by label, reproducible from ``seed``.
+def split_encoded(
+    tokens: TensorSplit, label_names: list[str], settings: DataSettings, seed: int, proxy_fraction: float | None = None
+) -> SplitData:
+    """An encoded corpus's train and test splits, stratified by label, reproducible from ``seed``.
 
     ``proxy_fraction``: hold ``ceil(proxy_fraction * n_c)`` train examples of each class c out as the
     server's proxy set (:func:`hold_out_per_class`); the clients never see them. None: no proxy set,
@@ -95,7 +67,6 @@ def load_split(settings: DataSettings, model_name: str, seed: int, proxy_fractio
     set is then drawn from what remains. None: no validation split, and the splits are exactly those
     without one.
     """
-    tokens, label_names = _encode_corpus(settings.dataset, model_name, settings.max_length)
     labels = tokens.labels.numpy()
     indices = np.arange(len(labels))
     if settings.max_samples is not None and settings.max_samples < len(indices):

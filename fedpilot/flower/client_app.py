@@ -75,9 +75,9 @@ def load_node(config: Config, node_config: Any) -> Node:
     import numpy as np
 
     from fedpilot.data.partition import partition_indices
-    from fedpilot.data.split import load_split
+    from fedpilot.families.encoding import load_split
+    from fedpilot.federation import calibration_cost_model, make_model
     from fedpilot.runtime.client import Client, StepPeaks
-    from fedpilot.simulation import calibration_cost_model, make_model
 
     if num_partitions != config.federation.num_clients:
         raise ValueError(f"node config num-partitions={num_partitions} but the run's federation.num_clients is {config.federation.num_clients}")

@@ -91,11 +91,11 @@ def check_node_cost_model(cid: int, node_cost: Any, federation_cost: Any) -> Non
 
 
 def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait: float = 300.0):
-    """Query the nodes, build the server side, run the rounds; the :class:`~fedpilot.simulation.RunResult`.
+    """Query the nodes, build the server side, run the rounds; the :class:`~fedpilot.federation.RunResult`.
 
     Phases wait ``config.federation.round_timeout`` seconds for replies."""
-    from fedpilot.data.split import load_split
-    from fedpilot.simulation import calibration_cost_model, drive_rounds, make_model, make_server, prepare_out_dir, run_header
+    from fedpilot.families.encoding import load_split
+    from fedpilot.federation import calibration_cost_model, drive_rounds, make_model, make_server, prepare_out_dir, run_header
     from fedpilot.strategies import ClientInfo
 
     start = time.perf_counter()

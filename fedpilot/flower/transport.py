@@ -21,7 +21,8 @@ from fedpilot.flower.codec import (
     encode_score_task,
     encode_train_task,
 )
-from fedpilot.runtime.messages import Failure, ScoreReply, ScoreTask, TrainReply, TrainTask
+from fedpilot.runtime.messages import Failure, ScoreTask, TrainTask
+from fedpilot.strategies.base import ClientScores, ClientUpdate
 
 TRAIN_TYPE = "train"  # ClientApp @app.train()
 SCORE_TYPE = "train.score"  # ClientApp @app.train("score"): backpropagation, like training
@@ -60,21 +61,21 @@ class FlowerTransport:
         self.wire_log: list[dict[str, Any]] = []
 
     # -- the two phases ------------------------------------------------------------------------------
-    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[TrainReply | Failure]:
+    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[ClientUpdate | Failure]:
         contents = {t.cid: encode_train_task(t.assignment, t.tensors, t.instructions) for t in tasks}
 
-        def decode(cid: int, content: RecordDict) -> TrainReply:
+        def decode(cid: int, content: RecordDict) -> ClientUpdate:
             num_samples, tensors, metrics = decode_train_reply(content)
-            return TrainReply(cid, num_samples, tensors, metrics)
+            return ClientUpdate(cid, num_samples, tensors, metrics)
 
         return self._exchange(server_round, "training", TRAIN_TYPE, contents, decode)
 
-    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ScoreReply | Failure]:
+    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ClientScores | Failure]:
         contents = {t.cid: encode_score_task(t.modules, t.tensors, t.instructions) for t in tasks}
 
-        def decode(cid: int, content: RecordDict) -> ScoreReply:
+        def decode(cid: int, content: RecordDict) -> ClientScores:
             scores, metrics = decode_score_reply(content)
-            return ScoreReply(cid, scores, metrics)
+            return ClientScores(cid, scores, metrics)
 
         return self._exchange(server_round, "scoring", SCORE_TYPE, contents, decode)
 
@@ -132,6 +133,6 @@ class FlowerTransport:
         if isinstance(answer, Failure) or down is None:
             return answer
         metrics = {**answer.metrics, "wire_down_bytes": down, "wire_up_bytes": up}
-        if isinstance(answer, TrainReply):
-            return TrainReply(answer.cid, answer.num_samples, answer.tensors, metrics)
-        return ScoreReply(answer.cid, answer.scores, metrics)
+        if isinstance(answer, ClientUpdate):
+            return ClientUpdate(answer.cid, answer.num_samples, answer.tensors, metrics)
+        return ClientScores(answer.cid, answer.scores, metrics)

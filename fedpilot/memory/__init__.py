@@ -1,3 +1,3 @@
-"""Memory, the torch side: measure a training step's real peak (``measure``), fit the cost model of
-:mod:`fedpilot.planning.costmodel` to measurements on the real model (``calibrate``), and check
+"""Memory, the torch side: fit the cost model of :mod:`fedpilot.planning.costmodel` to measurements
+on the real model (``calibrate``, measuring steps with :mod:`fedpilot.runtime.measure`), and check
 predictions against measurement (``validate``). The analytic estimate lives with each model family."""

@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from fedpilot.core.files import write_json
 from fedpilot.core.keys import module_layer, module_target
-from fedpilot.data.split import TensorSplit, cache_dir
-from fedpilot.memory.measure import PeakMeter, StepMemory, measure_step, optimizer_tensors, release_gradients
+from fedpilot.core.paths import cache_dir
+from fedpilot.data.split import TensorSplit
 from fedpilot.planning.costmodel import CostModel, lora_module_bytes
 from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.measure import PeakMeter, StepMemory, measure_step, optimizer_tensors, release_gradients
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.training import batch_loss, make_optimizer, training_step
 

@@ -4,7 +4,7 @@
 weights in bfloat16 while the LoRA matrices (and so their gradients and optimiser state) stay float32;
 PEFT casts a LoRA module's input to float32 and its output back. Training, scoring and evaluation
 move every batch to the model's device (``TensorSplit.batch(rows, model.device)``), and peaks are
-read at that device's allocator (:mod:`fedpilot.memory.measure`).
+read at that device's allocator (:mod:`fedpilot.runtime.measure`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""What travels between server and clients: plain dataclasses of scalars and named numpy tensors,
-so any transport (in-process calls, Flower messages) can carry them."""
+"""What travels from the server to clients: plain dataclasses of scalars and named numpy tensors,
+so any transport (in-process calls, Flower messages) can carry them. What comes back is the
+strategies' own :class:`~fedpilot.strategies.base.ClientUpdate` / :class:`~fedpilot.strategies.base.ClientScores`
+(or a :class:`Failure`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fedpilot.core.tensors import TensorDict
@@ -67,21 +68,6 @@ class ScoreTask:
     modules: list[str]
     tensors: TensorDict
     instructions: ScoreInstructions
-
-
-@dataclass(frozen=True)
-class TrainReply:
-    cid: int
-    num_samples: int
-    tensors: TensorDict
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ScoreReply:
-    cid: int
-    scores: Mapping[str, float]
-    metrics: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,11 @@ import numpy as np
 
 from fedpilot.core.keys import HEAD, module_of
 from fedpilot.core.tensors import TensorDict, tensor_bytes
-from fedpilot.runtime.messages import (
-    Failure,
-    ScoreInstructions,
-    ScoreReply,
-    ScoreTask,
-    TrainInstructions,
-    TrainReply,
-    TrainTask,
-)
-from fedpilot.runtime.transport import Transport
 from fedpilot.runtime.checkpoint import Checkpoint
+from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreTask, TrainInstructions, TrainTask
+from fedpilot.runtime.transport import Transport
 from fedpilot.runtime.validation import outliers, update_problem, update_rms
-from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, Strategy, derived_seed
+from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate, Strategy, derived_seed
 from fedpilot.strategies.strategy_utils import server_step
 
 Evaluator = Callable[[TensorDict], dict[str, float]]
@@ -97,7 +89,7 @@ class Server:
     ) -> None:
         """``train_settings`` is the config's ``train`` section (local steps, batch size, optimiser);
         ``update_norm_bound``: reject an update whose RMS change exceeds this multiple of the round's median;
-        ``proxy``: scores modules on the server's proxy set, for strategies that need it (``needs_proxy``);
+        ``proxy``: scores modules on the server's proxy set, for strategies that need it (``capabilities.needs_proxy``);
         ``min_replies``: a round with fewer valid updates keeps the global model and is recorded as skipped;
         ``payload``: ``"full"`` (every task carries the whole global adapter) or ``"assigned"`` (only the
         tensors of the modules the task is about, and the head: :meth:`payload_for`);
@@ -114,7 +106,7 @@ class Server:
         ids = [c.cid for c in clients]
         if len(set(ids)) != len(ids):
             raise ValueError(f"client ids must be unique, got {ids}")
-        if strategy.needs_proxy and proxy is None:
+        if strategy.capabilities.needs_proxy and proxy is None:
             raise ValueError(
                 f"strategy {type(strategy).__name__} scores layers on the server's proxy set, and this server has none "
                 "(build the data with a proxy_fraction)"
@@ -245,7 +237,7 @@ class Server:
             if set(reply.scores) != set(asked[reply.cid]):
                 failures.append({"cid": reply.cid, "phase": "scoring", "reason": "scores do not match the modules asked"})
                 continue
-            results.append(ClientScores(reply.cid, dict(reply.scores)))
+            results.append(reply)
             record = {"cid": reply.cid, "modules": asked[reply.cid], "budget_bytes": self.clients[reply.cid].budget_bytes, **reply.metrics}
             records.append(record)
         self.strategy.aggregate_score(server_round, results)
@@ -279,7 +271,7 @@ class Server:
             if problem is not None:
                 rejected.append({"round": server_round, "cid": reply.cid, "reason": problem})
                 continue
-            updates.append(ClientUpdate(reply.cid, reply.num_samples, reply.tensors, reply.metrics))
+            updates.append(reply)
             records.append(self._client_record(task, reply))
         norms = [update_rms(u.tensors, by_cid[u.cid].tensors) for u in updates]
         for i in reversed(outliers(norms, self.update_norm_bound)):
@@ -319,7 +311,7 @@ class Server:
             proxy=plan.proxy,
         )
 
-    def _client_record(self, task: TrainTask, reply: TrainReply) -> dict[str, Any]:
+    def _client_record(self, task: TrainTask, reply: ClientUpdate) -> dict[str, Any]:
         assignment = task.assignment
         cost_model = self.context.cost_model_for(self.clients[task.cid])
         record: dict[str, Any] = {
@@ -373,5 +365,6 @@ class Server:
             if value.shape != old.shape or value.dtype != old.dtype:
                 raise ValueError(f"{type(self.strategy).__name__}.aggregate_train changed {key} from {old.shape} {old.dtype} to {value.shape} {value.dtype}")
         self.global_tensors = server_step(
-            self.global_tensors, dict(new_tensors), self.server_lr, self.context.modules, self.context.scaling, self.strategy.base_deltas
+            self.global_tensors, dict(new_tensors), self.server_lr, self.context.modules, self.context.scaling,
+            self.strategy.capabilities.base_deltas,
         )

@@ -8,15 +8,16 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from fedpilot.runtime.messages import Failure, ScoreReply, ScoreTask, TrainReply, TrainTask
+from fedpilot.runtime.messages import Failure, ScoreTask, TrainTask
+from fedpilot.strategies.base import ClientScores, ClientUpdate
 
 
 class Transport(Protocol):
     """Runs tasks on clients and returns, per task, a reply or a failure (a client that did not answer)."""
 
-    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[TrainReply | Failure]: ...
+    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[ClientUpdate | Failure]: ...
 
-    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ScoreReply | Failure]: ...
+    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ClientScores | Failure]: ...
 
 
 class InProcessTransport:
@@ -29,8 +30,8 @@ class InProcessTransport:
         self.clients = clients
         self.progress = progress
 
-    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[TrainReply | Failure]:
-        replies: list[TrainReply | Failure] = []
+    def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[ClientUpdate | Failure]:
+        replies: list[ClientUpdate | Failure] = []
         bar = tqdm(tasks, desc=f"round {server_round} clients", unit="client", leave=False, disable=not self.progress)
         for task in bar:
             client = self.clients.get(task.cid)
@@ -38,17 +39,17 @@ class InProcessTransport:
                 replies.append(Failure(task.cid, "no such client"))
                 continue
             tensors, metrics = client.train(task.assignment, task.tensors, task.instructions)
-            replies.append(TrainReply(task.cid, client.num_samples, tensors, metrics))
+            replies.append(ClientUpdate(task.cid, client.num_samples, tensors, metrics))
             bar.set_postfix(client=task.cid, loss=f"{metrics['train_loss']:.3f}")
         return replies
 
-    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ScoreReply | Failure]:
-        replies: list[ScoreReply | Failure] = []
+    def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ClientScores | Failure]:
+        replies: list[ClientScores | Failure] = []
         for task in tasks:
             client = self.clients.get(task.cid)
             if client is None:
                 replies.append(Failure(task.cid, "no such client"))
                 continue
             scores, metrics = client.score(task.modules, task.tensors, task.instructions)
-            replies.append(ScoreReply(task.cid, scores, metrics))
+            replies.append(ClientScores(task.cid, scores, metrics))
         return replies

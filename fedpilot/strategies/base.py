@@ -14,6 +14,11 @@ object. A round is:
 ``check_budgets`` runs once before the first round and must fail exactly when some later round
 could not be planned. ``state_dict`` / ``load_state_dict`` carry what the strategy remembers between
 rounds (numpy arrays and JSON values), so a checkpoint covers every strategy.
+
+What a strategy is, as the rest of fedpilot needs to know it (whether it plans within budgets, whether
+it needs the server's proxy set, what its global state holds, which options it reads), is one declared
+:class:`Capabilities` per strategy class, ``capabilities``; drivers and the server read that, never a
+strategy's name (tests/test_capabilities.py checks each declaration against behaviour).
 """
 
 from __future__ import annotations
@@ -29,6 +34,52 @@ from fedpilot.core.keys import HEAD, LORA_PARTS, check_parts, rank_axis, tensor_
 from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits, usable
+
+
+#: What a strategy's aggregated tensors are (:attr:`Capabilities.payload`):
+PAYLOADS: dict[str, str] = {
+    "lora": "LoRA factors A and B (and the head), aggregated factor by factor",
+    "lora_b": "LoRA factors B only (and the head); every A stays frozen at its initialisation",
+    "lora+base_delta": "LoRA factors and a dense '<module>/base_delta' per module, merged into the frozen weights",
+    "products": "LoRA factors at the clients' own ranks, aggregated as their products B A and factorised again",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy class is, declared once as its ``capabilities`` and read by everything outside it.
+
+    ``memory_aware``: it plans every client within its budget (False: results say it ignores budgets).
+    ``per_client_assignment``: clients of one round may train different module sets.
+    ``rank_heterogeneous``: clients may train at LoRA ranks below the global one (``Assignment.ranks``).
+    ``needs_proxy``: it scores modules on the server's proxy set (the driver must offer one), holding
+    ``proxy_default_fraction`` of each class out unless ``data.proxy_fraction`` says otherwise.
+    ``base_deltas``: its global state also holds ``"<module>/base_delta"`` (merges into frozen weights).
+    ``payload``: what its aggregated tensors are, a key of :data:`PAYLOADS`.
+    ``options``: the option names it actually reads (None: every field of its ``Options``); a finished
+    run made under other values of the others is the same run (`fedpilot compare` keeps it).
+    """
+
+    memory_aware: bool
+    per_client_assignment: bool
+    rank_heterogeneous: bool
+    needs_proxy: bool = False
+    proxy_default_fraction: float = 0.002
+    base_deltas: bool = False
+    payload: str = "lora"
+    options: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.payload not in PAYLOADS:
+            raise ValueError(f"capabilities: payload {self.payload!r} is not one of {', '.join(PAYLOADS)}")
+        if self.base_deltas != (self.payload == "lora+base_delta"):
+            raise ValueError(f"capabilities: base_deltas={self.base_deltas} contradicts payload {self.payload!r}")
+        if not 0 < self.proxy_default_fraction < 1:
+            raise ValueError(f"capabilities: proxy_default_fraction must lie in (0, 1), got {self.proxy_default_fraction}")
+        if self.options is not None:
+            if isinstance(self.options, str) or not all(isinstance(o, str) for o in self.options):
+                raise ValueError(f"capabilities: options must be a set of option names, got {self.options!r}")
+            object.__setattr__(self, "options", frozenset(self.options))
 
 
 @dataclass(frozen=True)
@@ -72,7 +123,8 @@ class Assignment:
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """What a client sent back after training: the tensors it trained and its metrics."""
+    """What a client sends back after training (the reply every transport carries, and what
+    :meth:`Strategy.aggregate_train` receives once validated): the tensors it trained and its metrics."""
 
     cid: int
     num_samples: int
@@ -82,10 +134,12 @@ class ClientUpdate:
 
 @dataclass(frozen=True)
 class ClientScores:
-    """What a client sent back after scoring: a number per module it was asked about."""
+    """What a client sends back after scoring (the reply every transport carries, and what
+    :meth:`Strategy.aggregate_score` receives): a number per module it was asked about, and its metrics."""
 
     cid: int
     scores: Mapping[str, float]
+    metrics: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,18 +194,28 @@ class NoOptions(StrictModel):
     """A strategy without options."""
 
 
+#: class attributes that once declared capabilities one by one: a subclass setting one is refused
+_CAPABILITY_FIELDS = frozenset({"memory_aware", "base_deltas", "needs_proxy", "proxy_default_fraction"})
+
+
 class Strategy(ABC):
-    """Decides who trains which LoRA modules each round and turns their updates into the next global state."""
+    """Decides who trains which LoRA modules each round and turns their updates into the next global state.
+
+    Every concrete strategy declares its own ``capabilities`` (a subclass does not silently inherit
+    its parent's: tests/test_capabilities.py requires each registered class to state them).
+    """
 
     Options: ClassVar[type[StrictModel]] = NoOptions
-    memory_aware: ClassVar[bool] = True  # plans within budgets (False: says so in results)
-    base_deltas: ClassVar[bool] = False  # the global state also holds "<module>/base_delta" (merges into frozen weights)
+    capabilities: ClassVar[Capabilities]
+    # per-instance tunables (from the options), read by the server when it asks clients to score:
     score_batches: int = 1  # batches a client scores on, when configure_score asks it to
     score_trained_loss: bool = False  # clients score on the loss they train on (train.logit_adjustment), else the plain one
-    inert_options: ClassVar[frozenset[str]] = frozenset()  # options inherited but never read (a finished run made under
-    # other values of them is the same run: `fedpilot compare` keeps it)
-    needs_proxy: ClassVar[bool] = False  # scores modules on the server's proxy set (the driver must offer one)
-    proxy_default_fraction: ClassVar[float] = 0.002  # share of each class held out for it, unless data.proxy_fraction says
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        stray = _CAPABILITY_FIELDS & set(vars(cls))
+        if stray:
+            raise TypeError(f"{cls.__name__} sets {sorted(stray)} as class attributes; declare them in its capabilities = Capabilities(...)")
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         self.context = context
@@ -168,7 +232,7 @@ class Strategy(ABC):
         Default, for strategies that give every client something to train: each usable budget must
         fit the cheapest trainable set under the client's cost model (:meth:`cost_model_for`).
         """
-        if not self.memory_aware:
+        if not self.capabilities.memory_aware:
             return
         for client in clients:
             cost_model = self.cost_model_for(client)
@@ -195,7 +259,7 @@ class Strategy(ABC):
 
     def configure_proxy(self, server_round: int) -> bool:
         """Whether the server should score every module on its proxy set before this round's
-        assignments (only strategies with ``needs_proxy``; never by default)."""
+        assignments (only strategies whose capabilities have ``needs_proxy``; never by default)."""
         return False
 
     def aggregate_proxy(self, server_round: int, scores: Mapping[str, float]) -> None:
@@ -222,3 +286,9 @@ class Strategy(ABC):
         """Restore :meth:`state_dict`'s output."""
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
+
+
+def accepted_options(strategy_cls: type[Strategy]) -> frozenset[str]:
+    """The option names ``strategy_cls`` reads: its capabilities' ``options``, else every field of its Options."""
+    declared = strategy_cls.capabilities.options
+    return frozenset(strategy_cls.Options.model_fields) if declared is None else declared

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from fedpilot.core.errors import FedpilotError
 from fedpilot.core.sizes import mib
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import ClientInfo
+from fedpilot.strategies.base import Capabilities, ClientInfo
 from fedpilot.strategies.fedavg import FedAvg
 
 
 @STRATEGIES.register("exclusive")
 class Exclusive(FedAvg):
-    memory_aware = True
+    capabilities = Capabilities(memory_aware=True, per_client_assignment=False, rank_heterogeneous=False)
 
     def eligible(self, clients: Sequence[ClientInfo]) -> list[ClientInfo]:
         """The clients whose usable budget fits full LoRA under their own cost model (:meth:`cost_model_for`)."""

@@ -1,7 +1,7 @@
 """FedAvg on full LoRA (McMahan et al., AISTATS 2017): every client trains every module, and each
 tensor becomes the sample-weighted mean of the clients' tensors.
 
-Memory-unaware: it ignores client budgets (``memory_aware = False``), so on heterogeneous clients it
+Memory-unaware: it ignores client budgets (``Capabilities(memory_aware=False)``), so on heterogeneous clients it
 shows what would happen if every device could afford full LoRA; overruns are recorded as violations.
 """
 
@@ -11,13 +11,13 @@ from collections.abc import Sequence
 
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate, Strategy
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, ClientUpdate, Strategy
 from fedpilot.strategies.strategy_utils import sample_weighted_average
 
 
 @STRATEGIES.register("fedavg")
 class FedAvg(Strategy):
-    memory_aware = False
+    capabilities = Capabilities(memory_aware=False, per_client_assignment=False, rank_heterogeneous=False)
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
         return {client.cid: Assignment(tuple(self.context.modules)) for client in clients}

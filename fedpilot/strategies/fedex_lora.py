@@ -11,7 +11,7 @@ where D is the module's base delta (its frozen weight is W0 + D), so W0 + D + s 
 sample-weighted mean of the clients' W0 + D + s B_k A_k. Averaging A and B alone (FedAvg) is not
 exact: the mean of products is not the product of means.
 
-Every client trains every module (like FedAvg): memory-unaware, ``memory_aware = False``. The global
+Every client trains every module (like FedAvg): memory-unaware, ``Capabilities(memory_aware=False)``. The global
 state holds a dense d_out x d_in delta per module, sent to every client each round (recorded in the
 download bytes); the exported adapter comes with ``base_weights.safetensors`` (README).
 """
@@ -25,7 +25,7 @@ import numpy as np
 from fedpilot.core.keys import BASE_DELTA, LORA_A, LORA_B, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import ClientUpdate
+from fedpilot.strategies.base import Capabilities, ClientUpdate
 from fedpilot.strategies.fedavg import FedAvg
 
 
@@ -37,8 +37,9 @@ def mean_product(updates: Sequence[ClientUpdate], a_key: str, b_key: str) -> np.
 
 @STRATEGIES.register("fedex-lora")
 class FedExLoRA(FedAvg):
-    memory_aware = False
-    base_deltas = True
+    capabilities = Capabilities(
+        memory_aware=False, per_client_assignment=False, rank_heterogeneous=False, base_deltas=True, payload="lora+base_delta"
+    )
 
     def aggregate_train(self, server_round: int, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         result = super().aggregate_train(server_round, global_tensors, updates)  # the means of A, B and the head

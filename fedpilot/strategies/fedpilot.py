@@ -33,7 +33,7 @@ from fedpilot.planning.allocation import Allocation, Problem, solve
 from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits
 from fedpilot.planning.scoring import GlobalChange, GlobalCoverage, federation_local, ig_scores
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, ClientInfo, ClientScores, ClientUpdate, FederationContext
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, ClientScores, ClientUpdate, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
 from fedpilot.strategies.strategy_utils import TemporalCompensation, UpdateMemory, coverage
 
@@ -82,7 +82,7 @@ class FedPilotOptions(StrictModel):
 @STRATEGIES.register("fedpilot")
 class FedPilot(FedAvg):
     Options = FedPilotOptions
-    memory_aware = True
+    capabilities = Capabilities(memory_aware=True, per_client_assignment=True, rank_heterogeneous=False)
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         super().__init__(context, options)

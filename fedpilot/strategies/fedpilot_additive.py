@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import ClientInfo
+from fedpilot.strategies.base import Capabilities, ClientInfo
 from fedpilot.strategies.fedpilot import FedPilot
 
 
 @STRATEGIES.register("fedpilot-additive")
 class FedPilotAdditive(FedPilot):
-    memory_aware = False  # it plans with the wrong cost model on purpose
+    # memory-unaware: it plans with the wrong cost model on purpose
+    capabilities = Capabilities(memory_aware=False, per_client_assignment=True, rank_heterogeneous=False)
 
     def allocation_cost_model(self, client: ClientInfo) -> CostModel:
         return self.cost_model_for(client).without_position()

@@ -7,14 +7,18 @@ from collections.abc import Sequence
 
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import ClientInfo
+from fedpilot.strategies.base import Capabilities, ClientInfo
 from fedpilot.strategies.fedpilot import FedPilot
 
 
 @STRATEGIES.register("fedpilot-noig")
 class FedPilotNoIG(FedPilot):
-    # uniform values: the IG-score's options decide nothing (the global term is still kept, unread, for checkpoints)
-    inert_options = frozenset({"ig_weight", "refresh_rounds", "score_batches", "global_decay", "local_term", "global_term", "local_scope", "score_loss"})
+    # uniform values: the IG-score's options decide nothing (the global term is still kept, unread, for checkpoints);
+    # it reads stagg's options and the stability rule's margin only
+    capabilities = Capabilities(
+        memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
+        options=frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature", "keep_margin"}),
+    )
 
     def module_values(self, cid: int) -> dict[str, float]:
         return {m: 1.0 for m in self.context.modules}

@@ -7,15 +7,19 @@ from collections.abc import Sequence
 
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import ClientUpdate
+from fedpilot.strategies.base import Capabilities, ClientUpdate
 from fedpilot.strategies.fedpilot import FedPilot
 from fedpilot.strategies.strategy_utils import sample_weighted_average
 
 
 @STRATEGIES.register("fedpilot-nostagg")
 class FedPilotNoStagg(FedPilot):
-    # the plain average: none of stagg's options is read
-    inert_options = frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature"})
+    # the plain average: none of stagg's options is read, only the IG-score's and the stability rule's
+    capabilities = Capabilities(
+        memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
+        options=frozenset({"ig_weight", "refresh_rounds", "score_batches", "global_decay", "local_term", "global_term", "local_scope",
+                           "score_loss", "keep_margin"}),
+    )
 
     def aggregate_modules(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         return sample_weighted_average(global_tensors, updates)

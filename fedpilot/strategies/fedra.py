@@ -39,13 +39,13 @@ from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.costmodel import nothing_fits
 from fedpilot.planning.layers import plan_whole_layers
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, ClientInfo, derived_seed
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, derived_seed
 from fedpilot.strategies.fedavg import FedAvg
 
 
 @STRATEGIES.register("fedra")
 class FedRA(FedAvg):
-    memory_aware = True
+    capabilities = Capabilities(memory_aware=True, per_client_assignment=True, rank_heterogeneous=False)
     # check_budgets: Strategy's default (every usable budget fits the cheapest module), inherited
     # through FedAvg: exactly the clients for which plan_whole_layers returns None are refused.
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from fedpilot.core.keys import LORA_A, LORA_B, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, ClientUpdate
 from fedpilot.strategies.fedavg import FedAvg
 
 
@@ -28,7 +28,7 @@ class FFALoRA(FedAvg):
     ``mean_k(B_k) A = mean_k(B_k A)``, which plain FedAvg of A and B is not. Uploads halve (only B
     and the head travel back; A has as many entries as B for square targets).
 
-    Memory-unaware, like FedAvg (``memory_aware = False``): every client trains every module, so
+    Memory-unaware, like FedAvg (``Capabilities(memory_aware=False)``): every client trains every module, so
     a client whose budget cannot hold full-depth backpropagation overruns it and the run records
     the violation. Freezing A saves A's gradient and optimiser state, but the activations stored
     from the lowest layer up, which dominate, are the same as full LoRA's.
@@ -37,7 +37,7 @@ class FFALoRA(FedAvg):
     differential-privacy noise; the scaling stays the model's alpha / rank.
     """
 
-    memory_aware = False
+    capabilities = Capabilities(memory_aware=False, per_client_assignment=False, rank_heterogeneous=False, payload="lora_b")
     parts = (LORA_B,)
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:

@@ -3,7 +3,7 @@ Foundation Model Fine-Tuning with Heterogeneous LoRA Allocation", IEEE TNNLS 202
 
 Defining rule: layer importance comes from the diagonal empirical Fisher information of each layer's
 LoRA parameters on a small proxy set the SERVER holds (about 0.2 % of each class, removed from the
-clients' data: ``data.proxy_fraction``, default :attr:`Strategy.proxy_default_fraction`):
+clients' data: ``data.proxy_fraction``, default :attr:`Capabilities.proxy_default_fraction`):
 
     F_t = (1/N) sum_i (d loss_i / d theta_t)^2,   score(layer) = sum over the layer's LoRA tensors t of ||F_t||_F
 
@@ -41,7 +41,7 @@ from fedpilot.planning.allocation import Problem, solve
 from fedpilot.planning.costmodel import nothing_fits
 from fedpilot.planning.layers import pattern_probabilities, priority_order, weighted_order
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import ClientInfo, FederationContext, derived_seed
+from fedpilot.strategies.base import Capabilities, ClientInfo, FederationContext, derived_seed
 from fedpilot.strategies.layer_pattern import LayerPattern
 
 #: Fed-HeLLo's sampling weights of the Fisher clusters, from the least to the most important
@@ -121,8 +121,7 @@ def layer_scores(module_scores: Mapping[str, float], num_layers: int) -> np.ndar
 @STRATEGIES.register("fisher")
 class FisherAllocation(LayerPattern):
     Options = FisherOptions
-    memory_aware = True
-    needs_proxy = True
+    capabilities = Capabilities(memory_aware=True, per_client_assignment=True, rank_heterogeneous=False, needs_proxy=True)
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         super().__init__(context, options)

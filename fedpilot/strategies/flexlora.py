@@ -11,7 +11,7 @@ import numpy as np
 from fedpilot.core.keys import LORA_A, LORA_B, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, ClientUpdate
 from fedpilot.strategies.fedavg import FedAvg
 from fedpilot.strategies.rank_utils import (
     able_clients,
@@ -35,7 +35,7 @@ class FlexLoRA(FedAvg):
     ranks; the server averages the full-size products and hands each client the best low-rank
     factorisation of the average at its own rank.
 
-    Rank (memory-aware, ``memory_aware = True``, chosen as in HetLoRA): r_k is the largest r <= R
+    Rank (memory-aware, ``Capabilities(memory_aware=True)``, chosen as in HetLoRA): r_k is the largest r <= R
     (the global rank) with ``cost_model.cost(all modules, {m: r}) <= usable(budget_k)``. A client
     for which no r >= 1 fits sits out (no assignment, never over budget); sampling draws among the
     clients that fit, and ``check_budgets`` fails only if none does.
@@ -59,7 +59,7 @@ class FlexLoRA(FedAvg):
     (random A, zero B). Stateless.
     """
 
-    memory_aware = True
+    capabilities = Capabilities(memory_aware=True, per_client_assignment=False, rank_heterogeneous=True, payload="products")
 
     def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
         if not able_clients(self.context, clients):

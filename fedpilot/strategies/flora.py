@@ -12,7 +12,7 @@ p_k = n_k / sum n), and every client starts the next round from a fresh adapter:
 initialises it (Kaiming-uniform, bound 1 / sqrt(d_in)), seeded by (run seed, round), and B = 0, so
 the fresh adapter adds nothing until trained. The merge / re-initialisation details are inferred
 (the literature note marks them so); here every client trains every module at the global rank, so
-it is memory-unaware (``memory_aware = False``). The head is the plain sample-weighted mean.
+it is memory-unaware (``Capabilities(memory_aware=False)``). The head is the plain sample-weighted mean.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from fedpilot.core.keys import BASE_DELTA, LORA_A, LORA_B, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import ClientUpdate, derived_seed
+from fedpilot.strategies.base import Capabilities, ClientUpdate, derived_seed
 from fedpilot.strategies.fedavg import FedAvg
 
 
@@ -38,8 +38,9 @@ def stack(updates: Sequence[ClientUpdate], a_key: str, b_key: str) -> tuple[np.n
 
 @STRATEGIES.register("flora")
 class FLoRA(FedAvg):
-    memory_aware = False
-    base_deltas = True
+    capabilities = Capabilities(
+        memory_aware=False, per_client_assignment=False, rank_heterogeneous=False, base_deltas=True, payload="lora+base_delta"
+    )
 
     def aggregate_train(self, server_round: int, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         result = super().aggregate_train(server_round, global_tensors, updates)  # the head's mean (A, B replaced below)

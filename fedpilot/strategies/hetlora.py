@@ -15,7 +15,7 @@ from fedpilot.core.keys import LORA_A, LORA_B, tensor_key
 from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict, squared_norm
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate, FederationContext
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, ClientUpdate, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
 from fedpilot.strategies.rank_utils import (
     able_clients,
@@ -42,7 +42,7 @@ class HetLoRA(FedAvg):
     """HetLoRA (Cho et al., EMNLP 2024, arXiv 2401.06432): each client trains every module at its own
     rank r_k <= R (the global rank); the server zero-pads and takes a norm-weighted mean.
 
-    Rank (memory-aware, ``memory_aware = True``): r_k = min(cap_k, b_k), where b_k is the largest
+    Rank (memory-aware, ``Capabilities(memory_aware=True)``): r_k = min(cap_k, b_k), where b_k is the largest
     r <= R with ``cost_model.cost(all modules, {m: r}) <= usable(budget_k)`` and cap_k is the rank
     self-pruning left (R at first). A client for which no r >= 1 fits sits out (no assignment; it is
     never planned over budget); sampling draws among the clients that fit, and ``check_budgets``
@@ -72,7 +72,7 @@ class HetLoRA(FedAvg):
     """
 
     Options = HetLoRAOptions
-    memory_aware = True
+    capabilities = Capabilities(memory_aware=True, per_client_assignment=False, rank_heterogeneous=True)
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         super().__init__(context, options)

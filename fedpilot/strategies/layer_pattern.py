@@ -43,7 +43,7 @@ from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.costmodel import nothing_fits
 from fedpilot.planning.layers import PATTERNS, pattern_probabilities, plan_whole_layers, priority_order, top_order, weighted_order
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, ClientInfo, FederationContext, derived_seed
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, FederationContext, derived_seed
 from fedpilot.strategies.fedavg import FedAvg
 
 Pattern = Literal["top", "uniform", "triangle", "inverted-triangle", "bottleneck"]
@@ -65,7 +65,7 @@ class LayerPatternOptions(StrictModel):
 @STRATEGIES.register("layer-pattern")
 class LayerPattern(FedAvg):
     Options = LayerPatternOptions
-    memory_aware = True
+    capabilities = Capabilities(memory_aware=True, per_client_assignment=True, rank_heterogeneous=False)
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         super().__init__(context, options)

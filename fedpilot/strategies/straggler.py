@@ -33,13 +33,13 @@ from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.costmodel import nothing_fits
 from fedpilot.planning.layers import most_modules
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, ClientInfo, FederationContext
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
 
 
 @STRATEGIES.register("straggler")
 class Straggler(FedAvg):
-    memory_aware = True
+    capabilities = Capabilities(memory_aware=True, per_client_assignment=False, rank_heterogeneous=False)
 
     def __init__(self, context: FederationContext, options: StrictModel | None = None) -> None:
         super().__init__(context, options)

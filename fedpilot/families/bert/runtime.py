@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from fedpilot.families.base import ModelSpec
-from fedpilot.runtime.classification import LabelClassification
+from fedpilot.families.classification import LabelClassification
 
 
 class BertClassification(LabelClassification):

@@ -39,7 +39,7 @@ from transformers.utils import logging as hf_logging
 
 from fedpilot.core.files import fsync_dir, write_atomic
 from fedpilot.families.base import ModelSpec
-from fedpilot.runtime.classification import LabelClassification
+from fedpilot.families.classification import LabelClassification
 
 CONVERSION_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -58,7 +58,7 @@ class _QuietTransformers:
 
 
 def converted_folder(spec: ModelSpec) -> Path:
-    from fedpilot.data.split import cache_dir
+    from fedpilot.core.paths import cache_dir
 
     return cache_dir() / "models" / f"{spec.name}-v{CONVERSION_VERSION}"
 

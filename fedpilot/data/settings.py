@@ -1,0 +1,44 @@
+"""The data sections of the run configuration (``data`` and ``data.partition``): which corpus, how it is
+split and how the train split is spread over clients. They live with the data that reads them;
+:mod:`fedpilot.config` assembles them into the run's schema."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from fedpilot.core.settings import StrictModel
+from fedpilot.data.datasets import DATASETS
+
+
+class PartitionSettings(StrictModel):
+    """How the train split is spread over clients (flwr-datasets partitioners)."""
+
+    kind: Literal["iid", "dirichlet", "pathological"] = Field("dirichlet", description="iid: uniform rows; dirichlet: label skew by Dirichlet(alpha); pathological: classes_per_client labels per client")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = more label skew")
+    min_partition_size: int = Field(10, ge=0, description="dirichlet: resample until every client has at least this many samples")
+    classes_per_client: int = Field(2, ge=1, description="pathological: labels per client")
+
+
+class DataSettings(StrictModel):
+    dataset: str = Field("bbc-news", description="bbc-news: 2,225 BBC News articles, 5 topics; rotten-tomatoes: 13,905 review snippets and plot synopses, 3 classes")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of each class held out as the test split (stratified)")
+    max_length: int = Field(64, ge=8, le=512, description="tokens per example (longer texts are cut)")
+    max_samples: int | None = Field(None, ge=10, description="use a stratified subset of this many examples of the corpus; null: the whole corpus")
+    proxy_fraction: float | None = Field(
+        None, gt=0, lt=0.5,
+        description="share of each class held out of the train split as the server's proxy set (for strategies "
+        "that score on the server, e.g. fisher); null: none, or the strategy's own default if it needs one",
+    )
+    validation_fraction: float | None = Field(
+        None, gt=0, lt=0.5,
+        description="share of each class held out of the train split (before the proxy set and partitioning) as a "
+        "validation split for choosing hyperparameters; clients never see it; null: no validation split",
+    )
+    partition: PartitionSettings = Field(PartitionSettings(), description="how the train split is spread over the clients")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        return DATASETS.check(name)
