@@ -15,7 +15,7 @@ from fedpilot.families.encoding import load_split  # noqa: E402
 from fedpilot.runtime.lora import LoraModel  # noqa: E402
 
 TINY = {
-    "data": {"max_samples": 240, "max_length": 32, "partition": {"kind": "dirichlet", "alpha": 0.5, "min_partition_size": 5}},
+    "data": {"max_samples": 240, "max_length": 16, "partition": {"kind": "dirichlet", "alpha": 0.5, "min_partition_size": 5}},
     "federation": {"num_clients": 3, "rounds": 2},
     "train": {"local_steps": 4, "batch_size": 8, "lr": 0.003},
 }

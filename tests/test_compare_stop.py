@@ -93,9 +93,10 @@ def check_stop(how: str, process: subprocess.Popen, out: Path) -> None:
 
 
 def test_a_failed_run_lets_the_others_finish_and_starts_no_queued_run(tmp_path: Path) -> None:
-    """Budgets that fit no module: fedpilot refuses at start-up, memory-unaware fedavg runs anyway (30
-    rounds: still running when fedpilot fails), and exclusive, queued behind them, must not start."""
-    tight = {**TINY["federation"], "rounds": 30, "budgets": {"tiers": [{"fraction": 1.0, "memory": "20MiB"}]}}
+    """Budgets that fit no module: fedpilot refuses at start-up, memory-unaware fedavg runs anyway (its
+    rounds go on after fedpilot fails: fedpilot stops before its first round), and exclusive, queued
+    behind them, must not start."""
+    tight = {**TINY["federation"], "rounds": 8, "budgets": {"tiers": [{"fraction": 1.0, "memory": "20MiB"}]}}
     config = tmp_path / "tight.yaml"
     config.write_text(yaml.safe_dump({**TINY, "federation": tight}))
     out = tmp_path / "out"

@@ -135,14 +135,16 @@ def deciding_budgets(cost_model: CostModel) -> tuple[int, int, int]:
 
 @pytest.fixture(scope="module")
 def inert_runs(tiny_config: Config, tiny_cost_model: CostModel, tmp_path_factory: pytest.TempPathFactory):
-    """(strategy, options) -> (allocations, losses) of a 2-round run on deciding budgets, each made once."""
+    """(strategy, options) -> (allocations, losses) of a 2-round run on deciding budgets, each made once
+    (one local step a round: what is compared is which modules train and how updates are aggregated)."""
     federation = tiny_config.federation.model_copy(update={"budgets": deciding_budgets(tiny_cost_model)})
+    train = tiny_config.train.model_copy(update={"local_steps": 1})
     made: dict[tuple[str, str], tuple[list, list]] = {}
 
     def run(name: str, options: dict) -> tuple[list, list]:
         key = (name, repr(sorted(options.items())))
         if key not in made:
-            config = tiny_config.model_copy(update={"strategy": name, "federation": federation, "strategy_options": options})
+            config = tiny_config.model_copy(update={"strategy": name, "federation": federation, "train": train, "strategy_options": options})
             rounds = run_simulation(config, tmp_path_factory.mktemp("inert"), progress=False).rounds
             made[key] = ([[(c["cid"], c["modules"]) for c in r["clients"]] for r in rounds], [r["loss"] for r in rounds])
         return made[key]
