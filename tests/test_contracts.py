@@ -19,7 +19,7 @@ from fedpilot.runtime.server import Server
 from fedpilot.runtime.validation import update_problem
 from fedpilot.simulation import Federation, build_federation, run_simulation
 from fedpilot.strategies import STRATEGIES, Assignment, ClientInfo, ClientScores, ClientUpdate, FederationContext, Strategy
-from fedpilot.strategies.strategy_utils import sample_weighted_average
+from fedpilot.strategies.aggregation_utils import sample_weighted_average
 
 
 def truncate(tensors: TensorDict, ranks: dict[str, int]) -> TensorDict:
