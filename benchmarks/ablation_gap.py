@@ -27,7 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from fedpilot.comparison import _std, summarise_run  # _std: the sample std over seeds of the compare tables (0 for one)
+from fedpilot.comparison.records import _std, summarise_run  # _std: the sample std over seeds of the compare tables (0 for one)
 
 METRICS = {"final": "final_accuracy", "last-3": "late_accuracy"}
 

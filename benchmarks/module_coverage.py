@@ -1,7 +1,7 @@
 """How much room a run left for stagg: per module and round, the share of the round's samples whose
 client trained the module (coverage c), the rounds it went untrained (staleness s), and the weight
 TemporalCompensation gives its update history, w = eta (1 - c) min(1, (s + 1) / tau)
-(fedpilot.strategies.strategy_utils.TemporalCompensation).
+(fedpilot.strategies.compensation.TemporalCompensation).
 
 Usage: .venv/bin/python benchmarks/module_coverage.py RUN [RUN ...]   (run folders holding results.json)
 
@@ -24,7 +24,7 @@ import numpy as np
 
 def coverage_stats(results: dict) -> dict[str, float]:
     from fedpilot.strategies.fedpilot import FedPilotOptions
-    from fedpilot.strategies.strategy_utils import compensation_weight
+    from fedpilot.strategies.compensation import compensation_weight
 
     settings = FedPilotOptions.model_validate(
         {k: v for k, v in (results.get("strategy_settings") or {}).items() if k in FedPilotOptions.model_fields}

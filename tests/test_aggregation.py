@@ -1,4 +1,4 @@
-"""Sample-weighted aggregation of named tensors (strategy_utils and the FedAvg strategy): exact
+"""Sample-weighted aggregation of named tensors (aggregation_utils and the FedAvg strategy): exact
 against numpy, and never a broadcast."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.strategies import STRATEGIES, Assignment, ClientInfo, ClientUpdate, FederationContext
-from fedpilot.strategies.strategy_utils import sample_weighted_average, weighted_mean
+from fedpilot.strategies.aggregation_utils import sample_weighted_average, weighted_mean
 
 KEYS = ("0.query/lora_A", "1.query/lora_A", "head/w")
 CONTEXT = FederationContext(

@@ -20,7 +20,7 @@ from fedpilot.runtime.server import Server
 from fedpilot.runtime.validation import update_problem
 from fedpilot.simulation import run_simulation
 from fedpilot.strategies import STRATEGIES, Assignment, Capabilities, ClientInfo, ClientScores, ClientUpdate, FederationContext, Strategy
-from fedpilot.strategies.strategy_utils import sample_weighted_average
+from fedpilot.strategies.aggregation_utils import sample_weighted_average
 
 
 def truncate(tensors: TensorDict, ranks: dict[str, int]) -> TensorDict:

@@ -30,7 +30,7 @@ from fedpilot.planning.layers import (
     weighted_order,
 )
 from fedpilot.strategies import STRATEGIES, ClientInfo, ClientUpdate, FederationContext
-from fedpilot.strategies.strategy_utils import sample_weighted_average
+from fedpilot.strategies.aggregation_utils import sample_weighted_average
 
 TARGETS = ("q", "v", "f")
 

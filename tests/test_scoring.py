@@ -1,4 +1,4 @@
-"""IG-score and spatial-temporal aggregation: the formulas in fedpilot/scoring.py and strategy_utils.py."""
+"""IG-score and spatial-temporal aggregation: the formulas in fedpilot/scoring.py and strategies/compensation.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fedpilot.runtime.client import Client
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.messages import ScoreInstructions
 from fedpilot.strategies import ClientUpdate
-from fedpilot.strategies.strategy_utils import TemporalCompensation
+from fedpilot.strategies.compensation import TemporalCompensation
 
 MODULES = ["0.q", "1.q"]
 KEYS = {"0.q": ["0.q/A"], "1.q": ["1.q/A"], "head": ["head/w"]}

@@ -13,7 +13,7 @@ from fedpilot.core.keys import BASE_DELTA, HEAD, LORA_A, LORA_B, tensor_key
 from fedpilot.federation import build_federation
 from fedpilot.runtime.server import Server
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.strategy_utils import server_step
+from fedpilot.strategies.server_step import server_step
 
 MODULES = ("0.query", "1.value")
 RANK, D_OUT, D_IN = 3, 5, 4

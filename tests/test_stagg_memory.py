@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedpilot.strategies import ClientUpdate
-from fedpilot.strategies.strategy_utils import UpdateMemory, sample_weighted_average
+from fedpilot.strategies.aggregation_utils import sample_weighted_average
+from fedpilot.strategies.compensation import UpdateMemory
 
 KEYS = ["0.q/A", "1.q/A", "head/w"]
 
@@ -193,7 +194,7 @@ def test_fedpilot_options_wire_the_variants() -> None:
 # -- local_scope: federation and keep_margin (the stability rule) --------------------------------
 
 from fedpilot.planning.scoring import federation_local  # noqa: E402
-from fedpilot.strategies.strategy_utils import coverage  # noqa: E402
+from fedpilot.strategies.aggregation_utils import coverage  # noqa: E402
 
 
 def test_federation_local_is_the_mean_of_the_clients_shares() -> None:

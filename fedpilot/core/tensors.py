@@ -20,7 +20,3 @@ def tensor_bytes(tensors: Mapping[str, np.ndarray]) -> int:
 def squared_norm(*arrays: np.ndarray) -> float:
     """The sum of squares of every entry of ``arrays``, in float64: a module's squared norm over its tensors."""
     return float(sum(np.square(np.asarray(a, dtype=np.float64)).sum() for a in arrays))
-
-
-def copy_tensors(tensors: Mapping[str, np.ndarray]) -> TensorDict:
-    return {k: np.array(v, copy=True) for k, v in tensors.items()}

@@ -22,7 +22,7 @@ from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreTask, Tra
 from fedpilot.runtime.transport import Transport
 from fedpilot.runtime.validation import outliers, update_problem, update_rms
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate, Strategy, derived_seed
-from fedpilot.strategies.strategy_utils import server_step
+from fedpilot.strategies.server_step import server_step
 
 Evaluator = Callable[[TensorDict], dict[str, float]]
 ProxyScorer = Callable[[TensorDict], Mapping[str, float]]  # global adapter -> a score per module (the server's proxy set)

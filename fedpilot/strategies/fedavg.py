@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.aggregation_utils import sample_weighted_average
 from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, ClientUpdate, Strategy
-from fedpilot.strategies.strategy_utils import sample_weighted_average
 
 
 @STRATEGIES.register("fedavg")

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedpilot.core.keys import BASE_DELTA, LORA_A, LORA_B, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.aggregation_utils import merge_keys, pair_senders
 from fedpilot.strategies.base import Capabilities, ClientUpdate
 from fedpilot.strategies.fedavg import FedAvg
 
@@ -44,8 +44,8 @@ class FedExLoRA(FedAvg):
     def aggregate_train(self, server_round: int, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
         result = super().aggregate_train(server_round, global_tensors, updates)  # the means of A, B and the head
         for module in self.context.modules:
-            a_key, b_key, d_key = (tensor_key(module, part) for part in (LORA_A, LORA_B, BASE_DELTA))
-            senders = [u for u in updates if a_key in u.tensors and b_key in u.tensors]
+            a_key, b_key, d_key = merge_keys(module)
+            senders = pair_senders(updates, a_key, b_key)
             if not senders:
                 continue
             residual = mean_product(senders, a_key, b_key) - result[b_key].astype(np.float64) @ result[a_key].astype(np.float64)

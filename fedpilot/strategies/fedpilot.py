@@ -11,9 +11,9 @@ its memory budget, and the server compensates the modules few clients trained.
 - stability (``keep_margin`` = mu, off by default): a client keeps its previous module set A' while
   A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
   today's scores, so that small moves of the scores do not reshuffle what a client trains;
-- aggregation: spatial-temporal compensation (``stagg``: strategy_utils.TemporalCompensation, the
+- aggregation: spatial-temporal compensation (``stagg``: compensation.TemporalCompensation, the
   coverage-weighted update history, with dynamic weight adjustment of each module's step when
-  ``dwa_temperature`` is set, or strategy_utils.UpdateMemory, every client's latest update).
+  ``dwa_temperature`` is set, or compensation.UpdateMemory, every client's latest update).
 
 The ablations subclass this and override one hook each.
 """
@@ -33,9 +33,10 @@ from fedpilot.planning.allocation import Allocation, Problem, solve
 from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits
 from fedpilot.planning.scoring import GlobalChange, GlobalCoverage, federation_local, ig_scores
 from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.aggregation_utils import coverage
 from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, ClientScores, ClientUpdate, FederationContext
+from fedpilot.strategies.compensation import TemporalCompensation, UpdateMemory
 from fedpilot.strategies.fedavg import FedAvg
-from fedpilot.strategies.strategy_utils import TemporalCompensation, UpdateMemory, coverage
 
 
 class FedPilotOptions(StrictModel):

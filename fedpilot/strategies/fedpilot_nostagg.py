@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.aggregation_utils import sample_weighted_average
 from fedpilot.strategies.base import Capabilities, ClientUpdate
 from fedpilot.strategies.fedpilot import FedPilot
-from fedpilot.strategies.strategy_utils import sample_weighted_average
 
 
 @STRATEGIES.register("fedpilot-nostagg")

@@ -4,7 +4,7 @@ Power of Heterogeneous Clients", ECCV 2024, arXiv 2311.11227).
 Defining rule: every round the server draws a NEW random allocation matrix: each sampled client
 trains a random subset of whole layers (every LoRA target of each chosen layer) within its
 capacity, and each layer's adapter is averaged over the clients that trained it (FedAvg's per-tensor
-sample-weighted mean over the senders, :func:`~fedpilot.strategies.strategy_utils.sample_weighted_average`).
+sample-weighted mean over the senders, :func:`~fedpilot.strategies.aggregation_utils.sample_weighted_average`).
 
 Where the literature is silent (FedRA counts capacity in layers of equal cost; here memory is
 position-aware: a set whose lowest layer is l pays the activation memory stored from the loss down
@@ -33,14 +33,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from fedpilot.core.tensors import TensorDict
-from fedpilot.planning.costmodel import nothing_fits
-from fedpilot.planning.layers import plan_whole_layers
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, derived_seed
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo
 from fedpilot.strategies.fedavg import FedAvg
+from fedpilot.strategies.layer_utils import allocate_whole_layers, client_rng
 
 
 @STRATEGIES.register("fedra")
@@ -51,18 +48,12 @@ class FedRA(FedAvg):
 
     def layer_order(self, server_round: int, client: ClientInfo) -> list[int]:
         """This round's random layer order for ``client``."""
-        rng = np.random.default_rng(derived_seed(self.context.seed, server_round, client.cid))
+        rng = client_rng(self.context, server_round, client)
         return [int(l) for l in rng.permutation(self.context.num_layers)]
 
     def allocate(self, server_round: int, client: ClientInfo) -> tuple[str, ...]:
         """The modules ``client`` trains this round (all of them for a budget of None)."""
-        if client.budget_bytes is None:
-            return tuple(self.context.modules)
-        room = self.context.usable(client.budget_bytes)
-        modules = plan_whole_layers(self.layer_order(server_round, client), self.context.modules, self.cost_model_for(client), room)
-        if modules is None:  # check_budgets refuses such a client before the first round
-            raise nothing_fits(self.cost_model_for(client), client.cid, client.budget_bytes, self.context.memory_margin)
-        return tuple(modules)
+        return allocate_whole_layers(self, server_round, client)
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
         return {client.cid: Assignment(self.allocate(server_round, client)) for client in clients}

@@ -41,8 +41,9 @@ from fedpilot.planning.allocation import Problem, solve
 from fedpilot.planning.costmodel import nothing_fits
 from fedpilot.planning.layers import pattern_probabilities, priority_order, weighted_order
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Capabilities, ClientInfo, FederationContext, derived_seed
+from fedpilot.strategies.base import Capabilities, ClientInfo, FederationContext
 from fedpilot.strategies.layer_pattern import LayerPattern
+from fedpilot.strategies.layer_utils import client_rng
 
 #: Fed-HeLLo's sampling weights of the Fisher clusters, from the least to the most important
 CLUSTER_WEIGHTS: tuple[float, ...] = (1 / 27, 2 / 27, 1 / 9)
@@ -153,8 +154,7 @@ class FisherAllocation(LayerPattern):
     def layer_order(self, server_round: int, client: ClientInfo) -> list[int]:
         if self.options.deterministic:
             return priority_order(self.probabilities_now)
-        rng = np.random.default_rng(derived_seed(self.context.seed, server_round, client.cid))
-        return weighted_order(self.probabilities_now, rng)
+        return weighted_order(self.probabilities_now, client_rng(self.context, server_round, client))
 
     def allocate(self, server_round: int, client: ClientInfo) -> tuple[str, ...]:
         if not self.options.deterministic or self.module_scores is None or client.budget_bytes is None:

@@ -18,10 +18,10 @@ from fedpilot.strategies.rank_utils import (
     average_products,
     best_rank_factors,
     budget_rank,
+    check_able,
     factors_from_svd,
     head_only,
     lora_pair,
-    nobody_fits,
     product,
     svd,
     truncate,
@@ -62,8 +62,7 @@ class FlexLoRA(FedAvg):
     capabilities = Capabilities(memory_aware=True, per_client_assignment=False, rank_heterogeneous=True, payload="products")
 
     def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
-        if not able_clients(self.context, clients):
-            raise nobody_fits(self.context, "flexlora")
+        check_able(self.context, clients, "flexlora")
 
     def sample(self, server_round: int, clients: Sequence[ClientInfo]) -> list[ClientInfo]:
         return super().sample(server_round, able_clients(self.context, clients))

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedpilot.core.keys import BASE_DELTA, LORA_A, LORA_B, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.aggregation_utils import merge_keys, pair_senders
 from fedpilot.strategies.base import Capabilities, ClientUpdate, derived_seed
 from fedpilot.strategies.fedavg import FedAvg
 
@@ -46,8 +46,8 @@ class FLoRA(FedAvg):
         result = super().aggregate_train(server_round, global_tensors, updates)  # the head's mean (A, B replaced below)
         rng = np.random.default_rng(derived_seed(self.context.seed, server_round, 0xF10A))
         for module in self.context.modules:
-            a_key, b_key, d_key = (tensor_key(module, part) for part in (LORA_A, LORA_B, BASE_DELTA))
-            senders = [u for u in updates if a_key in u.tensors and b_key in u.tensors]
+            a_key, b_key, d_key = merge_keys(module)
+            senders = pair_senders(updates, a_key, b_key)
             if not senders:
                 result[a_key], result[b_key] = global_tensors[a_key].copy(), global_tensors[b_key].copy()
                 continue

@@ -15,20 +15,20 @@ from fedpilot.core.keys import LORA_A, LORA_B, tensor_key
 from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict, squared_norm
 from fedpilot.strategies import STRATEGIES
+from fedpilot.strategies.aggregation_utils import weighted_mean
 from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, ClientUpdate, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
 from fedpilot.strategies.rank_utils import (
     able_clients,
     budget_rank,
+    check_able,
     head_only,
     lora_pair,
-    nobody_fits,
     product,
     truncate_adapter,
     uniform_ranks,
     zero_pad,
 )
-from fedpilot.strategies.strategy_utils import weighted_mean
 
 
 class HetLoRAOptions(StrictModel):
@@ -80,8 +80,7 @@ class HetLoRA(FedAvg):
 
     # -- ranks ---------------------------------------------------------------------------------------
     def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
-        if not able_clients(self.context, clients):
-            raise nobody_fits(self.context, "hetlora")
+        check_able(self.context, clients, "hetlora")
 
     def sample(self, server_round: int, clients: Sequence[ClientInfo]) -> list[ClientInfo]:
         return super().sample(server_round, able_clients(self.context, clients))

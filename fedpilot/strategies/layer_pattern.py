@@ -35,16 +35,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, get_args
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict
-from fedpilot.planning.costmodel import nothing_fits
-from fedpilot.planning.layers import PATTERNS, pattern_probabilities, plan_whole_layers, priority_order, top_order, weighted_order
+from fedpilot.planning.layers import PATTERNS, pattern_probabilities, priority_order, top_order, weighted_order
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, FederationContext, derived_seed
+from fedpilot.strategies.base import Assignment, Capabilities, ClientInfo, FederationContext
 from fedpilot.strategies.fedavg import FedAvg
+from fedpilot.strategies.layer_utils import allocate_whole_layers, client_rng
 
 Pattern = Literal["top", "uniform", "triangle", "inverted-triangle", "bottleneck"]
 assert set(get_args(Pattern)) == set(PATTERNS)  # one list of patterns
@@ -77,20 +76,11 @@ class LayerPattern(FedAvg):
         """The order in which layers are offered to ``client`` this round."""
         if not self.options.randomized:
             return list(self.fixed_order)
-        rng = np.random.default_rng(derived_seed(self.context.seed, server_round, client.cid))
-        return weighted_order(self.probabilities, rng)
+        return weighted_order(self.probabilities, client_rng(self.context, server_round, client))
 
     def allocate(self, server_round: int, client: ClientInfo) -> tuple[str, ...]:
         """The modules ``client`` trains this round (all of them for a budget of None)."""
-        if client.budget_bytes is None:
-            return tuple(self.context.modules)
-        room = self.context.usable(client.budget_bytes)
-        order = self.layer_order(server_round, client)
-        top = self.options.pattern == "top"
-        modules = plan_whole_layers(order, self.context.modules, self.cost_model_for(client), room, stop_at_miss=top)
-        if modules is None:  # check_budgets (Strategy's default) refuses such a client before the first round
-            raise nothing_fits(self.cost_model_for(client), client.cid, client.budget_bytes, self.context.memory_margin)
-        return tuple(modules)
+        return allocate_whole_layers(self, server_round, client, stop_at_miss=self.options.pattern == "top")
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
         return {client.cid: Assignment(self.allocate(server_round, client)) for client in clients}

@@ -30,12 +30,6 @@ from fedpilot.strategies.base import ClientInfo, ClientUpdate, FederationContext
 # -- shapes ---------------------------------------------------------------------------------------
 
 
-def tensor_rank(key: str, value: np.ndarray) -> int | None:
-    """The LoRA rank a tensor holds (A: rows, B: columns); None for tensors without a rank axis."""
-    axis = rank_axis(key)
-    return None if axis is None else int(value.shape[axis])
-
-
 def truncate(key: str, value: np.ndarray, rank: int) -> np.ndarray:
     """The first ``rank`` rank components of a LoRA tensor (a contiguous copy)."""
     axis = rank_axis(key)
@@ -153,6 +147,13 @@ def budget_rank(context: FederationContext, client: ClientInfo) -> int | None:
 def able_clients(context: FederationContext, clients: Sequence[ClientInfo]) -> list[ClientInfo]:
     """The clients that can train every module at some rank >= 1."""
     return [c for c in clients if budget_rank(context, c) is not None]
+
+
+def check_able(context: FederationContext, clients: Sequence[ClientInfo], name: str) -> None:
+    """``check_budgets`` of strategy ``name``, which trains every module at a client's own rank: refuses a
+    federation in which no client can (:func:`nobody_fits`)."""
+    if not able_clients(context, clients):
+        raise nobody_fits(context, name)
 
 
 def nobody_fits(context: FederationContext, name: str) -> FedpilotError:

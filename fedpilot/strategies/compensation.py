@@ -1,8 +1,6 @@
-"""Pure numeric helpers for aggregation over named numpy tensors.
-
-Nothing here broadcasts: tensors averaged together must have one shape, that of the global tensor
-they replace, or a ValueError names the key and the shapes.
-"""
+"""Spatial-temporal aggregation (stagg) of LoRA modules that different clients trained: the coverage-
+and staleness-weighted update history (:class:`TemporalCompensation`, stagg ``momentum``) and every
+client's latest update standing in for it (:class:`UpdateMemory`, stagg ``memory``)."""
 
 from __future__ import annotations
 
@@ -11,60 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from fedpilot.core.keys import BASE_DELTA, LORA_A, LORA_B, tensor_key
 from fedpilot.core.tensors import TensorDict, squared_norm
+from fedpilot.strategies.aggregation_utils import check_same_shape, sample_weighted_average, weighted_mean
 from fedpilot.strategies.base import ClientUpdate
-
-
-def weighted_mean(tensors: Sequence[np.ndarray], weights: Sequence[float], key: str = "tensor") -> np.ndarray:
-    """``sum_k w_k x_k / sum_k w_k``, computed in float64 and returned in the tensors' dtype.
-
-    Every tensor must have the same shape and dtype (no broadcasting).
-    """
-    if not tensors:
-        raise ValueError(f"{key}: nothing to average")
-    shape, dtype = tensors[0].shape, tensors[0].dtype
-    for tensor in tensors[1:]:
-        if tensor.shape != shape or tensor.dtype != dtype:
-            raise ValueError(
-                f"{key}: cannot average tensors of shapes/dtypes {[(t.shape, str(t.dtype)) for t in tensors]}; "
-                f"pad or truncate them to one shape first"
-            )
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError(f"{key}: weights must sum to a positive number")
-    acc = np.zeros(shape, dtype=np.float64)
-    for tensor, weight in zip(tensors, weights):
-        acc += tensor.astype(np.float64) * (weight / total)
-    return acc.astype(dtype)
-
-
-def check_same_shape(key: str, current: np.ndarray, sent: np.ndarray, cid: int) -> None:
-    if sent.shape != current.shape:
-        raise ValueError(f"{key}: client {cid} sent shape {sent.shape}, the global tensor has {current.shape}")
-
-
-def sample_weighted_average(global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
-    """Per tensor, the sample-weighted mean over the clients that sent it; untouched tensors stay as they were."""
-    result: TensorDict = {}
-    for key, current in global_tensors.items():
-        senders = [u for u in updates if key in u.tensors]
-        for u in senders:
-            check_same_shape(key, current, u.tensors[key], u.cid)
-        if senders:
-            result[key] = weighted_mean([u.tensors[key] for u in senders], [u.num_samples for u in senders], key)
-        else:
-            result[key] = current.copy()
-    return result
-
-
-def coverage(updates: Sequence[ClientUpdate], module_keys: Mapping[str, Sequence[str]], modules: Sequence[str]) -> dict[str, float]:
-    """c_m: the share of the round's training samples whose clients sent module m (0 when nobody trained)."""
-    total = sum(u.num_samples for u in updates)
-    return {
-        m: sum(u.num_samples for u in updates if any(k in u.tensors for k in module_keys[m])) / total if total else 0.0
-        for m in modules
-    }
 
 
 def compensation_weight(eta: float, coverage: float, staleness: int, tau: int) -> float:
@@ -250,47 +197,3 @@ class UpdateMemory:
         self.memory = {int(cid): {str(k): np.asarray(v).copy() for k, v in slot.items()} for cid, slot in state["memory"].items()}
         self.samples = {int(cid): int(n) for cid, n in state["samples"].items()}
         self.made = {int(cid): {str(k): int(r) for k, r in made.items()} for cid, made in state["made"].items()}
-
-
-def server_step(
-    old: TensorDict, new: TensorDict, lr: float, modules: Sequence[str], scaling: float, base_deltas: bool
-) -> TensorDict:
-    """The global state after a server step of size ``lr`` (0 < lr <= 1) from ``old`` towards the aggregate ``new``.
-
-    Every tensor moves linearly, ``x <- x_old + lr (x_new - x_old)`` (the server learning rate of
-    FedOpt, Reddi et al. 2021, without an adaptive optimiser; lr = 1 takes the aggregate as it is).
-    For LoRA factors this interpolates A and B, not their product, as averaging them does. Where the
-    state merges into frozen weights (``base_deltas``: a module's weight is ``D + s B A``), the merge
-    is corrected so the module's effective weight moves exactly by ``lr`` of the aggregate's step:
-
-        D <- W_old + lr (W_new - W_old) - s B' A',   W = D + s B A,   B', A' the interpolated factors
-
-    (strategies that re-initialise A and B after merging, like FLoRA, stay exact this way). Computed
-    in float64, returned in each tensor's dtype; keys and shapes must match (no broadcasting).
-    """
-    if not 0 < lr <= 1:
-        raise ValueError(f"server learning rate must be in (0, 1], got {lr}")
-    if set(old) != set(new):
-        raise ValueError(f"server step: the aggregate's keys differ from the global state's ({sorted(set(old) ^ set(new))[:3]})")
-    if lr == 1:
-        return dict(new)
-    result: TensorDict = {}
-    for key, current in old.items():
-        if new[key].shape != current.shape:
-            raise ValueError(f"server step: the aggregate's {key} has shape {new[key].shape}, the global state's {current.shape}")
-        moved = current.astype(np.float64) + lr * (new[key].astype(np.float64) - current.astype(np.float64))
-        result[key] = moved.astype(current.dtype)
-    if base_deltas:
-        for module in modules:
-            a_key, b_key, d_key = (tensor_key(module, part) for part in (LORA_A, LORA_B, BASE_DELTA))
-            if d_key not in old:
-                raise ValueError(f"server step: {d_key} is missing from a state that merges into the base")
-            before, after = (_effective_weight(state, a_key, b_key, d_key, scaling) for state in (old, new))
-            product = scaling * (result[b_key].astype(np.float64) @ result[a_key].astype(np.float64))
-            result[d_key] = (before + lr * (after - before) - product).astype(old[d_key].dtype)
-    return result
-
-
-def _effective_weight(state: TensorDict, a_key: str, b_key: str, d_key: str, scaling: float) -> np.ndarray:
-    """``D + s B A`` in float64: the change a merging strategy's state makes to a module's frozen weight."""
-    return state[d_key].astype(np.float64) + scaling * (state[b_key].astype(np.float64) @ state[a_key].astype(np.float64))
