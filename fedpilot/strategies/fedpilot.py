@@ -7,7 +7,7 @@ its memory budget, and the server compensates the modules few clients trained.
   ``refresh_rounds`` rounds, global terms every round; by default (``local_scope: federation``) every
   client is planned with the mean of all scored clients' local terms (one value per module for the
   whole federation: clients of one budget train the same set in a round); ``local_scope: client``
-  plans each client with its own (higher-variance under label skew: docs/protocol.md, session 6);
+  plans each client with its own (higher-variance under label skew: docs/protocol.md);
 - stability (``keep_margin`` = mu, off by default): a client keeps its previous module set A' while
   A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
   today's scores, so that small moves of the scores do not reshuffle what a client trains;
