@@ -25,7 +25,6 @@ def _with_device(config, device: str | None):
 
 def _run(args: argparse.Namespace) -> int:
     from fedpilot.config import load_config
-    from fedpilot.simulation import run_simulation
 
     if args.resume is not None:
         if args.out is not None and args.out != args.resume:
@@ -35,9 +34,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.device is not None:
             raise FedpilotError("--device applies to a new run; a resumed run uses its own config's model.device (auto: cuda when available)")
         config = load_config(args.config) if args.config is not None else None
+        from fedpilot.simulation import run_simulation  # torch and the model stack, once the config is known good
+
         result = run_simulation(config, args.resume, progress=not args.quiet, resume=True)
     else:
         config = _with_device(load_config(args.config), args.device)
+        from fedpilot.simulation import run_simulation
+
         result = run_simulation(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"results: {result.out_dir / 'results.json'}  plot: {result.out_dir / 'accuracy.png'}")
     return 0
