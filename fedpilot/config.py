@@ -42,7 +42,12 @@ class LoraSettings(StrictModel):
 
 
 class ModelSettings(StrictModel):
-    name: str = Field(DEFAULT_MODEL, description="the pretrained model: all-minilm-l6-v2 (bert-classifier) or smollm2-135m-instruct (llama-instruct)")
+    name: str = Field(
+        DEFAULT_MODEL, description="the pretrained model: all-minilm-l6-v2 (bert-classifier) or smollm2-135m-instruct "
+        "(llama-instruct); or your own checkpoint: a folder holding config.json and the weights (or a Hub id already in "
+        "the local Hugging Face cache), its family inferred from config.model_type (bert-classifier: bert, roberta, "
+        "xlm-roberta, distilbert, deberta-v2; llama-instruct: llama, qwen2, mistral, gemma)"
+    )
     base_dropout: float = Field(
         0.0, ge=0, lt=1, description="dropout inside the frozen base model; 0 halves activation memory (BERT's own 0.1 keeps extra "
         "sequence x sequence attention tensors), while LoRA's own dropout still regularises the adapters"

@@ -14,10 +14,36 @@ from fedpilot.families import MODELS
 from fedpilot.planning.costmodel import CostModel
 
 
+def corpus_label_names(config: Config) -> list[str]:
+    """The class list of the config's corpus: a registered one's, or the train split's labels of the user's files."""
+    if config.data.dataset in DATASETS:
+        return DATASETS[config.data.dataset]().label_names
+    from fedpilot.data.files import cached_file_corpus
+
+    return cached_file_corpus(config.data).label_names
+
+
+def model_description(config: Config) -> dict[str, Any]:
+    """What the model is: its family (inferred from config.model_type for a folder), where its layers sit,
+    every LoRA target with its submodule, and the targets the config trains."""
+    spec = MODELS[config.model.name]
+    family = spec.family
+    return {
+        "model": spec.name,
+        "model_type": spec.model_type or "bundled",
+        "family": family.name,
+        "layer_prefix": family.layer_prefix,
+        "targets": {t: f"{family.layer_prefix}.<layer>.{path}" for t, path in family.targets.items()},
+        "default_targets": list(family.default_targets),
+        "trained_targets": list(config.model.lora.targets),
+        "head": list(family.head_modules),
+    }
+
+
 def analytic_cost_model(config: Config) -> CostModel:
     """The family's analytic cost model of ``config``: from the model's config.json alone."""
     spec = MODELS[config.model.name]
-    num_labels = len(DATASETS.get_or_fail(config.data.dataset)().label_names)
+    num_labels = len(corpus_label_names(config))
     return spec.family.analytic(spec, config.model, num_labels, config.train.batch_size, config.data.max_length, config.train.optimizer)
 
 
@@ -39,10 +65,10 @@ def profile_memory(config: Config, analytic: bool = False, progress: bool = True
         instructions = TrainInstructions.from_settings(config.train, config.seed)
         cost_model, cached = load_or_calibrate(model, batch, instructions, progress=progress)
         breakdown = decompose_step(model, model.modules, batch, instructions)
-        return describe(cost_model, config.model.lora.targets, cached) | {
+        return {"model": model_description(config)} | describe(cost_model, config.model.lora.targets, cached) | {
             "full_lora_step_mib": {part: round(mib(size), 2) for part, size in breakdown.to_dict().items()}
         }
-    return describe(cost_model, config.model.lora.targets, cached)
+    return {"model": model_description(config)} | describe(cost_model, config.model.lora.targets, cached)
 
 
 def describe(cost_model: CostModel, targets: tuple[str, ...], cached: bool) -> dict[str, Any]:
@@ -71,7 +97,16 @@ def render_profile(report: dict[str, Any]) -> str:
         "calibrated on the real model" + (" (from cache)" if report["cached"] else "")
     )
     targets = list(report["layers"][0]["modules_mib"])
-    lines = [
+    lines = []
+    if "model" in report:
+        about = report["model"]
+        lines += [
+            f"model {about['model']}: {about['model_type']}, family {about['family']}, head: {', '.join(about['head']) or 'none'}",
+            "LoRA targets (* trained by this config, default " + ", ".join(about["default_targets"]) + "):",
+            *(f"  {'*' if t in about['trained_targets'] else ' '} {t:<10} {path}" for t, path in about["targets"].items()),
+            "",
+        ]
+    lines += [
         f"memory model of {settings.get('model')}: batch {settings.get('batch_size')}, sequence {settings.get('seq_len')}, "
         f"{settings.get('optimizer')}; {origin}",
         f"cost(S) = fixed + activation[lowest layer of S] + sum of module costs   (MiB)",

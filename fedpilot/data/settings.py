@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedpilot.core.settings import StrictModel
 from fedpilot.data.datasets import DATASETS
+from fedpilot.data.files import cached_file_corpus, check_source, looks_like_path
 
 
 class PartitionSettings(StrictModel):
@@ -22,7 +23,17 @@ class PartitionSettings(StrictModel):
 
 
 class DataSettings(StrictModel):
-    dataset: str = Field("bbc-news", description="bbc-news: 2,225 BBC News articles, 5 topics; rotten-tomatoes: 13,905 review snippets and plot synopses, 3 classes")
+    dataset: str = Field(
+        "bbc-news", description="bbc-news: 2,225 BBC News articles, 5 topics; rotten-tomatoes: 13,905 review snippets and plot "
+        "synopses, 3 classes; or your own data: a .csv, .jsonl, .json (a list of records) or .parquet file, or a folder "
+        "written by datasets' save_to_disk (its train split; its test split, if any, is the test split)"
+    )
+    text_column: str = Field("text", description="own data: the column holding each example's text")
+    label_column: str = Field("label", description="own data: the column holding each example's label (strings or integers; the class list is the train split's labels, recorded in the run)")
+    test_dataset: str | None = Field(
+        None, description="own data: a file of the same kind and columns holding the test split (test_fraction is then "
+        "unused, and every test label must occur in the train data); null: a stratified test_fraction of dataset"
+    )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="share of each class held out as the test split (stratified)")
     max_length: int = Field(64, ge=8, le=512, description="tokens per example (longer texts are cut)")
     max_samples: int | None = Field(None, ge=10, description="use a stratified subset of this many examples of the corpus; null: the whole corpus")
@@ -41,4 +52,29 @@ class DataSettings(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        return DATASETS.check(name)
+        if name in DATASETS or not looks_like_path(name):
+            try:
+                return DATASETS.check(name)
+            except ValueError as err:
+                raise ValueError(f"{err}; or give a .csv, .jsonl, .json or .parquet file or a save_to_disk folder") from None
+        return check_source(name, "data.dataset")
+
+    @field_validator("test_dataset")
+    @classmethod
+    def _test_file(cls, name: str | None) -> str | None:
+        return None if name is None else check_source(name, "data.test_dataset")
+
+    @model_validator(mode="after")
+    def _readable_data(self) -> DataSettings:
+        """Own data is read and checked now (columns, labels, encoding, a drawable split), before a run writes anything."""
+        if self.dataset in DATASETS:
+            if self.test_dataset is not None:
+                raise ValueError(f"data.test_dataset applies to your own data files; the registered {self.dataset} is split by test_fraction")
+            return self
+        import numpy as np
+
+        from fedpilot.data.indices import train_test_indices
+
+        corpus = cached_file_corpus(self)
+        train_test_indices(np.asarray(corpus.labels), self, 0, corpus.test_start)
+        return self

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from fedpilot.data.indices import train_test_indices
 from fedpilot.data.settings import DataSettings
 
 
@@ -54,7 +54,8 @@ class SplitData:
 
 
 def split_encoded(
-    tokens: TensorSplit, label_names: list[str], settings: DataSettings, seed: int, proxy_fraction: float | None = None
+    tokens: TensorSplit, label_names: list[str], settings: DataSettings, seed: int, proxy_fraction: float | None = None,
+    test_start: int | None = None,
 ) -> SplitData:
     """An encoded corpus's train and test splits, stratified by label, reproducible from ``seed``.
 
@@ -66,17 +67,12 @@ def split_encoded(
     as the validation split (a seed stream of its own, so it does not depend on the proxy set); the proxy
     set is then drawn from what remains. None: no validation split, and the splits are exactly those
     without one.
+
+    ``test_start``: the rows from it on are a test split given with the data (``data.test_dataset``), used as
+    it is (:func:`fedpilot.data.indices.train_test_indices`).
     """
     labels = tokens.labels.numpy()
-    indices = np.arange(len(labels))
-    if settings.max_samples is not None and settings.max_samples < len(indices):
-        indices, _ = train_test_split(
-            indices, train_size=settings.max_samples, stratify=labels[indices], random_state=seed
-        )
-    train_idx, test_idx = train_test_split(
-        indices, test_size=settings.test_fraction, stratify=labels[indices], random_state=seed
-    )
-    train_idx = np.sort(train_idx)
+    train_idx, test_idx = train_test_indices(labels, settings, seed, test_start)
     validation = None
     if settings.validation_fraction is not None:
         train_idx, validation_idx = hold_out_per_class(

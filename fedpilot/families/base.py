@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,16 @@ class ModelFamily:
     runtime: str  # module whose ``RUNTIME`` is this family's FamilyRuntime
     analytic: Callable[..., CostModel]  # (spec, settings, num_labels, batch, seq, optimizer) -> CostModel
     dtypes: tuple[str, ...] = ("float32",)  # dtypes of the frozen base weights its runtime and analytic model support
+    # transformers ``model_type`` -> how its module layout differs from the fields above (targets, layer_prefix,
+    # head_modules, dropout_fields); every model_type listed here can be loaded from a folder by path
+    model_types: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def for_model_type(self, model_type: str) -> ModelFamily:
+        """This family with the module layout of ``model_type`` (a KeyError if the family does not cover it)."""
+        layout = dict(self.model_types[model_type])
+        if "targets" in layout and set(layout["targets"]) != set(self.targets):
+            raise ValueError(f"{self.name}: the {model_type} layout must map the family's targets {', '.join(self.targets)}")
+        return replace(self, **layout)
 
     def check_targets(self, targets: Sequence[str]) -> tuple[str, ...]:
         """``targets`` if every one is a target of this family, non-empty and unique; else a ValueError."""
@@ -66,6 +76,7 @@ class ModelSpec:
     subfolder: str = ""
     weights_file: str | None = None  # e.g. a GGUF file inside the folder
     directory: str | None = None  # a local folder holding the model instead of a package (e.g. a test model)
+    model_type: str | None = None  # transformers' config.model_type, for a model loaded from a folder by path
 
     def path(self) -> Path:
         if self.directory is not None:

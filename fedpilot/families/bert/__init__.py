@@ -1,5 +1,12 @@
 """BERT-style encoders fine-tuned for text classification: LoRA on attention and FFN projections,
-a fresh linear classifier on the pooled output (trained by every client)."""
+a fresh classifier on the pooled output (trained by every client).
+
+By path, the family loads checkpoints of the model types ``bert``, ``roberta``, ``xlm-roberta``,
+``distilbert`` and ``deberta-v2`` (transformers' AutoModelForSequenceClassification); the target names
+stay the same across them (query, key, value, attn_out, ffn_in, ffn_out), each mapped to that
+architecture's own submodule, and the task head is whatever the architecture adds on top (RoBERTa's
+two-layer classifier, DistilBERT's pre_classifier, DeBERTa's context pooler).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +32,36 @@ BERT_CLASSIFIER = FAMILIES.register("bert-classifier")(
         dropout_fields=("hidden_dropout_prob", "attention_probs_dropout_prob"),
         runtime="fedpilot.families.bert.runtime",
         analytic=analytic_cost_model,
+        model_types={
+            "bert": {},
+            "roberta": {"layer_prefix": "roberta.encoder.layer"},
+            "xlm-roberta": {"layer_prefix": "roberta.encoder.layer"},
+            "distilbert": {
+                "layer_prefix": "distilbert.transformer.layer",
+                "targets": {
+                    "query": "attention.q_lin",
+                    "key": "attention.k_lin",
+                    "value": "attention.v_lin",
+                    "attn_out": "attention.out_lin",
+                    "ffn_in": "ffn.lin1",
+                    "ffn_out": "ffn.lin2",
+                },
+                "head_modules": ("pre_classifier", "classifier"),
+                "dropout_fields": ("dropout", "attention_dropout"),
+            },
+            "deberta-v2": {
+                "layer_prefix": "deberta.encoder.layer",
+                "targets": {
+                    "query": "attention.self.query_proj",
+                    "key": "attention.self.key_proj",
+                    "value": "attention.self.value_proj",
+                    "attn_out": "attention.output.dense",
+                    "ffn_in": "intermediate.dense",
+                    "ffn_out": "output.dense",
+                },
+                "head_modules": ("pooler", "classifier"),
+            },
+        },
     )
 )
 

@@ -1,5 +1,10 @@
 """The cost model estimated from the model's config alone: no weights loaded, no forward pass.
 
+The sizes come from the config of whichever model type the family covers (BERT, RoBERTa, XLM-RoBERTa,
+DistilBERT, DeBERTa-v2); what differs between them is the embeddings, whether the pooler is frozen
+(BERT) or part of the trained head (the others add a hidden x hidden dense layer), and DeBERTa-v2's
+relative-position attention (one more B·A·T·T score tensor per layer for each of c2p and p2c).
+
 For planning on a machine that has never run the model. Terms, in float32 bytes, for batch B,
 sequence T, hidden H, FFN width I, A attention heads, L layers, LoRA rank r:
 
@@ -35,18 +40,74 @@ def target_shapes(hidden: int, ffn: int) -> dict[str, tuple[int, int]]:
     }
 
 
+def geometry(cfg: dict[str, Any]) -> dict[str, int]:
+    """The sizes the cost model needs, read from a config.json of any model type the family covers
+    (DistilBERT names them dim, hidden_dim, n_layers, n_heads)."""
+    hidden = cfg.get("hidden_size", cfg.get("dim"))
+    return {
+        "hidden": int(hidden),
+        "ffn": int(cfg.get("intermediate_size", cfg.get("hidden_dim"))),
+        "layers": int(cfg.get("num_hidden_layers", cfg.get("n_layers"))),
+        "heads": int(cfg.get("num_attention_heads", cfg.get("n_heads"))),
+    }
+
+
+def base_weights(cfg: dict[str, Any], hidden: int) -> tuple[int, int]:
+    """(embedding parameters, extra parameters per layer) of the frozen base outside its LoRA targets'
+    own shapes, by model type: BERT and RoBERTa add token type embeddings, DeBERTa-v2 its relative position
+    embeddings and, without shared attention keys, a position key and query projection per layer."""
+    model_type = cfg.get("model_type", "bert")
+    vocab, positions = cfg["vocab_size"], cfg.get("max_position_embeddings", 512)
+    if model_type == "distilbert":
+        return (vocab + positions + 2) * hidden, 0
+    if model_type != "deberta-v2":
+        return (vocab + positions + cfg.get("type_vocab_size", 2) + 2) * hidden, 0
+    embeddings = vocab + (positions if cfg.get("position_biased_input", True) else 0) + cfg.get("type_vocab_size", 0) + 2
+    per_layer = 0
+    if cfg.get("relative_attention", False):
+        embeddings += 2 * relative_span(cfg) + (2 if "layer_norm" in cfg.get("norm_rel_ebd", "none") else 0)
+        if not cfg.get("share_att_key", False):
+            per_layer = 2 * (hidden * hidden + hidden) * len(relative_terms(cfg))
+    return embeddings * hidden, per_layer
+
+
+def relative_span(cfg: dict[str, Any]) -> int:
+    """DeBERTa-v2's attention span k (relative positions -k..k): position_buckets, else max_relative_positions, else max_position_embeddings."""
+    for key in ("position_buckets", "max_relative_positions"):
+        if cfg.get(key, -1) > 0:
+            return int(cfg[key])
+    return int(cfg.get("max_position_embeddings", 512))
+
+
+def relative_terms(cfg: dict[str, Any]) -> list[str]:
+    """DeBERTa-v2's disentangled attention terms (c2p, p2c), each adding a score tensor per layer; [] without relative attention."""
+    if cfg.get("model_type") != "deberta-v2" or not cfg.get("relative_attention", False):
+        return []
+    kinds = cfg.get("pos_att_type") or []
+    return [kind for kind in (kinds.split("|") if isinstance(kinds, str) else kinds) if kind in ("c2p", "p2c")]
+
+
+def head_parameters(cfg: dict[str, Any], hidden: int, num_labels: int) -> tuple[int, int]:
+    """(frozen pooler parameters, trained head parameters): BERT's pooler is frozen and its head one linear
+    layer; RoBERTa, DistilBERT and DeBERTa-v2 train a hidden x hidden dense layer before it and have no frozen pooler."""
+    classifier = hidden * num_labels + num_labels
+    if cfg.get("model_type", "bert") == "bert":
+        return hidden * hidden + hidden, classifier
+    return 0, hidden * hidden + hidden + classifier
+
+
 def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, seq: int, optimizer: str) -> CostModel:
     """The cost model of ``settings`` (a ModelSettings: base_dropout, lora) on ``spec``'s model, from its config.json."""
     cfg = json.loads((spec.path() / "config.json").read_text())
-    hidden, ffn, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    heads, lora = cfg["num_attention_heads"], settings.lora
+    sizes = geometry(cfg)
+    hidden, ffn, layers, heads = sizes["hidden"], sizes["ffn"], sizes["layers"], sizes["heads"]
+    lora = settings.lora
     shapes = target_shapes(hidden, ffn)
     tokens = batch * seq
 
-    embeddings = (cfg["vocab_size"] + cfg["max_position_embeddings"] + cfg["type_vocab_size"] + 2) * hidden
-    per_layer_weights = 4 * (hidden * hidden + hidden) + 2 * hidden * ffn + ffn + hidden + 4 * hidden
-    pooler = hidden * hidden + hidden
-    head = hidden * num_labels + num_labels
+    embeddings, extra_per_layer = base_weights(cfg, hidden)
+    per_layer_weights = 4 * (hidden * hidden + hidden) + 2 * hidden * ffn + ffn + hidden + 4 * hidden + extra_per_layer
+    pooler, head = head_parameters(cfg, hidden, num_labels)
     lora_params = layers * sum(lora.rank * (d_in + d_out) for d_in, d_out in (shapes[t] for t in lora.targets))
     weights = FLOAT * (embeddings + layers * per_layer_weights + pooler + 2 * head + lora_params)
     head_training = FLOAT * head * (1 + OPTIMIZER_STATES[optimizer])
@@ -54,6 +115,7 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
     fixed = weights + head_training + forward_buffers
 
     per_layer = FLOAT * tokens * (6 * hidden + ffn)
+    per_layer += len(relative_terms(cfg)) * FLOAT * batch * heads * seq * seq  # each disentangled score tensor
     if lora.dropout > 0:
         per_layer += tokens * sum(shapes[t][0] for t in lora.targets)
     if settings.base_dropout > 0:

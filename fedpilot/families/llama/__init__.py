@@ -4,6 +4,10 @@ LoRA on the attention and MLP projections, no task head.
 The task is instruction-style classification: a prompt lists the label names and holds the text,
 the answer is the label name (see :mod:`fedpilot.families.llama.runtime` for the prompt, the
 answer-only loss and how labels are scored).
+
+By path, the family loads checkpoints of the model types ``llama``, ``qwen2``, ``mistral`` and ``gemma``
+(transformers' AutoModelForCausalLM): their decoder layers share Llama's module names. ``phi3`` is not
+covered: it fuses q, k and v into one ``qkv_proj`` (and gate and up into ``gate_up_proj``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ LLAMA_INSTRUCT = FAMILIES.register("llama-instruct")(
         runtime="fedpilot.families.llama.runtime",
         analytic=analytic_cost_model,
         dtypes=("float32", "bfloat16"),
+        model_types={"llama": {}, "qwen2": {}, "mistral": {}, "gemma": {}},
     )
 )
 

@@ -21,6 +21,9 @@ bytes an element instead of 4, except what stays float32: the LoRA matrices and 
 module terms (PEFT computes LoRA in float32), the RMSNorm inputs (LlamaRMSNorm saves its float32
 upcast) and the answer logits (read in float32).
 
+The same terms hold for the decoders that share Llama's layout (Qwen2, Mistral, Gemma): their sizes come
+from their own config.json (Qwen2 adds q, k and v biases to the weights).
+
 Pure: reads the model's config.json (or, for a model shipped only as GGUF, its known config).
 """
 
@@ -45,6 +48,16 @@ def model_config(spec: Any) -> dict[str, Any]:
 
 def head_dim(cfg: Mapping[str, Any]) -> int:
     return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+
+
+def attention_biases(cfg: Mapping[str, Any]) -> int:
+    """Bias parameters of one layer's attention: Qwen2 has them on q, k and v; Llama and Mistral only with attention_bias."""
+    shapes = target_shapes(cfg)
+    if cfg.get("model_type") == "qwen2":
+        return sum(shapes[t][1] for t in ("q_proj", "k_proj", "v_proj"))
+    if cfg.get("attention_bias", False):
+        return sum(shapes[t][1] for t in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    return 0
 
 
 def target_shapes(cfg: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
@@ -74,7 +87,7 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
     elem = {"float32": FLOAT, "bfloat16": 2}[getattr(settings, "dtype", "float32")]  # bytes of a frozen weight / activation
 
     embeddings = vocab * hidden * (1 if cfg.get("tie_word_embeddings", True) else 2)
-    per_layer_weights = sum(d_in * d_out for d_in, d_out in shapes.values()) + 2 * hidden
+    per_layer_weights = sum(d_in * d_out for d_in, d_out in shapes.values()) + 2 * hidden + attention_biases(cfg)
     lora_params = layers * sum(lora.rank * (d_in + d_out) for d_in, d_out in (shapes[t] for t in lora.targets))
     weights = elem * (embeddings + layers * per_layer_weights + hidden) + FLOAT * lora_params
     forward_buffers = elem * tokens * (3 * ffn + 2 * hidden + 3 * attn) + elem * batch * heads * seq * seq

@@ -1,4 +1,5 @@
-"""The torch side of the Llama instruction family (transformers' LlamaForCausalLM, no task head).
+"""The torch side of the Llama instruction family (transformers' AutoModelForCausalLM: LlamaForCausalLM and the
+decoders that share its layout; no task head).
 
 **Task.** Each example becomes the prompt
 
@@ -121,7 +122,7 @@ class LlamaInstruct(LabelClassification):
         folder = prepared_folder(spec)
         overrides = {} if base_dropout is None else {field: base_dropout for field in spec.family.dropout_fields}
         with _QuietTransformers():
-            model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, **overrides)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **overrides)
         model.config.use_cache = False
         return model
 
