@@ -119,3 +119,48 @@ def tiny_checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callabl
     root = tmp_path_factory.getbasetemp() / "tiny-checkpoints"
     root.mkdir(exist_ok=True)
     return lambda model_type: tiny_checkpoint(model_type, root)
+
+
+def fast_bert(root: Path, layers: int = 4) -> Path:
+    """``root/fast-bert-L<layers>``: a tiny random BERT (hidden 32, ``layers`` layers) with the real word-piece
+    tokenizer of the bundled all-MiniLM-L6-v2, so that texts of the bundled corpora keep their words (a model
+    that can learn something in a few steps) while a training step costs about a hundredth of MiniLM's.
+    For the tests of federation behaviour (resume, stop, compare, strategies) that do not need real weights.
+    Built once, atomically (a staging folder renamed), so concurrent test sessions may share ``root``."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
+
+    from fedpilot.families import MODELS
+
+    folder = Path(root) / f"fast-bert-L{layers}"
+    if (folder / "config.json").is_file():
+        return folder
+    source = MODELS["all-minilm-l6-v2"].path()
+    vocab_size = json.loads((source / "config.json").read_text())["vocab_size"]
+    Path(root).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fast-bert-", dir=root))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        BertModel(config).save_pretrained(staging)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (source / name).is_file():
+            shutil.copy(source / name, staging / name)
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another session built it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

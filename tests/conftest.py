@@ -9,7 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from checkpoints import fast_bert  # noqa: E402
 from fedpilot.config import Config, parse_config  # noqa: E402
+from fedpilot.core.paths import cache_dir  # noqa: E402
 from fedpilot.data.split import SplitData  # noqa: E402
 from fedpilot.families.encoding import load_split  # noqa: E402
 from fedpilot.runtime.lora import LoraModel  # noqa: E402
@@ -19,6 +21,13 @@ TINY = {
     "federation": {"num_clients": 3, "rounds": 2},
     "train": {"local_steps": 4, "batch_size": 8, "lr": 0.003},
 }
+
+# TINY on a tiny random BERT (4 layers, hidden 32, MiniLM's real tokenizer; tests/checkpoints.py) with budgets
+# that make the three clients train 2, 4 and 8 of its 8 modules: for the tests of federation behaviour
+# (resume, stop, compare, drivers) that need a real model path but not real weights. A run costs about a
+# fifth of TINY's CPU time. A folder path, so that processes a test starts load the same model.
+FAST_MODEL = fast_bert(cache_dir() / "test-models")
+FAST = {**TINY, "model": {"name": str(FAST_MODEL)}, "federation": {**TINY["federation"], "budgets": ["4443KiB", "4687KiB", "5176KiB"]}}
 
 
 
@@ -33,6 +42,12 @@ def default_sigint() -> None:
 def tiny_config() -> Config:
     """A federation small enough for a unit test, on the real model and a slice of the real data."""
     return parse_config(TINY)
+
+
+@pytest.fixture(scope="session")
+def fast_config() -> Config:
+    """:data:`FAST`: TINY's federation on the tiny random BERT, with budgets that force partial allocation."""
+    return parse_config(FAST)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from fedpilot.cli import main
 from fedpilot.comparison import PRESETS
 from fedpilot.config import load_config, parse_config
 from fedpilot.core.errors import FedpilotError
-from tests.conftest import TINY
+from tests.conftest import FAST, TINY
 
 STRATEGIES = ["fedpilot", "fedavg"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(FAST))
     return path
 
 

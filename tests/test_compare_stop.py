@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import TINY, default_sigint
+from tests.conftest import FAST, default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["fedavg", "fedpilot", "exclusive"]  # two workers: the third run is queued behind them
@@ -35,7 +35,7 @@ def status(run: Path) -> tuple[str | None, int]:
 
 def start(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     config = tmp_path / "long.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "federation": {**TINY["federation"], "rounds": 200}}))
+    config.write_text(yaml.safe_dump({**FAST, "federation": {**FAST["federation"], "rounds": 200}}))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "fedpilot.cli", "compare", "--jobs", "2", "--config", str(config),
@@ -97,9 +97,9 @@ def test_a_failed_run_lets_the_others_finish_and_starts_no_queued_run(tmp_path: 
     """Budgets that fit no module: fedpilot refuses at start-up, memory-unaware fedavg runs anyway (its
     rounds go on after fedpilot fails: fedpilot stops before its first round), and exclusive, queued
     behind them, must not start."""
-    tight = {**TINY["federation"], "rounds": 8, "budgets": {"tiers": [{"fraction": 1.0, "memory": "20MiB"}]}}
+    tight = {**FAST["federation"], "rounds": 8, "budgets": {"tiers": [{"fraction": 1.0, "memory": "3MiB"}]}}  # below the weights alone
     config = tmp_path / "tight.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "federation": tight}))
+    config.write_text(yaml.safe_dump({**FAST, "federation": tight}))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "fedpilot.cli", "compare", "--jobs", "2", "--config", str(config),
                "--strategies", "fedpilot,fedavg,exclusive", "--seeds", "0", "--out", str(out), "--quiet"]

@@ -64,11 +64,11 @@ def _without_timings(result: RunResult) -> list[dict]:
     return clean(result.rounds)
 
 
-def test_same_seed_gives_identical_metrics(tiny_config: Config, tmp_path: Path) -> None:
-    first = run_simulation(tiny_config, tmp_path / "a", progress=False)
-    second = run_simulation(tiny_config, tmp_path / "b", progress=False)
+def test_same_seed_gives_identical_metrics(fast_config: Config, tmp_path: Path) -> None:
+    first = run_simulation(fast_config, tmp_path / "a", progress=False)
+    second = run_simulation(fast_config, tmp_path / "b", progress=False)
     assert _without_timings(first) == _without_timings(second)
-    other = run_simulation(tiny_config.model_copy(update={"seed": 1}), tmp_path / "c", progress=False)
+    other = run_simulation(fast_config.model_copy(update={"seed": 1}), tmp_path / "c", progress=False)
     assert _without_timings(other) != _without_timings(first)
 
 

@@ -178,8 +178,8 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path: Path) -> None:
         prepare_out_dir(Path("/proc/fedpilot-cannot-write-here"))
 
 
-def test_an_interrupted_run_resumes_to_the_same_end(tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tiny_config.model_copy(update={"federation": tiny_config.federation.model_copy(update={"rounds": 3})})
+def test_an_interrupted_run_resumes_to_the_same_end(fast_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = fast_config.model_copy(update={"federation": fast_config.federation.model_copy(update={"rounds": 3})})
     full = run_simulation(config, tmp_path / "full", progress=False)
     original = Server.run_round
 
@@ -245,9 +245,9 @@ def test_a_sigkilled_run_resumes_through_the_cli_to_the_same_end(tmp_path: Path,
     import yaml
 
     from fedpilot.cli import main
-    from tests.conftest import TINY
+    from tests.conftest import FAST
 
-    config = {**TINY, "federation": {**TINY["federation"], "rounds": 3}}
+    config = {**FAST, "federation": {**FAST["federation"], "rounds": 3}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "killed"
     code, _ = _stop_after_a_round(["run", "--config", str(tmp_path / "c.yaml"), "--out", str(run_dir), "--quiet"], run_dir, signal.SIGKILL)
@@ -300,9 +300,9 @@ def test_sigterm_saves_results_and_marks_the_run_interrupted(tmp_path: Path) -> 
 
     import yaml
 
-    from tests.conftest import TINY
+    from tests.conftest import FAST
 
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**TINY, "federation": {**TINY["federation"], "rounds": 6}}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**FAST, "federation": {**FAST["federation"], "rounds": 6}}))
     run_dir = tmp_path / "run"
     code, err = _stop_after_a_round(["run", "--config", str(tmp_path / "c.yaml"), "--out", str(run_dir), "--quiet"], run_dir, signal.SIGTERM)
     assert code == 130 and "interrupted; results so far are saved" in err and "Traceback" not in err
@@ -310,11 +310,11 @@ def test_sigterm_saves_results_and_marks_the_run_interrupted(tmp_path: Path) -> 
     assert results["status"] == "interrupted" and len(results["rounds"]) >= 2
 
 
-def test_a_batch_larger_than_a_shard_is_said_once_and_recorded(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tiny_config.model_copy(update={
+def test_a_batch_larger_than_a_shard_is_said_once_and_recorded(fast_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = fast_config.model_copy(update={
         "strategy": "fedavg",
-        "federation": tiny_config.federation.model_copy(update={"rounds": 1, "budgets": None}),
-        "train": tiny_config.train.model_copy(update={"batch_size": 70, "local_steps": 1}),
+        "federation": fast_config.federation.model_copy(update={"rounds": 1, "budgets": None}),
+        "train": fast_config.train.model_copy(update={"batch_size": 70, "local_steps": 1}),
     })
     result = run_simulation(config, tmp_path / "run", progress=False)
     err = capsys.readouterr().err
