@@ -7,6 +7,9 @@
 # SuperNode i declares partition-id=i num-partitions=N and a memory budget cycling through
 # $FEDPILOT_BUDGETS (default "150MiB 190MiB 256MiB"). config.yaml must say federation.num_clients: N;
 # without one, the embedded default runs with num_clients N and outputs in the work folder.
+# Each SuperNode runs with --isolation process next to a warm ClientApp executor of its own
+# (python -m fedpilot.flower.warm: one process that serves all its messages, the model loaded once);
+# FEDPILOT_WARM=0: Flower's default instead, a fresh ClientApp process per message.
 # Work folder (logs, FLWR_HOME, the SuperLink's database, pids): $FLOWER_LOCAL_DIR, or a new temporary one.
 # Every process the script starts runs in its own process group, and every group is stopped when the
 # script ends: on success, on error, on Ctrl-C (SIGINT) and on SIGTERM.
@@ -21,6 +24,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${FEDPILOT_BIN:-$ROOT/.venv/bin}
 [[ -x $BIN/flower-superlink ]] || { echo "flower-local.sh: no $BIN/flower-superlink; run make install (or set FEDPILOT_BIN)" >&2; exit 2; }
 export PATH=$BIN:$PATH HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} PYTHONUNBUFFERED=1
+WARM=${FEDPILOT_WARM:-1}
+[[ $WARM == 0 || $WARM == 1 ]] || { echo "flower-local.sh: FEDPILOT_WARM must be 0 or 1, got '$WARM'" >&2; exit 2; }
 read -r -a BUDGETS <<< "${FEDPILOT_BUDGETS:-150MiB 190MiB 256MiB}"
 
 WORK=${FLOWER_LOCAL_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/fedpilot-flower.XXXXXX")}
@@ -137,12 +142,19 @@ echo "flower-local.sh: work folder $WORK (logs, FLWR_HOME)" >&2
 start superlink "$BIN/flower-superlink" --insecure --disable-runtime-dependency-installation \
     --database "$WORK/state.db" --host 127.0.0.1 --port "$LINK"
 wait_for_port "$LINK" "${PIDS[-1]}" superlink
+ISOLATION=()
+((WARM)) && ISOLATION=(--isolation process)
 for ((i = 0; i < N; i++)); do
     budget=${BUDGETS[i % ${#BUDGETS[@]}]}
     start "supernode-$i" "$BIN/flower-supernode" --insecure --superlink "127.0.0.1:$LINK" --port "${PORTS[i + 1]}" \
-        --node-config "partition-id=$i num-partitions=$N memory-budget=\"$budget\""
-    wait_for_port "${PORTS[i + 1]}" "${PIDS[-1]}" "supernode-$i"
-    echo "flower-local.sh: SuperNode $i of $N, budget $budget, on port ${PORTS[i + 1]}" >&2
+        "${ISOLATION[@]}" --node-config "partition-id=$i num-partitions=$N memory-budget=\"$budget\""
+    node=${PIDS[-1]}
+    wait_for_port "${PORTS[i + 1]}" "$node" "supernode-$i"
+    if ((WARM)); then  # the executor imports fedpilot from this repository, the code the run's app carries
+        start "warm-$i" env "PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$BIN/python" -m fedpilot.flower.warm \
+            --runtime-api-address "127.0.0.1:${PORTS[i + 1]}" --insecure --watch-pid "$node"
+    fi
+    echo "flower-local.sh: SuperNode $i of $N, budget $budget, on port ${PORTS[i + 1]}$( ((WARM)) && echo ", warm ClientApp executor")" >&2
 done
 
 echo "flower-local.sh: flwr run (outputs in $OUT)" >&2

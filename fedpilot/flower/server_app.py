@@ -33,7 +33,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from fedpilot.config import Config, load_config  # noqa: E402
 from fedpilot.core.errors import FedpilotError  # noqa: E402
 from fedpilot.flower.codec import CONFIG, decode_node_info  # noqa: E402
-from fedpilot.flower.transport import FlowerTransport  # noqa: E402
+from fedpilot.flower.transport import FlowerTransport, send_and_receive  # noqa: E402
 
 
 def _log(line: str) -> None:
@@ -47,7 +47,7 @@ def wait_for_nodes(grid: Any, count: int, wait: float) -> list[int]:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= count or time.monotonic() > deadline:
             return nodes
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 def query_nodes(grid: Any, node_ids: list[int], config_json: str, timeout: float) -> dict[int, dict[str, Any]]:
@@ -57,7 +57,7 @@ def query_nodes(grid: Any, node_ids: list[int], config_json: str, timeout: float
         for node in node_ids
     ]
     infos: dict[int, dict[str, Any]] = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    for reply in send_and_receive(grid, messages, timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             _log(f"node {node} did not describe itself: {reply.error.reason}")
@@ -137,6 +137,9 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait
             # Planned with its own cost model (ClientInfo.cost_model); each round's client record says so too.
             "planned_with": "own",
             "calibration_cached": described[cid].get("calibration_cached"),
+            # the node's process, and whether its model and data were already loaded by an earlier run (fedpilot.flower.warm)
+            "node_process": described[cid].get("process"),
+            "node_warm": described[cid].get("warm"),
             "own_cost_model": described[cid]["cost_model"].to_dict(),
             "own_cost_model_equals_federation": described[cid]["cost_model"].to_dict() == federation_costs,
         }

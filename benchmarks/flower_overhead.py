@@ -1,0 +1,192 @@
+"""Wall time of a Flower loopback deployment against the in-process simulator, on the same config.
+
+Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--cold]
+
+Runs the config (default: the embedded default, 8 clients, 5 rounds; ``--small``: the default cut to
+3 clients, 3 rounds, 600 samples of 32 tokens, 4 local steps, for busy cores) with ``fedpilot run`` in a fresh
+process, then on a loopback federation on this machine: a SuperLink and one SuperNode per client
+(``--isolation process``, budgets from the config's tiers through each node's ``memory-budget``), each
+with its warm ClientApp executor (``python -m fedpilot.flower.warm``), and ``flwr run`` twice: the first
+run on nodes that have only imported torch and fedpilot, the second on nodes whose model, data and
+partitions the first run loaded. ``--cold`` adds a run on Flower's default SuperNodes (a ClientApp
+process per message). Times are from start to finished results; starting the federation is not counted
+(it is long-lived), loading the model and data on the nodes is (first run); the memory model is
+calibrated (``fedpilot profile``, cached on disk) before anything is timed. Prints one JSON line: the
+seconds, the ratios to the simulator, and whether every round's accuracy and loss equal the simulator's.
+Run it on idle cores: the loopback federation shares them with the simulator's one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited before listening on {port}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {port} after {seconds} s")
+
+
+class Federation:
+    """A SuperLink and one SuperNode per budget on 127.0.0.1 (warm: with their executors); every process
+    in a session of its own, each group stopped by :meth:`stop`."""
+
+    def __init__(self, folder: Path, budgets: list[int | None], warm: bool) -> None:
+        self.folder, self.procs = folder, []
+        folder.mkdir(parents=True)
+        self.env = {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                    "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),  # the SuperLink starts flower-superexec by name
+"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        link = free_port()
+        (folder / "flwr-home").mkdir()
+        (folder / "flwr-home" / "config.toml").write_text(f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+        superlink = self.start("superlink", [BIN / "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                                             "--database", folder / "state.db", "--host", "127.0.0.1", "--port", link])
+        wait_for_port(link, superlink)
+        ports = []
+        for cid, budget in enumerate(budgets):
+            ports.append(free_port())
+            declared = f'partition-id={cid} num-partitions={len(budgets)}' + ("" if budget is None else f' memory-budget="{budget}B"')
+            node = self.start(f"supernode-{cid}", [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", ports[-1],
+                                                   *(["--isolation", "process"] if warm else []), "--node-config", declared])
+            if warm:
+                self.start(f"warm-{cid}", [sys.executable, "-m", "fedpilot.flower.warm", "--runtime-api-address", f"127.0.0.1:{ports[-1]}",
+                                           "--insecure", "--watch-pid", node.pid])
+        for port, (_, node) in zip(ports, [p for p in self.procs if p[0].startswith("supernode-")]):
+            wait_for_port(port, node)
+        if warm:  # every executor has imported torch and fedpilot and serves its node
+            for name, proc in self.procs:
+                while name.startswith("warm-") and "serving ClientApp tasks" not in (folder / f"{name}.log").read_text():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited; see {folder / name}.log")
+                    time.sleep(0.2)
+
+    def start(self, name: str, args: list) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([str(a) for a in args], cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def run(self, config: Path) -> float:
+        start = time.perf_counter()
+        done = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "loop", "--run-config", f'config="{config}"', "--stream"],
+                              cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=3600)
+        seconds = time.perf_counter() - start
+        (self.folder / f"flwr-run-{config.stem}.log").write_text(done.stdout + done.stderr)
+        if done.returncode:
+            raise RuntimeError(f"flwr run exited {done.returncode}; see {self.folder}")
+        return seconds
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def rounds(path: Path) -> list[tuple[float | None, float | None]]:
+    results = json.loads((path / "results.json").read_text())
+    if results.get("status") != "finished":
+        raise RuntimeError(f"{path}: the run did not finish")
+    return [(r.get("accuracy"), r.get("loss")) for r in results["rounds"]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="a fedpilot YAML (default: the embedded default)")
+    parser.add_argument("--small", action="store_true", help="the default config cut down (see above) instead of --config")
+    parser.add_argument("--rounds", type=int, help="federation.rounds instead of the config's")
+    parser.add_argument("--cold", action="store_true", help="also run on Flower's default SuperNodes (a ClientApp process per message)")
+    args = parser.parse_args()
+    from fedpilot.config import load_config
+
+    settings = load_config(args.config).model_dump(mode="json")
+    if args.small:
+        settings["data"] |= {"max_samples": 600, "max_length": 32}
+        settings["federation"] |= {"num_clients": 3, "rounds": 3, "budgets": {"tiers": [
+            {"fraction": 0.34, "memory": "150MiB"}, {"fraction": 0.33, "memory": "190MiB"}, {"fraction": 0.33, "memory": "256MiB"}]}}
+        settings["train"]["local_steps"] = 4
+    if args.rounds:
+        settings["federation"]["rounds"] = args.rounds
+    with tempfile.TemporaryDirectory(prefix="flower-overhead-") as tmp:
+        work = Path(tmp)
+
+        def config_for(name: str) -> Path:
+            path = work / f"{name}.yaml"
+            path.write_text(yaml.safe_dump({**settings, "output_dir": str(work / name)}))
+            return path
+
+        from fedpilot.config import load_config as load
+
+        budgets = load(config_for("sim")).federation.client_budgets()
+        # calibrate the cost model first (cached on disk, as every later run finds it): no run below pays for it
+        subprocess.run([str(BIN / "fedpilot"), "profile", "--config", str(config_for("sim"))], check=True, cwd=work,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        load_before = os.getloadavg()[0]
+        start = time.perf_counter()
+        subprocess.run([str(BIN / "fedpilot"), "run", "--config", str(config_for("sim"))], check=True, cwd=work,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
+        sim = time.perf_counter() - start
+        expected = rounds(work / "sim")
+        out: dict[str, object] = {"config": "small" if args.small else str(args.config or "default"), "clients": len(budgets),
+                                  "rounds": settings["federation"]["rounds"], "simulator_s": round(sim, 1)}
+        federation = Federation(work / "warm", budgets, warm=True)
+        try:
+            first = federation.run(config_for("first"))
+            second = federation.run(config_for("second"))
+        finally:
+            federation.stop()
+        out |= {"flower_first_run_s": round(first, 1), "flower_warm_run_s": round(second, 1),
+                "first_run_ratio": round(first / sim, 2), "warm_run_ratio": round(second / sim, 2),
+                "equal_to_simulator": rounds(work / "first") == expected and rounds(work / "second") == expected}
+        if args.cold:
+            federation = Federation(work / "cold", budgets, warm=False)
+            try:
+                cold = federation.run(config_for("cold"))
+            finally:
+                federation.stop()
+            out |= {"flower_cold_s": round(cold, 1), "cold_ratio": round(cold / sim, 2), "cold_equal_to_simulator": rounds(work / "cold") == expected}
+        out["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""A warm ClientApp executor: one long-lived process per SuperNode runs every ClientApp task of that
+SuperNode in-process, so torch, the model, the tokenizer and the partition load once, not per message.
+
+Flower 1.42's SuperNode, by default (``--isolation subprocess``), has its SuperExec start a fresh
+``flwr-clientapp`` process per message, which exits after replying. With ``--isolation process`` the
+SuperNode starts nothing: an executor of one's own claims the ClientApp tasks from the SuperNode's
+Runtime API. This module is that executor, for fedpilot's ClientApp::
+
+    flower-supernode --isolation process --port 9094 --superlink ... --node-config ... &
+    python -m fedpilot.flower.warm --runtime-api-address 127.0.0.1:9094 --insecure --watch-pid $!
+
+Each task goes as in ``flwr-clientapp`` (claim it with AcquireTask, pull the message, context, run
+and FAB, heartbeat while it runs, push the reply, then the context and the task's final status), but
+the process stays and takes the next task. What stays warm is the ClientApp module and what it caches
+(:mod:`fedpilot.flower.client_app`: the model and data in an LRU, one node per run); every train or
+score task loads its whole adapter from the message.
+
+The process runs the fedpilot it imported, so it checks that each run's FAB carries the same fedpilot
+source (file by file, against the FAB's manifest); a run whose app differs gets an error reply naming
+the first differing file (restart the executor from that fedpilot). A task that raises is answered
+with an error reply, as ``flwr-clientapp`` answers, and the executor goes on to the next task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import signal
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CLIENTAPP_PREFIX = "fedpilot."  # the only ClientApps this executor runs
+FIRST_POLL = 0.05  # seconds before the first claim after a task; each empty claim waits 1.5 x longer, up to --poll
+
+
+def _log(line: str) -> None:
+    print(f"[fedpilot warm] {line}", file=sys.stderr, flush=True)
+
+
+def inspect_fab(fab_content: bytes, package_root: Path) -> tuple[str, str | None]:
+    """The FAB's ClientApp reference, and None when that is fedpilot's and each fedpilot file the FAB carries
+    is byte for byte the one under ``package_root`` (the folder holding the imported ``fedpilot``); else
+    what differs."""
+    import tomllib
+
+    with zipfile.ZipFile(io.BytesIO(fab_content)) as fab:
+        project = tomllib.loads(fab.read("pyproject.toml").decode())
+        ref = project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {}).get("clientapp", "")
+        if not ref.startswith(CLIENTAPP_PREFIX):
+            return ref, f"the run's ClientApp is {ref!r}; this executor runs fedpilot's only"
+        if ".info/CONTENT" in fab.namelist():  # the manifest: path,sha256,size
+            rows = fab.read(".info/CONTENT").decode().splitlines()
+            digests = dict(row.split(",")[:2] for row in rows if row.count(",") >= 2)
+        else:
+            digests = {n: hashlib.sha256(fab.read(n)).hexdigest() for n in fab.namelist() if not n.endswith("/")}
+    for name in sorted(n for n in digests if n.startswith("fedpilot/")):
+        local = package_root / name
+        if not local.is_file():
+            return ref, f"{name} is in the run's app but not in {package_root}"
+        if hashlib.sha256(local.read_bytes()).hexdigest() != digests[name]:
+            return ref, f"{name} differs between the run's app and {package_root}"
+    return ref, None
+
+
+def load_clientapp(ref: str) -> Any:
+    """``module:attribute`` from this process's modules (imported once, kept with everything it caches)."""
+    import importlib
+
+    module, _, attributes = ref.partition(":")
+    target: Any = importlib.import_module(module)
+    for name in attributes.split("."):
+        target = getattr(target, name)
+    return target
+
+
+class WarmExecutor:
+    """Claims ClientApp tasks from one SuperNode's Runtime API and runs them in this process."""
+
+    def __init__(self, address: str, insecure: bool, root_certificates: str | None, poll: float, auth_secret: bytes | None = None) -> None:
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        self.address, self.insecure, self.root_certificates, self.poll = address, insecure, root_certificates, poll
+        self.package_root = Path(__file__).resolve().parents[2]  # the folder holding this fedpilot
+        self.checked: dict[str, tuple[str, str | None]] = {}  # FAB hash -> (ClientApp reference, None or why it cannot run here)
+        interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+        if auth_secret:
+            interceptors.append(SuperExecAuthHttpInterceptor(master_secret=auth_secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
+        self.client = RuntimeHttpClient.from_server_address(address, insecure, root_certificates, interceptors, retry_invoker=self._retrier(None))
+        self.tasks = 0
+
+    @staticmethod
+    def _retrier(max_tries: int | None):
+        """Retries on connection errors only (the SuperNode starting up or busy); an HTTP error is final."""
+        import httpx
+        from flwr.supercore.retry import RetryInvoker, exponential
+
+        return RetryInvoker(lambda: exponential(base_delay=0.2, max_delay=5), httpx.TransportError, max_tries=max_tries, max_time=None)
+
+    def serve(self, stop: threading.Event) -> None:
+        import httpx
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+        from flwr.supercore.constant import TaskType
+
+        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        _log(f"serving ClientApp tasks of the SuperNode at {self.address} (pid {os.getpid()})")
+        idle = 0  # claims that found nothing since the last task: the wait grows from FIRST_POLL to --poll
+        while not stop.is_set():
+            try:
+                claimed = self.client.AcquireTask(request)
+            except httpx.HTTPStatusError as err:  # the SuperNode refused this claim; the next may pass
+                _log(f"the SuperNode refused a task claim: {err.response.status_code} {err.response.text[:200]}")
+                stop.wait(self.poll)
+                continue
+            if claimed.HasField("task") and claimed.token:
+                self.run_task(claimed.token)
+                idle = 0
+                continue  # the next task may be waiting already
+            stop.wait(min(FIRST_POLL * 1.5**idle, self.poll))
+            idle = min(idle + 1, 64)
+
+    def run_task(self, token: str) -> None:
+        """One task, as ``flwr-clientapp`` runs it, without leaving the process."""
+        from flwr.app import Error, Message
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
+        from flwr.supercore.heartbeat import HeartbeatSender
+        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+        from flwr.supercore.runtime import RuntimeHttpClient
+        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+        client = RuntimeHttpClient.from_server_address(
+            self.address, self.insecure, self.root_certificates,
+            [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)],
+            retry_invoker=self._retrier(5),
+        )
+
+        def heartbeat() -> bool:
+            """True once the SuperNode answered; False: the sender tries again, backing off."""
+            try:
+                client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
+            except Exception:  # noqa: BLE001 - the sender retries with backoff
+                return False
+            return True
+
+        beats = HeartbeatSender(heartbeat)
+        beats.start()
+        message = context = reply = None
+        status, details, start = SubStatus.FAILED, "ClientApp task failed", time.perf_counter()
+        self.tasks += 1
+        try:
+            message, context, run, fab = pull_task_input(client)
+            if fab.hash_str not in self.checked:
+                self.checked[fab.hash_str] = inspect_fab(fab.content, self.package_root)
+            ref, why = self.checked[fab.hash_str]
+            if why is not None:
+                raise RuntimeError(f"this SuperNode's warm executor runs fedpilot from {self.package_root}: {why}; restart it from the run's fedpilot")
+            reply = load_clientapp(ref)(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as err:  # noqa: BLE001 - the task's failure, answered as flwr-clientapp answers it
+            details = f"{type(err)}:<'{err}'>"
+            _log(f"task {self.tasks} raised {type(err).__name__}: {err}")
+            if message is not None:
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+        finally:
+            try:
+                if reply is not None and context is not None:
+                    push_message(client, reply, context)
+            except Exception as err:  # noqa: BLE001
+                _log(f"task {self.tasks}: the reply could not be pushed: {err}")
+            push_task_output(client, context, status, details)
+            beats.stop()
+            client.close()
+        kind = message.metadata.message_type if message is not None else "?"
+        _log(f"task {self.tasks} ({kind}, run {context.run_id if context else '?'}): {status} in {time.perf_counter() - start:.2f} s")
+
+
+def watch(pid: int, stop: threading.Event) -> None:
+    """Stop this process once ``pid`` (its SuperNode) is gone."""
+
+    def loop() -> None:
+        while not stop.wait(0.5):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                _log(f"SuperNode process {pid} is gone; exiting")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass
+
+    threading.Thread(target=loop, name="watch-supernode", daemon=True).start()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fedpilot.flower.warm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, host:port (its --port)")
+    security = parser.add_mutually_exclusive_group(required=True)
+    security.add_argument("--insecure", action="store_true", help="plain HTTP to the Runtime API (a SuperNode without --ssl-certfile)")
+    security.add_argument("--root-certificates", help="CA certificate that signed the Runtime API's --ssl-certfile")
+    parser.add_argument("--superexec-auth-secret-file", help="the SuperNode's --superexec-auth-secret-file, if it has one")
+    parser.add_argument("--watch-pid", type=int, help="exit when this process (the SuperNode) is gone")
+    parser.add_argument("--poll", type=float, default=1.0, help="the longest wait between two task claims when idle, in seconds (default 1; "
+                        "right after a task it polls every 0.05 s, 1.5 x longer each time)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not FIRST_POLL <= args.poll <= 60:
+        print(f"--poll {args.poll}: give seconds between {FIRST_POLL} and 60", file=sys.stderr)
+        return 2
+    secret = None
+    if args.superexec_auth_secret_file:
+        from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
+
+        secret = load_superexec_auth_secret(secret_file=args.superexec_auth_secret_file)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if args.watch_pid:
+        watch(args.watch_pid, stop)
+    import datasets  # noqa: F401 - torch, transformers, the partitioners and fedpilot load now, before the first task
+    import flwr_datasets.partitioner  # noqa: F401
+
+    import fedpilot.federation  # noqa: F401
+    import fedpilot.flower.client_app  # noqa: F401
+
+    WarmExecutor(args.runtime_api_address, args.insecure, args.root_certificates, args.poll, secret).serve(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

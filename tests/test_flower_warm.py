@@ -1,0 +1,141 @@
+"""The warm ClientApp, in process: one process serves the messages of several runs and configs from one
+model (an LRU of models and data), each answer exactly what a fresh process would give; and the warm
+executor runs a run's app only when it carries the fedpilot the executor imported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedpilot.flower import client_app, codec
+from fedpilot.flower.transport import SCORE_TYPE, TRAIN_TYPE
+from fedpilot.runtime.messages import ScoreInstructions, TrainInstructions
+from fedpilot.strategies.base import Assignment
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE = {"partition-id": 1, "num-partitions": 3, "memory-budget": "1GiB"}
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages take their run, node and task ids from the process's TaskIdentity, set in a real ClientApp process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """The ClientApp module's caches empty, as in a process that has served nothing yet."""
+    monkeypatch.setattr(client_app, "_WARM", type(client_app._WARM)())
+    monkeypatch.setattr(client_app, "_NODES", type(client_app._NODES)())
+    monkeypatch.delenv(client_app.WARM_MODELS_ENV, raising=False)
+
+
+def settings(**changes) -> dict:
+    from conftest import TINY
+
+    out = json.loads(json.dumps(TINY))
+    for dotted, value in changes.items():
+        section, _, field = dotted.rpartition(".")
+        (out.setdefault(section, {}) if section else out)[field] = value
+    return out
+
+
+def ask(kind: str, content: RecordDict, config: dict, run_id: int) -> RecordDict:
+    """One message through the ClientApp as a SuperNode delivers it; the reply's content, through the wire."""
+    from fedpilot.config import parse_config
+
+    content[codec.CONFIG] = ConfigRecord({codec.CONFIG: parse_config(config).model_dump_json()})
+    message = Message(recorddict_from_proto(recorddict_to_proto(content)), dst_node_id=7, message_type=kind, group_id="1")
+    reply = client_app.app(message=message, context=Context(run_id, 7, dict(NODE), RecordDict(), {}))
+    assert not reply.has_error(), reply.error
+    return recorddict_from_proto(recorddict_to_proto(reply.content))
+
+
+def adapter(model, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: (0.05 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in model.state().items()}
+
+
+def train(config: dict, run_id: int, assignment: Assignment, tensors: dict, payload: str = "full", seed: int = 3):
+    instructions = TrainInstructions(local_steps=2, batch_size=8, optimizer="adamw", lr=config["train"]["lr"], weight_decay=0.0, seed=seed, payload=payload)
+    return codec.decode_train_reply(ask(TRAIN_TYPE, codec.encode_train_task(assignment, tensors, instructions), config, run_id))
+
+
+def test_one_process_serves_two_configs_and_runs_from_one_model_and_leaks_nothing(fresh_process) -> None:
+    """Config A trains; config B (same model and data, other lr, an ``assigned`` payload at other ranks,
+    a score task) reuses the same model in the same process; config A again, in a later run, gives
+    exactly what it gave first: nothing of B (adapter, ranks, trainable set, optimiser, randomness) is
+    left in the model."""
+    a = settings(**{"train.lr": 0.003})
+    b = settings(**{"train.lr": 0.01, "federation.payload": "assigned"})
+    info = codec.decode_node_info(ask(MessageType.QUERY, RecordDict(), a, run_id=1))
+    assert info["partition_id"] == 1 and info["budget_bytes"] == 2**30 and info["warm"] is False
+    model = next(iter(client_app._WARM.values())).model
+    modules = model.modules
+    sent_a, sent_b, sent_score = (adapter(model, seed) for seed in range(3))  # full-rank adapters
+    first_samples, first, first_metrics = train(a, 1, Assignment(tuple(modules[:4])), sent_a)
+
+    info_b = codec.decode_node_info(ask(MessageType.QUERY, RecordDict(), b, run_id=2))
+    assert info_b["warm"] is True and info_b["process"] == info["process"] and len(client_app._WARM) == 1
+    assert client_app._NODES[next(reversed(client_app._NODES))].client.model is model  # B runs on A's model
+    head = {k: v for k, v in sent_b.items() if k.startswith("head/")}
+    own = {k: v[:2] if k.endswith("lora_A") else v[:, :2] for k, v in sent_b.items() if k.split("/")[0] == modules[-1]}
+    train(b, 2, Assignment((modules[-1],), ranks={modules[-1]: 2}), {**own, **head}, payload="assigned", seed=9)
+    scores = codec.decode_score_reply(ask(SCORE_TYPE, codec.encode_score_task(modules[:2], sent_score, ScoreInstructions(2, 8, 5)), b, 2))[0]
+    assert set(scores) == set(modules[:2]) and all(s > 0 for s in scores.values())
+
+    samples, again, metrics = train(a, 3, Assignment(tuple(modules[:4])), sent_a)
+    assert samples == first_samples and list(again) == list(first)
+    for key in first:
+        assert np.array_equal(again[key], first[key]), key
+    assert metrics["train_loss"] == first_metrics["train_loss"]
+
+
+def test_the_lru_keeps_as_many_models_as_it_is_given(fresh_process, monkeypatch) -> None:
+    """A config of another seed (other split, other model) builds another model; with FEDPILOT_WARM_MODELS=1
+    it evicts the first (and the nodes on it), with 2 both stay."""
+    from fedpilot.config import parse_config
+
+    a, other = parse_config(settings()), parse_config(settings(seed=1))
+    assert client_app.warm_key(a) != client_app.warm_key(other)
+    assert client_app.warm_key(a) == client_app.warm_key(parse_config(settings(**{"train.lr": 0.1, "federation.rounds": 9})))
+    first = client_app.load_node(a, NODE, run_id=1).client.model
+    client_app.load_node(other, NODE, run_id=2)
+    assert len(client_app._WARM) == 1 and all(n.client.model is not first for n in client_app._NODES.values())
+    monkeypatch.setenv(client_app.WARM_MODELS_ENV, "2")
+    rebuilt = client_app.load_node(a, NODE, run_id=3)
+    assert len(client_app._WARM) == 2 and rebuilt.warm is False and rebuilt.client.model is not first
+    assert client_app.load_node(other, NODE, run_id=4).warm is True
+    monkeypatch.setenv(client_app.WARM_MODELS_ENV, "0")
+    with pytest.raises(ValueError, match="FEDPILOT_WARM_MODELS"):
+        client_app.warm_models()
+
+
+def test_the_warm_executor_runs_a_fab_of_its_own_fedpilot_only() -> None:
+    """A FAB built from this repository runs here; one whose fedpilot differs in a file, or adds one, or
+    whose ClientApp is not fedpilot's, is refused naming why."""
+    from flwr.cli.build import build_fab_from_files
+    from flwr.cli.utils import collect_files
+
+    from fedpilot.flower.warm import inspect_fab
+
+    files = collect_files(ROOT)
+    assert inspect_fab(build_fab_from_files(files)[0], ROOT) == ("fedpilot.flower.client_app:app", None)
+    changed = {**files, "fedpilot/flower/codec.py": (ROOT / "fedpilot/flower/codec.py").read_bytes() + b"\n# changed\n"}
+    assert inspect_fab(build_fab_from_files(changed)[0], ROOT)[1] == f"fedpilot/flower/codec.py differs between the run's app and {ROOT}"
+    added = {**files, "fedpilot/flower/extra.py": b"x = 1\n"}
+    assert inspect_fab(build_fab_from_files(added)[0], ROOT)[1] == f"fedpilot/flower/extra.py is in the run's app but not in {ROOT}"
+    pyproject = (ROOT / "pyproject.toml").read_text().replace('"fedpilot.flower.client_app:app"', '"other.client:app"')
+    ref, why = inspect_fab(build_fab_from_files({**files, "pyproject.toml": pyproject.encode()})[0], ROOT)
+    assert ref == "other.client:app" and why == "the run's ClientApp is 'other.client:app'; this executor runs fedpilot's only"
