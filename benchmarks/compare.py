@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/compare.py [--config FILE] [--strategies a,b] [--seeds 0,1,2]
        [--out runs/compare] [--docs docs] [--block NAME] [--jobs N] [--clients-per-round N] [--preset quick] [--target ACC]
+       [--last K] [--reference STRATEGY] [--exclusive-below]
 
 Runs (and resumes) the comparison with :func:`fedpilot.comparison.run_comparison`, then copies
 OUT/comparison.md into the block between BEGIN and END of DOCS/results.md (the hand-written findings
@@ -12,6 +13,13 @@ comparisons (the benchmark protocol's three levels). ``--clients-per-round N`` s
 (use another --out than the full-participation runs'). Lists may be given with commas or spaces.
 A config that evaluates on the validation split (a tuning comparison) needs ``--block``: it never
 replaces the main, test-split table.
+
+Every table states the level's resolution (the median standard error of the seed-paired difference of
+the last-K mean between two strategies, ``--last K``, default 5) and its sanity order (``fedavg`` at or
+above every memory-aware strategy; with ``--exclusive-below``, for the levels where the poor clients hold
+data the rich lack, ``exclusive`` clearly below ``fedavg``), and says "cannot rank methods" where either
+fails (fedpilot.comparison.resolution); both are printed here too. ``--reference`` is the strategy every
+row is paired with (default ``fedavg`` if compared).
 """
 
 from __future__ import annotations
@@ -70,6 +78,11 @@ def main() -> int:
     parser.add_argument("--preset", help="see `fedpilot compare --help`")
     parser.add_argument("--target", help="test accuracy for the rounds-to-target column")
     parser.add_argument("--jobs", help="runs at a time (see `fedpilot compare --help`)")
+    parser.add_argument("--last", type=int, default=comparison.LATE_EVALUATIONS,
+                        help=f"the end point: mean of the last K evaluated rounds (default {comparison.LATE_EVALUATIONS})")
+    parser.add_argument("--reference", help="pair every strategy with this one in the table (default: fedavg if compared)")
+    parser.add_argument("--exclusive-below", action="store_true",
+                        help="a level where the poor clients hold data the rich lack: exclusive must be clearly below fedavg")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     try:
@@ -100,12 +113,17 @@ def main() -> int:
             command=COMMAND,
             config_source=None if args.config is None else str(args.config),
             jobs=comparison.parse_jobs(args.jobs),
+            late=args.last,
+            reference=args.reference,
+            exclusive_below=args.exclusive_below,
         )
         path = update_docs(result.out_dir, args.docs, args.block)
     except FedpilotError as err:
         print(f"compare.py: error: {err}", file=sys.stderr)
         return err.exit_code
     print(f"runs: {len(result.executed)} run now, {len(result.skipped)} skipped; wrote {path} and its plots")
+    for line in comparison.resolution_lines(result.summary):
+        print(line.replace("**", "").removeprefix("- "))
     return 0
 
 

@@ -337,17 +337,17 @@ def test_a_target_that_predicting_one_class_meets_is_named_and_not_counted(compa
         text = (copy / "comparison.md").read_text()
         assert f"Predicting the most frequent class scores {majority:.3f} on the evaluated split" in text
         rows = [line for line in text.splitlines() if line.startswith("| `")]
-        assert all(line.split(" | ")[5] == "n/a" for line in rows) is trivial
+        assert all(line.split(" | ")[6] == "n/a" for line in rows) is trivial
         assert ("reaching it says nothing" in text) is trivial
 
 
-def test_the_late_accuracy_is_the_mean_of_the_last_three_evaluated_rounds() -> None:
+def test_the_late_accuracy_is_the_mean_of_the_last_k_evaluated_rounds() -> None:
     from fedpilot.comparison import late_accuracy
 
     def rounds(*accuracies):
         return [{"round": i, "accuracy": a} for i, a in enumerate(accuracies)]
 
-    assert late_accuracy(rounds(0.1, 0.5, None, 0.6, None, 0.7, 0.9)) == pytest.approx((0.6 + 0.7 + 0.9) / 3)
+    assert late_accuracy(rounds(0.1, 0.5, None, 0.6, None, 0.7, 0.9), 3) == pytest.approx((0.6 + 0.7 + 0.9) / 3)
     assert late_accuracy(rounds(0.1, None, 0.8)) == pytest.approx(0.8)  # round 0 (untrained) never counts
     assert late_accuracy(rounds(0.3)) == pytest.approx(0.3)  # no trained round: the only evaluation
 
@@ -356,8 +356,8 @@ def test_the_table_shows_the_late_accuracy_of_every_run(comparison: Path) -> Non
     data = json.loads((comparison / "comparison.json").read_text())
     for run in data["runs"]:
         curve = [a for a in run["accuracy_curve"][1:] if a is not None]
-        assert run["late_accuracy"] == pytest.approx(sum(curve[-3:]) / len(curve[-3:]))
-    assert "| last-3 mean |" in (comparison / "comparison.md").read_text()
+        assert run["late_accuracy"] == pytest.approx(sum(curve[-5:]) / len(curve[-5:]))  # the default end point: last 5
+    assert "| last-5 mean |" in (comparison / "comparison.md").read_text()
 
 
 def test_two_jobs_make_the_same_runs_in_processes_of_their_own(comparison: Path, config_file: Path, tmp_path: Path,

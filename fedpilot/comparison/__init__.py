@@ -18,8 +18,9 @@ torch comes in with :mod:`fedpilot.simulation` when a run starts.
 
 The package, by concern: :mod:`~fedpilot.comparison.plan` (presets, arguments, the planned runs and
 the state of their folders), :mod:`~fedpilot.comparison.run` (running the grid), :mod:`~fedpilot.comparison.records`
-(reading the runs' results), :mod:`~fedpilot.comparison.tables` (the table and the outputs) and
-:mod:`~fedpilot.comparison.plots`.
+(reading the runs' results: end points and coverage), :mod:`~fedpilot.comparison.resolution` (whether
+the comparison can rank its strategies: resolution and sanity order), :mod:`~fedpilot.comparison.tables`
+(the table and the outputs) and :mod:`~fedpilot.comparison.plots`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from fedpilot.comparison.plots import allocation_shares, plot_accuracy, plot_all
 from fedpilot.comparison.records import (
     LATE_EVALUATIONS,
     TARGET_FRACTION,
+    coverage,
     evaluated_split,
     late_accuracy,
     majority_accuracy,
@@ -54,6 +56,7 @@ from fedpilot.comparison.records import (
     summarise,
     summarise_run,
 )
+from fedpilot.comparison.resolution import RESOLUTION_LIMIT, assess, assess_summary, paired_difference, sanity_order
 from fedpilot.comparison.run import (
     INTERRUPTED,
     LOCK_NAME,
@@ -63,13 +66,14 @@ from fedpilot.comparison.run import (
     parallel_threads,
     run_comparison,
 )
-from fedpilot.comparison.tables import describe_config, render_markdown, write_outputs
+from fedpilot.comparison.tables import describe_config, render_markdown, resolution_lines, write_outputs
 
 __all__ = [
-    "DEFAULT_OUT", "DEFAULT_SEEDS", "INTERRUPTED", "LATE_EVALUATIONS", "LOCK_NAME", "OUTPUTS", "PRESETS", "TARGET_FRACTION",
-    "ComparisonResult", "PlannedRun", "Preset", "accepted_options", "allocation_shares", "comparable_config",
-    "default_command", "default_out", "describe_config", "evaluated_split", "late_accuracy", "majority_accuracy",
-    "parallel_threads", "parse_jobs", "parse_preset", "parse_seeds", "parse_strategies", "parse_target", "plan_runs",
-    "plot_accuracy", "plot_allocation", "plot_memory", "render_markdown", "resume_blocker", "rounds_to_target",
-    "run_comparison", "run_dir_name", "run_state", "summarise", "summarise_run", "write_outputs",
+    "DEFAULT_OUT", "DEFAULT_SEEDS", "INTERRUPTED", "LATE_EVALUATIONS", "LOCK_NAME", "OUTPUTS", "PRESETS", "RESOLUTION_LIMIT",
+    "TARGET_FRACTION", "ComparisonResult", "PlannedRun", "Preset", "accepted_options", "allocation_shares", "assess",
+    "assess_summary", "comparable_config", "coverage", "default_command", "default_out", "describe_config", "evaluated_split",
+    "late_accuracy", "majority_accuracy", "paired_difference", "parallel_threads", "parse_jobs", "parse_preset", "parse_seeds",
+    "parse_strategies", "parse_target", "plan_runs", "plot_accuracy", "plot_allocation", "plot_memory", "render_markdown",
+    "resolution_lines", "resume_blocker", "rounds_to_target", "run_comparison", "run_dir_name", "run_state", "sanity_order",
+    "summarise", "summarise_run", "write_outputs",
 ]

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from fedpilot.comparison.plan import PlannedRun
 
 TARGET_FRACTION = 0.9  # default target: this share of the best mean final accuracy
-LATE_EVALUATIONS = 3
+LATE_EVALUATIONS = 5  # the end point: the mean of the last this many evaluated rounds (docs/protocol.md, "Resolution")
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -25,8 +25,9 @@ def _std(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
-    """What the table needs from one run's results.json (rounds 1..R; round 0 is the untrained model)."""
+def summarise_run(results: dict[str, Any], late: int = LATE_EVALUATIONS) -> dict[str, Any]:
+    """What the table needs from one run's results.json (rounds 1..R; round 0 is the untrained model);
+    ``late``: how many evaluated rounds the late accuracy averages."""
     rounds = results["rounds"]
     trained_rounds = rounds[1:]
     records = [c for r in trained_rounds for c in r["clients"]]
@@ -39,11 +40,12 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
         "accuracy_curve": [r.get("accuracy") for r in rounds],
         "final_accuracy": rounds[-1]["accuracy"],  # the final round is always evaluated on the whole split
         "best_accuracy": max((r["accuracy"] for r in trained_rounds if r.get("accuracy") is not None), default=rounds[-1]["accuracy"]),
-        "late_accuracy": late_accuracy(rounds),
+        "late_accuracy": late_accuracy(rounds, late),
         "final_macro_f1": rounds[-1].get("macro_f1"),
         "planned_client_rounds": planned,
         "trained_client_rounds": len(records),
         "lost_client_rounds": planned - len(records),
+        "coverage": coverage(results),
         "peak_over_budget_mean": _mean(ratios),
         "peak_over_budget_max": max(ratios, default=None),
         "budget_violations": len(results.get("budget_violations", [])),
@@ -65,12 +67,32 @@ def majority_accuracy(results: dict[str, Any]) -> float | None:
 
 
 
-def late_accuracy(rounds: Sequence[dict[str, Any]]) -> float:
-    """Mean accuracy of the last ``LATE_EVALUATIONS`` evaluated rounds after round 0 (fewer if the run has
-    fewer): under partial participation and label skew the final round's accuracy swings with the few
-    clients it sampled, and this mean is the steadier end point."""
+def late_accuracy(rounds: Sequence[dict[str, Any]], last: int = LATE_EVALUATIONS) -> float:
+    """Mean accuracy of the last ``last`` evaluated rounds after round 0 (fewer if the run has fewer): under
+    partial participation and label skew the final round's accuracy swings with the few clients it
+    sampled, and this mean is the steadier end point. With ``train.eval_every: 1`` these are the last
+    ``last`` rounds; with a cadence, the last ``last`` evaluations."""
+    if last < 1:
+        raise ValueError(f"late accuracy over {last} evaluations: give at least 1")
     evaluated = [r["accuracy"] for r in rounds[1:] if r.get("accuracy") is not None] or [rounds[-1]["accuracy"]]
-    return statistics.fmean(evaluated[-LATE_EVALUATIONS:])
+    return statistics.fmean(evaluated[-last:])
+
+
+def coverage(results: dict[str, Any]) -> float | None:
+    """The share of the federation's training rows that reached the global model: the rows of every client
+    with at least one accepted update in a round that was applied (rounds 1..R), over the rows of all
+    clients. A client the strategy never gives work (or never samples), whose every update failed or was
+    rejected, or whose updates came only in rounds skipped for too few replies (``federation.min_replies``)
+    counts as lost. None: a run whose results.json lists no clients' rows."""
+    clients = results.get("clients") or []
+    total = sum(c["num_samples"] for c in clients)
+    if not total:
+        return None
+    reached = {c["cid"] for r in results["rounds"][1:] if r.get("skipped") is None for c in r["clients"]}
+    unknown = reached - {c["cid"] for c in clients}
+    if unknown:
+        raise ValueError(f"rounds record updates from clients {sorted(unknown)[:3]} that the run's client list lacks")
+    return sum(c["num_samples"] for c in clients if c["cid"] in reached) / total
 
 
 def rounds_to_target(curve: Sequence[float | None], target: float) -> int | None:
@@ -79,9 +101,11 @@ def rounds_to_target(curve: Sequence[float | None], target: float) -> int | None
     return next((i for i, accuracy in enumerate(curve) if accuracy is not None and accuracy >= target), None)
 
 
-def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], target: float | None) -> dict[str, Any]:
-    """Per-run numbers, per-strategy aggregates over seeds, and the target accuracy with where it came from."""
-    per_run = [{"name": run.name, "strategy": run.strategy, "seed": run.seed, "dir": str(run.dir), **summarise_run(results[run.name])}
+def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], target: float | None,
+              late: int = LATE_EVALUATIONS) -> dict[str, Any]:
+    """Per-run numbers, per-strategy aggregates over seeds, and the target accuracy with where it came from;
+    ``late``: the evaluations the late accuracy averages (the end point the resolution is measured on)."""
+    per_run = [{"name": run.name, "strategy": run.strategy, "seed": run.seed, "dir": str(run.dir), **summarise_run(results[run.name], late)}
                for run in runs]
     strategies = list(dict.fromkeys(run.strategy for run in runs))
     by_strategy = {s: [r for r in per_run if r["strategy"] == s] for s in strategies}
@@ -107,6 +131,7 @@ def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], ta
         reached = [r["rounds_to_target"] for r in rs if r["rounds_to_target"] is not None]
         means = [r["peak_over_budget_mean"] for r in rs if r["peak_over_budget_mean"] is not None]
         maxes = [r["peak_over_budget_max"] for r in rs if r["peak_over_budget_max"] is not None]
+        coverages = [r["coverage"] for r in rs if r["coverage"] is not None]
         table[strategy] = {
             "seeds": [r["seed"] for r in rs],
             "memory_aware": all(r["memory_aware"] for r in rs),
@@ -116,6 +141,7 @@ def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], ta
             "final_macro_f1": {"mean": _mean(f1s), "std": _std(f1s)},
             "rounds_to_target": {"mean": _mean(reached), "reached": len(reached), "runs": len(rs)},
             "client_rounds": {key: sum(r[f"{key}_client_rounds"] for r in rs) for key in ("planned", "trained", "lost")},
+            "coverage": {"mean": _mean(coverages), "std": _std(coverages)},
             "peak_over_budget": {"mean": _mean(means), "max": max(maxes, default=None)},
             "budget_violations": sum(r["budget_violations"] for r in rs),
             "upload_mib_per_round": statistics.fmean(r["upload_mib_per_round"] for r in rs),
@@ -124,7 +150,7 @@ def summarise(runs: Sequence[PlannedRun], results: dict[str, dict[str, Any]], ta
             "wall_seconds": {"mean": statistics.fmean(r["wall_seconds"] for r in rs), "total": sum(r["wall_seconds"] for r in rs)},
         }
     seeds = list(dict.fromkeys(run.seed for run in runs))
-    return {"strategies": strategies, "seeds": seeds, "target": target_info, "summary": table, "runs": per_run}
+    return {"strategies": strategies, "seeds": seeds, "target": target_info, "summary": table, "runs": per_run, "late": late}
 
 
 def evaluated_split(summary: dict[str, Any]) -> str:

@@ -21,7 +21,8 @@ from fedpilot.comparison.plan import (
     resume_blocker,
     run_state,
 )
-from fedpilot.comparison.records import summarise
+from fedpilot.comparison.records import LATE_EVALUATIONS, summarise
+from fedpilot.comparison.resolution import assess_summary
 from fedpilot.comparison.tables import write_outputs
 from fedpilot.core.errors import FedpilotError
 
@@ -72,19 +73,31 @@ def run_comparison(
     command: str | None = None,
     config_source: str | None = None,
     jobs: int = 1,
+    late: int = LATE_EVALUATIONS,
+    exclusive_below: bool = False,
+    reference: str | None = None,
 ) -> ComparisonResult:
     """Run what is not done yet, then summarise every run and write the outputs to ``out_dir``.
 
     ``jobs > 1`` runs that many at a time, each in a process of its own with an equal share of the
     cores as torch threads (:func:`parallel_threads`); the runs and their results are the same runs,
     each still deterministic given its config. If a run fails, the runs not started are cancelled, the
-    running ones finish (and count as done), and the first failure is raised."""
+    running ones finish (and count as done), and the first failure is raised.
+
+    ``late``: the evaluated rounds the late accuracy averages (the end point); ``reference``: the strategy
+    the table pairs every other one with (default :func:`~fedpilot.comparison.resolution.default_reference`);
+    ``exclusive_below``: the level is one where ``exclusive`` must be clearly below ``fedavg`` (its sanity
+    order, :mod:`fedpilot.comparison.resolution`)."""
     from tqdm.auto import tqdm
 
     chosen = parse_preset(preset)
     preset_changes = chosen.changes(config) if chosen else {}
     if chosen:
         config = chosen.apply(config)
+    if late < 1:
+        raise FedpilotError(f"--last: {late} evaluated rounds; give at least 1, e.g. 5")
+    if reference is not None and reference not in strategies:
+        raise FedpilotError(f"--reference: {reference!r} is not among the compared strategies ({', '.join(strategies)}); pick one of them")
     runs = plan_runs(config, strategies, seeds, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FedpilotError(f"--out {out_dir} is a file; give a folder")
@@ -128,7 +141,8 @@ def run_comparison(
         executed.sort(key=[run.name for run in todo].index)
         bar.close()
         results = {run.name: json.loads((run.dir / "results.json").read_text()) for run in runs}
-        summary = summarise(runs, results, target)
+        summary = summarise(runs, results, target, late)
+        summary["resolution"] = assess_summary(summary, reference=reference, configured=config.strategy, exclusive_below=exclusive_below)
         summary.update(
             command=command or default_command(config_source, strategies, seeds, out_dir, preset, target),
             config_source=config_source or "the embedded default.yaml",

@@ -10,6 +10,7 @@ from typing import Any
 from fedpilot.comparison.plan import _options_for
 from fedpilot.comparison.plots import plot_accuracy, plot_allocation, plot_memory
 from fedpilot.comparison.records import LATE_EVALUATIONS, evaluated_split
+from fedpilot.comparison.resolution import CEILING, CEILING_TOLERANCE_SE, CLEARLY_BELOW_SE, EXCLUDER, RESOLUTION_LIMIT
 from fedpilot.core.files import write_json
 from fedpilot.core.sizes import mib, parse_memory
 
@@ -43,7 +44,10 @@ def describe_config(config: dict[str, Any]) -> str:
         memory = f"every client {size(budgets)}"
     partition = data["partition"]
     skew = {"iid": "IID", "dirichlet": f"Dirichlet({partition['alpha']:g}) labels",
-            "pathological": f"{partition['classes_per_client']} labels per client"}.get(partition["kind"], partition["kind"])
+            "pathological": f"{partition['classes_per_client']} labels per client",
+            "label-tiers": "label mix by client tier (shares " + "; ".join(
+                f"{f:.0%}: {'/'.join(f'{x:g}' for x in row)}" for f, row in zip(partition.get("tier_fractions") or (), partition.get("tier_labels") or ())
+            ) + ")"}.get(partition["kind"], partition["kind"])
     samples = "all samples" if data["max_samples"] is None else f"{data['max_samples']} samples"
     extras = []  # settings away from their defaults that change what every run learns
     if train.get("logit_adjustment"):
@@ -70,6 +74,54 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _paired(diff: dict[str, Any] | None) -> str:
+    """A seed-paired difference: mean ± its standard error (the mean alone for one seed)."""
+    if diff is None:
+        return "(reference)"
+    if diff["mean"] is None:
+        return "n/a"
+    return f"{diff['mean']:+.3f}" + ("" if diff["se"] is None else f" ± {diff['se']:.3f}")
+
+
+def resolution_lines(summary: dict[str, Any]) -> list[str]:
+    """The comparison's resolution, sanity order and verdict (:mod:`fedpilot.comparison.resolution`), as
+    Markdown lines; none for a summary made before comparisons measured them."""
+    assessed = summary.get("resolution")
+    if assessed is None:
+        return []
+    late = assessed.get("late") or summary.get("late", LATE_EVALUATIONS)
+    median = assessed["median_se"]
+    pairs = assessed.get("pairs_with_se", len(assessed["pairs"]))
+    measured = "unknown (no two strategies share two seeds)" if median is None else f"{median:.4f}"
+    lines = [
+        f"- **Resolution {measured}**: the median, over the {pairs} pair{'s' if pairs != 1 else ''} of strategies that share "
+        "two seeds or more, of the standard error of the "
+        f"seed-paired difference of the last-{late} mean (per seed the difference A - B; its sample standard deviation "
+        f"over sqrt(seeds)); a level ranks methods only at {RESOLUTION_LIMIT:g} or below.",
+    ]
+    sanity = assessed["sanity"]
+    ceiling = [c for c in sanity["checks"] if c["check"] == "ceiling"]
+    if ceiling:
+        held = [c for c in ceiling if c["ok"]]
+        lines.append(
+            f"- **Sanity order**: `{CEILING}` (memory-unaware) at or above every memory-aware strategy within "
+            f"{CEILING_TOLERANCE_SE:g} standard error: {len(held)} of {len(ceiling)} hold"
+            + "".join(f"; `{c['strategy']}` {'unknown' if c['ok'] is None else 'fails'} ({_paired(c)})" for c in ceiling if not c["ok"])
+            + "."
+        )
+    for check in (c for c in sanity["checks"] if c["check"] == "exclusive_below"):
+        bar = "unknown" if check["bar"] is None else f"{check['bar']:.4f}"
+        verdict = {True: "holds", False: "fails", None: "unknown"}[check["ok"]]
+        lines.append(f"- This level is marked exclusive-below: `{CEILING}` - `{EXCLUDER}` = {_paired(check)} must exceed "
+                     f"max({CLEARLY_BELOW_SE:g} standard errors, {RESOLUTION_LIMIT:g}) = {bar}: {verdict}.")
+    if assessed["can_rank"]:
+        lines.append(f"- **This level can rank methods** at its resolution (differences below about {2 * median:.3f} are within two "
+                     "standard errors).")
+    else:
+        lines.append("- **This level cannot rank methods**: " + "; ".join(assessed["reasons"]) + ".")
+    return lines
+
+
 def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None = None) -> str:
     target = summary["target"]
     if target["source"] == "default":
@@ -85,6 +137,10 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         )
     seeds = ", ".join(map(str, summary["seeds"]))
     preset = summary.get("preset")
+    late = summary.get("late", LATE_EVALUATIONS)
+    assessed = summary.get("resolution")
+    reference = assessed["reference"] if assessed else None
+    vs_reference = assessed["vs_reference"] if assessed else {}
     lines = [
         "# Strategy comparison",
         "",
@@ -97,9 +153,10 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         "",
         target_line,
         "",
-        f"| strategy | final accuracy | best accuracy | last-{LATE_EVALUATIONS} mean | final macro-F1 | rounds to target | client-rounds trained / planned (lost) "
+        f"| strategy | final accuracy | best accuracy | last-{late} mean | last-{late} - `{reference}`, paired | final macro-F1 "
+        "| rounds to target | client-rounds trained / planned (lost) | coverage "
         "| peak / budget, mean | peak / budget, max | budget violations | upload MiB / round | wall s / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     unaware, spread = [], len(summary["seeds"]) > 1
     for strategy, row in summary["summary"].items():
@@ -114,10 +171,13 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         else:
             to_target = f"{reach['mean']:.1f}" + ("" if reach["reached"] == reach["runs"] else f" ({reach['reached']} of {reach['runs']} seeds)")
         cr = row["client_rounds"]
+        covered = row.get("coverage", {}).get("mean")
         lines.append(
             f"| `{strategy}`{mark} | {_pm(row['final_accuracy'], spread)} | {_pm(row['best_accuracy'], spread)} "
-            f"| {_pm(row['late_accuracy'], spread)} | {_pm(row['final_macro_f1'], spread)} "
-            f"| {to_target} | {cr['trained']} / {cr['planned']} ({cr['lost']}) | {_ratio(row['peak_over_budget']['mean'])} "
+            f"| {_pm(row['late_accuracy'], spread)} | {_paired(vs_reference.get(strategy)) if assessed else 'n/a'} "
+            f"| {_pm(row['final_macro_f1'], spread)} "
+            f"| {to_target} | {cr['trained']} / {cr['planned']} ({cr['lost']}) | {_ratio(covered)} "
+            f"| {_ratio(row['peak_over_budget']['mean'])} "
             f"| {_ratio(row['peak_over_budget']['max'])} | {row['budget_violations']} | {row['upload_mib_per_round']:.2f} "
             f"| {row['wall_seconds']['mean']:.0f} |"
         )
@@ -126,12 +186,17 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         f"- Accuracies are on the {evaluated_split(summary)} split, "
         + ("mean ± sample standard deviation over seeds" if spread else "one seed, so no spread over seeds is shown")
         + "; best is the highest of rounds 1 to R; "
-        f"last-{LATE_EVALUATIONS} mean is the mean of the last {LATE_EVALUATIONS} evaluated rounds (the final one included), "
-        "steadier than the final round where a round's few sampled clients swing the accuracy.",
+        f"last-{late} mean is the mean of the last {late} evaluated rounds (the final one included), "
+        "steadier than the final round where a round's few sampled clients swing the accuracy; "
+        f"last-{late} - `{reference}`, paired: per seed the strategy's last-{late} mean minus `{reference}`'s, "
+        "mean over the seeds both have ± its standard error.",
         "- Rounds to target: the first round whose accuracy reaches the target, mean over the seeds that reached it.",
         "- Client-rounds are totals over seeds and rounds: planned (what the config asks each round: "
         "clients_per_round, or every client), trained (a valid update arrived), and lost (planned but not trained: "
         "a client the strategy leaves out because nothing it trains fits its budget, given no work, failed, or rejected).",
+        "- Coverage: the share of the federation's training rows that reached the global model (rows of the clients with "
+        "at least one accepted update in an applied round, over all clients' rows; mean over seeds): a strategy that "
+        "never trains some clients, or leaves them out of its sampling, loses their rows.",
         "- Peak / budget: each trained client-round's peak memory measured at the allocator over its budget; mean and max "
         "over client-rounds. Budget violations: client-rounds (training or scoring) whose measured peak exceeded the budget, "
         "total over seeds.",
@@ -150,6 +215,9 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         same = allocations["uniform"]
         if same:
             lines.append(f"- allocation.png leaves out {', '.join(f'`{s}`' for s in same)}: every client-round trained the same modules.")
+    verdict = resolution_lines(summary)
+    if verdict:
+        lines += ["", *verdict]
     lines += [
         "",
         f"![{evaluated_split(summary)} accuracy per round, mean over seeds with the min-max band](accuracy.png)",

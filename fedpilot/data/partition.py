@@ -1,4 +1,5 @@
-"""Spread the train split over clients with flwr-datasets' partitioners (IID, Dirichlet, pathological)."""
+"""Spread the train split over clients with flwr-datasets' partitioners (IID, Dirichlet, pathological), or
+by label tiers (a label mix per group of clients, which none of those can express for any client count)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def partition_indices(
     num_classes = int(labels.max()) + 1
     if num_clients > len(labels):
         raise ConfigError(f"federation.num_clients: {num_clients} clients for {len(labels)} training samples")
+    if settings.kind == "label-tiers":
+        return label_tier_indices(labels, num_clients, settings, seed)
     if settings.kind == "iid":
         partitioner = IidPartitioner(num_partitions=num_clients)
     elif settings.kind == "dirichlet":
@@ -63,3 +66,45 @@ def partition_indices(
             f"{settings.min_partition_size} of the {len(labels)} training samples ({average} on average); "
             f"lower min_partition_size, raise alpha, or use fewer clients"
         ) from None
+
+
+def tier_sizes(fractions: list[float], num_clients: int) -> list[int]:
+    """Clients per group: largest-remainder rounding of the fractions, groups in order (as
+    ``federation.budgets``' tiers are rounded, so the same fractions give the same groups)."""
+    exact = [f * num_clients for f in fractions]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: num_clients - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def label_tier_indices(labels: np.ndarray, num_clients: int, settings: PartitionSettings, seed: int) -> list[np.ndarray]:
+    """``label-tiers``: the clients form groups in client order (:func:`tier_sizes`); each label's rows,
+    shuffled with ``seed``, go to the groups in proportion to the group's share of that label (largest
+    remainder), and within a group are dealt evenly (sizes differ by at most one) to its clients."""
+    shares = settings.tier_labels
+    num_classes = int(labels.max()) + 1
+    if len(shares[0]) != num_classes:
+        raise ConfigError(f"data.partition.tier_labels: each tier gives {len(shares[0])} label shares, the dataset has "
+                          f"{num_classes} labels; give one share per label, in label order")
+    sizes = tier_sizes(list(settings.tier_fractions), num_clients)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    rng = np.random.default_rng(seed)
+    shards: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for label in range(num_classes):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        counts = tier_sizes([row[label] for row in shares], len(rows))
+        for group, part in enumerate(np.split(rows, np.cumsum(counts)[:-1])):
+            if len(part) and not sizes[group]:
+                raise ConfigError(f"data.partition.tier_fractions: tier {group} holds rows of label {label} but {num_clients} clients "
+                                  f"give it no client; raise its fraction or num_clients")
+            clients = range(starts[group], starts[group + 1])
+            for cid, piece in zip(clients, np.array_split(part, len(clients)) if len(clients) else []):
+                shards[cid].append(piece)
+    result = [np.sort(np.concatenate(pieces)).astype(np.int64) if pieces else np.array([], dtype=np.int64) for pieces in shards]
+    empty = [cid for cid, shard in enumerate(result) if not len(shard)]
+    if empty:
+        raise ConfigError(f"data.partition.tier_labels: client {empty[0]} gets no rows (its tier's label shares are too small for its "
+                          f"{sizes[next(g for g in range(len(sizes)) if starts[g] <= empty[0] < starts[g + 1])]} clients); raise them")
+    return result

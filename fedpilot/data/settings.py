@@ -14,12 +14,46 @@ from fedpilot.data.files import cached_file_corpus, check_source, looks_like_pat
 
 
 class PartitionSettings(StrictModel):
-    """How the train split is spread over clients (flwr-datasets partitioners)."""
+    """How the train split is spread over clients (flwr-datasets partitioners; label-tiers is our own)."""
 
-    kind: Literal["iid", "dirichlet", "pathological"] = Field("dirichlet", description="iid: uniform rows; dirichlet: label skew by Dirichlet(alpha); pathological: classes_per_client labels per client")
+    kind: Literal["iid", "dirichlet", "pathological", "label-tiers"] = Field(
+        "dirichlet",
+        description="iid: uniform rows; dirichlet: label skew by Dirichlet(alpha); pathological: classes_per_client labels "
+        "per client; label-tiers: the label mix depends on the client's group (tiers), uniform within a group",
+    )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = more label skew")
     min_partition_size: int = Field(10, ge=0, description="dirichlet: resample until every client has at least this many samples")
     classes_per_client: int = Field(2, ge=1, description="pathological: labels per client")
+    tier_fractions: tuple[float, ...] = Field(
+        (),
+        description="label-tiers: the share of the clients in each group, groups in client order (sizes rounded as "
+        "federation.budgets' tiers are: give their fractions and the groups are the memory tiers), e.g. [0.5, 0.5]",
+    )
+    tier_labels: tuple[tuple[float, ...], ...] = Field(
+        (),
+        description="label-tiers: per group, its share of each label's rows in label order; each label's shares over the "
+        "groups sum to 1, e.g. [[0.2, 1.0], [0.8, 0.0]] (only the first group holds label 1)",
+    )
+
+    @model_validator(mode="after")
+    def _tiers_fit_the_kind(self) -> PartitionSettings:
+        if self.kind != "label-tiers":
+            if self.tier_fractions or self.tier_labels:
+                raise ValueError(f"tier_fractions and tier_labels are for kind: label-tiers, not {self.kind}; remove them or set kind: label-tiers")
+            return self
+        if not self.tier_fractions or len(self.tier_labels) != len(self.tier_fractions):
+            raise ValueError("kind: label-tiers needs tier_fractions and one row of tier_labels per tier, e.g. "
+                             "tier_fractions: [0.5, 0.5], tier_labels: [[0.2, 1.0], [0.8, 0.0]]")
+        if any(not 0 < f <= 1 for f in self.tier_fractions) or abs(sum(self.tier_fractions) - 1) > 1e-6:
+            raise ValueError(f"tier_fractions {list(self.tier_fractions)}: give shares in (0, 1] that sum to 1")
+        if len({len(row) for row in self.tier_labels}) > 1 or not self.tier_labels[0]:
+            raise ValueError("tier_labels: give every tier one share per label (rows of the same length)")
+        if any(not 0 <= x <= 1 for row in self.tier_labels for x in row):
+            raise ValueError("tier_labels: each share must be in [0, 1]")
+        for label, shares in enumerate(zip(*self.tier_labels)):
+            if abs(sum(shares) - 1) > 1e-6:
+                raise ValueError(f"tier_labels: label {label}'s shares over the tiers sum to {sum(shares):g}; make each label's shares sum to 1")
+        return self
 
 
 class DataSettings(StrictModel):
