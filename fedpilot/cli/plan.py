@@ -1,11 +1,12 @@
-"""``fedpilot plan``: round 1's allocation before any training: budgets, modules, predicted memory, value."""
+"""``fedpilot plan``: round 1's allocation before any training: budgets, modules (and their LoRA ranks
+where a strategy chooses them), predicted memory, value."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fedpilot.config import Config
-from fedpilot.core.keys import parse_module
+from fedpilot.core.keys import module_id, parse_module
 from fedpilot.core.sizes import mib
 from fedpilot.families import MODELS
 from fedpilot.federation import build_federation
@@ -23,6 +24,7 @@ def make_plan(config: Config, progress: bool = True) -> dict[str, Any]:
         "strategy": config.strategy,
         "round": 1,
         "num_layers": federation.model.num_layers,
+        "rank": config.model.lora.rank,
         "targets": list(config.model.lora.targets),
         "letters": {t: letters[t] for t in config.model.lora.targets},
         "full_lora_bytes": cost_model.full(),
@@ -67,6 +69,8 @@ def render_plan(plan: dict[str, Any]) -> str:
     def row(label: str, values: list[str]) -> str:
         return f"{label:<7}" + "".join(f"{v:>{width}}" for v in values)
 
+    if any(c["ranks"] for c in clients):
+        lines += _rank_map(plan)
     lines += [
         "",
         row("budget", [f"{mib(c['budget_bytes']):.0f}" if c["budget_bytes"] else "inf" for c in clients]),
@@ -75,3 +79,22 @@ def render_plan(plan: dict[str, Any]) -> str:
         "(MiB; 'needs' is the predicted peak of a training step; value is the allocation's IG-score sum)",
     ]
     return "\n".join(lines)
+
+
+def _rank_map(plan: dict[str, Any]) -> list[str]:
+    """The LoRA rank of every trained module (layer x client; per cell the targets in the legend's order,
+    '.' = frozen), for strategies that choose ranks."""
+    clients, targets, rank = plan["clients"], plan["targets"], plan.get("rank")
+    cells = {}
+    for client in clients:
+        trained = dict.fromkeys(client["modules"], rank) | dict(client["ranks"])
+        cells[client["cid"]] = {
+            layer: ",".join(str(trained[module_id(layer, t)]) if module_id(layer, t) in trained else "." for t in targets)
+            for layer in range(plan["num_layers"])
+        } if client["modules"] else {}
+    width = max([len(c) for per in cells.values() for c in per.values()] + [6]) + 1
+    lines = ["", f"LoRA rank per module (global rank {rank}; per cell: {', '.join(targets)}; '.' = frozen)", "",
+             "layer  " + "".join(f"{'c' + str(c['cid']):>{width}}" for c in clients)]
+    for layer in reversed(range(plan["num_layers"])):
+        lines.append(f"{layer:>5}  " + "".join(f"{cells[c['cid']].get(layer, ''):>{width}}" for c in clients))
+    return lines

@@ -10,6 +10,18 @@ bool or a string) in [0, 1e300], so that sums stay finite; names are non-empty a
 Output, one line of JSON:
     {"modules": [names], "predicted_bytes": int, "value": number, "solve_ms": number, "optimal": bool}
 
+Ranks (the joint allocation, :mod:`fedpilot.planning.joint`): two optional top-level keys,
+    "rank_options": [int, ...]   the ranks a module may train at (0, not trained, is always one),
+    "full_rank": int             the rank a module's "bytes" and "value" are given at (default: the
+                                 largest rank option; at least that),
+and per module either "rank_bytes": int (what each unit of rank adds to its bytes; needs
+"rank_options") or "ranks": [{"rank": int >= 1, "bytes": int, "value": number}, ...] in place of
+its "bytes" and "value" (its own options, as given). With "rank_options", a module at rank r costs
+``bytes + (r - full_rank) * rank_bytes`` (at least 0) and is worth
+``value * rank_share(r, full_rank)`` (:func:`fedpilot.planning.scoring.rank_share`). The answer
+then also holds "ranks": {name: rank} for the trained modules. An input with none of these keys is
+the module-set problem, answered exactly as before.
+
 Exit codes:
     0  the optimal set;
     1  nothing fits: one line on stderr with the cheapest trainable set's cost;
@@ -31,13 +43,15 @@ from fedpilot.core.errors import FedpilotError
 
 if TYPE_CHECKING:
     from fedpilot.planning.allocation import Problem
+    from fedpilot.planning.joint import JointProblem
 
 MAX_INT = 2**63  # integers (bytes, layers) lie in [0, MAX_INT)
 MAX_VALUE = 1e300  # values lie in [0, MAX_VALUE]
 EXIT_OPTIMAL, EXIT_NOTHING_FITS, EXIT_BAD_INPUT, EXIT_TIME_LIMIT = 0, 1, 2, 3
 
-PROBLEM_KEYS = ("budget_bytes", "fixed_bytes", "activation_bytes", "modules")
-MODULE_KEYS = ("name", "layer", "bytes", "value")
+PROBLEM_KEYS = ("budget_bytes", "fixed_bytes", "activation_bytes", "modules", "rank_options", "full_rank")
+MODULE_KEYS = ("name", "layer", "bytes", "value", "rank_bytes", "ranks")
+OPTION_KEYS = ("rank", "bytes", "value")
 
 
 class NothingFits(FedpilotError):
@@ -99,11 +113,13 @@ def solve_text(text: str | bytes, time_limit_s: float | None = None) -> dict[str
 
 def _solve_text(text: str | bytes, time_limit_s: float | None) -> dict[str, Any]:
     from fedpilot.core.sizes import mib
-    from fedpilot.planning.allocation import solve
+    from fedpilot.planning.allocation import Problem, solve
 
     if time_limit_s is not None and not (type(time_limit_s) in (int, float) and math.isfinite(time_limit_s) and time_limit_s > 0):
         raise InputError(f"the time limit must be a positive, finite number of seconds, got {time_limit_s!r}")
-    problem = parse_problem(text)
+    problem = parse_any(text)
+    if not isinstance(problem, Problem):
+        return _solve_joint(problem, time_limit_s)
     allocation = solve(problem, time_limit_s=time_limit_s)
     if allocation is None:
         name, cost = problem.cost_model.cheapest()
@@ -120,15 +136,51 @@ def _solve_text(text: str | bytes, time_limit_s: float | None) -> dict[str, Any]
     }
 
 
+def _solve_joint(problem: JointProblem, time_limit_s: float | None) -> dict[str, Any]:
+    from fedpilot.core.sizes import mib
+    from fedpilot.planning.joint import solve_joint
+
+    answer = solve_joint(problem, time_limit_s=time_limit_s)
+    if answer is None:
+        cost, name, rank = min((problem.cost({m.name: o.rank}), m.name, o.rank) for m in problem.modules for o in m.options)
+        raise NothingFits(
+            f"nothing fits in {problem.budget_bytes} bytes ({mib(problem.budget_bytes):.1f} MiB): "
+            f"the cheapest trainable set, {_one_line(name)} at rank {rank}, costs {cost} bytes ({mib(cost):.1f} MiB)"
+        )
+    return {
+        "modules": answer.modules,
+        "ranks": answer.ranks,
+        "predicted_bytes": answer.predicted_bytes,
+        "value": answer.value,
+        "solve_ms": answer.solve_ms,
+        "optimal": answer.optimal,
+    }
+
+
 # -- the input schema ----------------------------------------------------------------------------
 def parse_problem(text: str | bytes) -> Problem:
-    """The problem in ``text``, checked against the schema; InputError (one line) otherwise."""
+    """The module-set problem in ``text``, checked against the schema; InputError (one line) otherwise
+    (also for a problem with ranks: :func:`parse_any` reads those)."""
+    from fedpilot.planning.allocation import Problem
+
+    problem = parse_any(text)
+    if not isinstance(problem, Problem):
+        raise InputError("input: this problem has ranks; read it with parse_any")
+    return problem
+
+
+def parse_any(text: str | bytes) -> Problem | JointProblem:
+    """The problem in ``text``: a module-set :class:`Problem`, or a :class:`JointProblem` when it has ranks."""
     from fedpilot.planning.allocation import Item, Problem
 
     data = _load_json(text)
     if not isinstance(data, dict):
         raise InputError(f"input must be a JSON object, got {_json_type(data)}")
     _check_keys(data, "", PROBLEM_KEYS)
+    if "rank_options" in data or "full_rank" in data or any(
+        isinstance(m, dict) and ("ranks" in m or "rank_bytes" in m) for m in (data.get("modules") if isinstance(data.get("modules"), list) else [])
+    ):
+        return _parse_joint(data)
     budget = _integer(data, "budget_bytes", "budget_bytes")
     fixed = _integer(data, "fixed_bytes", "fixed_bytes")
     activation = _array(data, "activation_bytes", "activation_bytes")
@@ -153,6 +205,78 @@ def parse_problem(text: str | bytes) -> Problem:
         seen.add(name)
         items.append(Item(name, layer, size, value))
     return Problem.from_items(budget, fixed, activation, items)
+
+
+def _parse_joint(data: dict[str, Any]) -> JointProblem:
+    from fedpilot.planning.joint import JointProblem, RankedModule, RankOption
+    from fedpilot.planning.scoring import rank_share
+
+    budget = _integer(data, "budget_bytes", "budget_bytes")
+    fixed = _integer(data, "fixed_bytes", "fixed_bytes")
+    activation = _array(data, "activation_bytes", "activation_bytes")
+    activation = [_integer(activation, i, f"activation_bytes.{i}") for i in range(len(activation))]
+    rank_options: list[int] = []
+    if "rank_options" in data:
+        given = _array(data, "rank_options", "rank_options")
+        rank_options = sorted({_integer(given, i, f"rank_options.{i}") for i in range(len(given))} - {0})
+        if not rank_options:
+            raise InputError("input: rank_options: give at least one rank >= 1 (0, not trained, is always an option)")
+    if "full_rank" in data:
+        if not rank_options:
+            raise InputError("input: full_rank says which rank the modules' bytes and values are given at; it needs rank_options")
+        full_rank = _integer(data, "full_rank", "full_rank")
+        if full_rank < rank_options[-1]:
+            raise InputError(f"input: full_rank is {full_rank}, below the largest rank option {rank_options[-1]}; raise it")
+    else:
+        full_rank = rank_options[-1] if rank_options else 0
+    modules = _array(data, "modules", "modules")
+    parsed, seen = [], set()
+    for i, module in enumerate(modules):
+        where = f"modules.{i}"
+        if not isinstance(module, dict):
+            raise _invalid(where, "Input should be a JSON object", module)
+        _check_keys(module, where, MODULE_KEYS)
+        name = _required(module, "name", f"{where}.name")
+        if not isinstance(name, str) or not name:
+            raise _invalid(f"{where}.name", "Input should be a non-empty string", name)
+        layer = _integer(module, "layer", f"{where}.layer")
+        if layer >= len(activation):
+            raise InputError(f"input: modules[{i}].layer is {layer} but activation_bytes has {len(activation)} layers")
+        if "ranks" in module:
+            mixed = sorted(set(module) & {"bytes", "value", "rank_bytes"})
+            if mixed:
+                raise InputError(f"input: {where}: give either ranks or {', '.join(mixed)}, not both")
+            given = _array(module, "ranks", f"{where}.ranks")
+            options = []
+            for j, option in enumerate(given):
+                at = f"{where}.ranks.{j}"
+                if not isinstance(option, dict):
+                    raise _invalid(at, "Input should be a JSON object", option)
+                _check_keys(option, at, OPTION_KEYS)
+                rank = _integer(option, "rank", f"{at}.rank")
+                if rank < 1:
+                    raise _invalid(f"{at}.rank", "Input should be a rank >= 1 (rank 0, not trained, is implicit)", rank)
+                options.append(RankOption(rank, _integer(option, "bytes", f"{at}.bytes"), _number(option, "value", f"{at}.value")))
+            if len({o.rank for o in options}) != len(options):
+                raise InputError(f"input: {where}.ranks: a rank appears twice; give each rank once")
+        else:
+            if not rank_options:
+                raise InputError(f"input: {where}: give its ranks, or rank_options at the top level and its rank_bytes")
+            size = _integer(module, "bytes", f"{where}.bytes")
+            value = _number(module, "value", f"{where}.value")
+            per_rank = _integer(module, "rank_bytes", f"{where}.rank_bytes")
+            options = []
+            for rank in rank_options:
+                cost = size + (rank - full_rank) * per_rank
+                if cost < 0:
+                    raise InputError(f"input: {where}: at rank {rank} its bytes come to {cost} (bytes + (rank - full_rank) * rank_bytes); "
+                                     f"lower rank_bytes or drop rank {rank}")
+                options.append(RankOption(rank, cost, value * rank_share(rank, full_rank)))
+        if name in seen:
+            raise InputError(f"input: module name {_show(name)} appears twice; names must be unique")
+        seen.add(name)
+        parsed.append(RankedModule(name, layer, tuple(options)))
+    return JointProblem(budget, fixed, tuple(activation), tuple(parsed))
 
 
 class _Constant(ValueError):

@@ -39,6 +39,7 @@ Variants (fedpilot's ``local_term`` and ``global_term`` options):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -149,3 +150,32 @@ class GlobalChange(ModuleAverage):
             norm = np.sqrt(squared_norm(*(before[k] for k in keys)))
             relative[m] = float(delta / (norm + EPS))
         self.smooth(relative)
+
+
+def rank_share(rank: int, full_rank: int) -> float:
+    """The share of a module's value that training it at ``rank`` earns, out of ``full_rank``:
+    ``H(rank) / H(full_rank)``, H the harmonic number (``H(0) = 0``, so rank 0 earns nothing and the
+    full rank all of it).
+
+    Why: the update a module would make at full rank has singular values that decay fast (LoRA's low
+    intrinsic rank); taking them to decay like 1/i, a rank-r adapter captures the leading r of them,
+    a share sum_{i <= r} 1/i / sum_{i <= R} 1/i of their sum (the nuclear norm). The share is concave
+    and saturating (each added rank is worth less than the one before: H(1)/H(8) = 0.37,
+    H(4)/H(8) = 0.76), with no free parameter, and exactly 1 at the full rank, so a module offered
+    at the full rank alone is worth its score, as the module-set allocator values it.
+    """
+    if not 0 <= rank <= full_rank or full_rank < 1:
+        raise ValueError(f"rank {rank} must lie in 0..{full_rank} (the full rank, >= 1)")
+    if rank == full_rank:
+        return 1.0
+    return _harmonic(rank) / _harmonic(full_rank)
+
+
+def _harmonic(n: int) -> float:
+    return math.fsum(1.0 / i for i in range(1, n + 1))
+
+
+def rank_values(scores: Mapping[str, float], rank_options: Sequence[int], full_rank: int) -> dict[str, dict[int, float]]:
+    """v(m, r) = score(m) * :func:`rank_share` (r, ``full_rank``) for every non-zero r of ``rank_options``."""
+    shares = {r: rank_share(r, full_rank) for r in rank_options if r > 0}
+    return {m: {r: s * share for r, share in shares.items()} for m, s in scores.items()}

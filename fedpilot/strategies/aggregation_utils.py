@@ -2,7 +2,9 @@
 sample-weighted average, and each module's coverage of a round.
 
 Nothing here broadcasts: tensors averaged together must have one shape, that of the global tensor
-they replace, or a ValueError names the key and the shapes.
+they replace, or a ValueError names the key and the shapes. The one exception is explicit:
+:func:`component_mean_delta` takes LoRA tensors of lower ranks and averages each rank component over
+the clients that trained it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedpilot.core.keys import BASE_DELTA, LORA_A, LORA_B, tensor_key
+from fedpilot.core.keys import BASE_DELTA, LORA_A, LORA_B, rank_axis, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies.base import ClientUpdate
 
@@ -77,3 +79,45 @@ def merge_keys(module: str) -> tuple[str, str, str]:
 def pair_senders(updates: Sequence[ClientUpdate], a_key: str, b_key: str) -> list[ClientUpdate]:
     """The updates that sent both LoRA factors of a module."""
     return [u for u in updates if a_key in u.tensors and b_key in u.tensors]
+
+
+def component_mean_delta(key: str, current: np.ndarray, senders: Sequence[ClientUpdate]) -> tuple[np.ndarray, float | np.ndarray]:
+    """The sample-weighted mean change of tensor ``key`` over ``senders``, and the samples behind it.
+
+    Every sender at the global shape: ``weighted_mean`` of ``sent - current`` and the senders' sample
+    count (a float). Senders of LoRA tensors at lower ranks (their first r rank components, as
+    :func:`~fedpilot.strategies.rank_utils.truncate` cut them): each rank component j is a module of
+    its own, averaged over the senders that trained it (r_k > j),
+
+        delta[j] = sum_{k: r_k > j} n_k (theta_k[j] - theta[j]) / sum_{k: r_k > j} n_k      (0 where nobody did)
+
+    with the samples per component returned as an array that broadcasts along the rank axis. A
+    low-rank sender neither pulls the components it did not train towards zero (HetLoRA's zero
+    padding) nor dilutes their step: they are left to the senders that trained them, as a module
+    is left to the clients that trained it. A shape other than a lower rank is a ValueError.
+    """
+    if all(u.tensors[key].shape == current.shape for u in senders):
+        return weighted_mean([u.tensors[key] - current for u in senders], [u.num_samples for u in senders], key), float(
+            sum(u.num_samples for u in senders))
+    axis = rank_axis(key)
+    if axis is None:
+        raise ValueError(f"{key}: senders sent shapes {[u.tensors[key].shape for u in senders]}, the global tensor has {current.shape}")
+    full = current.shape[axis]
+    total = np.zeros(full, dtype=np.float64)
+    acc = np.zeros(current.shape, dtype=np.float64)
+    for u in senders:
+        sent = u.tensors[key]
+        rank = sent.shape[axis]
+        expected = list(current.shape)
+        expected[axis] = rank
+        if tuple(sent.shape) != tuple(expected) or sent.dtype != current.dtype:
+            raise ValueError(f"{key}: client {u.cid} sent {sent.shape} {sent.dtype}; the global tensor is {current.shape} {current.dtype}, "
+                             f"only its rank axis may be lower")
+        part = (slice(None),) * axis + (slice(0, rank),)
+        acc[part] += u.num_samples * (sent.astype(np.float64) - current[part].astype(np.float64))
+        total[:rank] += u.num_samples
+    shape = [1] * current.ndim
+    shape[axis] = full
+    samples = total.reshape(shape)
+    mean = np.divide(acc, samples, out=np.zeros_like(acc), where=samples > 0)
+    return mean.astype(current.dtype), samples

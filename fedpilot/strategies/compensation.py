@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from fedpilot.core.tensors import TensorDict, squared_norm
-from fedpilot.strategies.aggregation_utils import check_same_shape, sample_weighted_average, weighted_mean
+from fedpilot.strategies.aggregation_utils import check_same_shape, component_mean_delta, sample_weighted_average, weighted_mean
 from fedpilot.strategies.base import ClientUpdate
+from fedpilot.strategies.rank_utils import head_only
 
 
 def compensation_weight(eta: float, coverage: float, staleness: int, tau: int) -> float:
@@ -44,6 +45,10 @@ class TemporalCompensation:
     under-updated module, still far from where its data pull it) takes a larger step, one that has
     settled a smaller one. T -> infinity is plain stagg; r_m is read before this round's update.
 
+    Where clients trained a module at lower ranks (fedpilot-rank), each rank component of A and B is
+    a tensor of its own here: D_x, c_x and w_x are per component, over the clients that trained it
+    (:func:`~fedpilot.strategies.aggregation_utils.component_mean_delta`); s_m stays per module.
+
     A module every client trained moves exactly as in FedAvg (c = 1). One that few or no clients
     trained keeps moving along its update history, more as it grows stale, less as coverage grows;
     the history decays while it is untouched, so the drift stays bounded. A tensor never trained
@@ -75,7 +80,8 @@ class TemporalCompensation:
         return weights
 
     def aggregate(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:
-        result = sample_weighted_average(global_tensors, updates)  # head, and any key outside a module
+        # head, and any key outside a module (the modules' keys are replaced below)
+        result = sample_weighted_average(global_tensors, [head_only(u) for u in updates])
         participants = sum(u.num_samples for u in updates)
         lambdas = self.dwa_weights()
         for m in self.modules:
@@ -86,11 +92,12 @@ class TemporalCompensation:
             for key in keys:
                 current = global_tensors[key]
                 trained = [u for u in updates if key in u.tensors]
-                coverage = sum(u.num_samples for u in trained) / participants if participants else 0.0
+                # per rank component where clients trained lower ranks (component_mean_delta); else one number
+                mean_delta, samples = component_mean_delta(key, current, trained) if trained else (None, 0.0)
+                coverage = samples / participants if participants else 0.0
                 weight = compensation_weight(self.eta, coverage, self.staleness[m], self.tau)
                 history = self.history.get(key, np.zeros_like(current))
                 if trained:
-                    mean_delta = weighted_mean([u.tensors[key] - current for u in trained], [u.num_samples for u in trained], key)
                     history = self.beta * history + (1 - self.beta) * mean_delta
                     if self.temperature is not None:  # DWA's norms: no work on this path without it
                         module_squares += squared_norm(mean_delta)
@@ -98,7 +105,8 @@ class TemporalCompensation:
                     mean_delta = np.zeros_like(current)
                     history = self.beta * history
                 self.history[key] = history
-                result[key] = current + (lambdas[m] * mean_delta).astype(current.dtype) + weight * history
+                compensated = weight * history if np.isscalar(weight) else (weight * history).astype(current.dtype)
+                result[key] = current + (lambdas[m] * mean_delta).astype(current.dtype) + compensated
             if touched and self.temperature is not None:
                 self.update_norms[m] = [*self.update_norms.get(m, []), float(np.sqrt(module_squares))][-2:]
         return result
