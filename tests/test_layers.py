@@ -62,6 +62,7 @@ ROOT = "fedpilot"  # the package's own __init__: a driver (it holds only the pro
 DRIVER_ENTRY_POINTS: dict[str, dict[str, frozenset[str] | None]] = {
     "fedpilot.cli": {"fedpilot.simulation": frozenset({"run_simulation"}), "fedpilot.comparison": None},
     "fedpilot.comparison": {"fedpilot.simulation": frozenset({"run_simulation"})},
+    "fedpilot.__main__": {"fedpilot.cli": frozenset({"main"})},  # `python -m fedpilot`
 }
 
 
