@@ -53,7 +53,7 @@ BAD_CONFIGS = [
     ("strategy_options: {memory_margin: 0.1}", "strategy_options: unknown key 'memory_margin'"),
     ("model: {lora: {rnak: 8}}", "model.lora: unknown key 'rnak'; allowed keys: rank, alpha, dropout, targets"),
     ("data: {partition: {kind: dirichlet, alpha: 0}}", "data.partition.alpha: Input should be greater than 0"),
-    ("data: {partition: {kind: zipf}}", "data.partition.kind: Input should be 'iid', 'dirichlet' or 'pathological'"),
+    ("data: {partition: {kind: zipf}}", "data.partition.kind: Input should be 'iid', 'dirichlet', 'pathological' or 'label-tiers'"),
     ("data: {dataset: imagenet}", "data.dataset: unknown dataset 'imagenet'; available: bbc-news"),
     ("strategy: fedsgd", "strategy: unknown strategy 'fedsgd'; available:"),
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
