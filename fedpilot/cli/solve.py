@@ -181,25 +181,14 @@ def parse_any(text: str | bytes) -> Problem | JointProblem:
         isinstance(m, dict) and ("ranks" in m or "rank_bytes" in m) for m in (data.get("modules") if isinstance(data.get("modules"), list) else [])
     ):
         return _parse_joint(data)
-    budget = _integer(data, "budget_bytes", "budget_bytes")
-    fixed = _integer(data, "fixed_bytes", "fixed_bytes")
-    activation = _array(data, "activation_bytes", "activation_bytes")
-    activation = [_integer(activation, i, f"activation_bytes.{i}") for i in range(len(activation))]
+    budget, fixed, activation = _header(data)
     modules = _array(data, "modules", "modules")
     items, seen = [], set()
     for i, module in enumerate(modules):
         where = f"modules.{i}"
-        if not isinstance(module, dict):
-            raise _invalid(where, "Input should be a JSON object", module)
-        _check_keys(module, where, MODULE_KEYS)
-        name = _required(module, "name", f"{where}.name")
-        if not isinstance(name, str) or not name:
-            raise _invalid(f"{where}.name", "Input should be a non-empty string", name)
-        layer = _integer(module, "layer", f"{where}.layer")
+        name, layer = _module_head(module, i, len(activation))
         size = _integer(module, "bytes", f"{where}.bytes")
         value = _number(module, "value", f"{where}.value")
-        if layer >= len(activation):
-            raise InputError(f"input: modules[{i}].layer is {layer} but activation_bytes has {len(activation)} layers")
         if name in seen:
             raise InputError(f"input: module name {_show(name)} appears twice; names must be unique")
         seen.add(name)
@@ -207,14 +196,34 @@ def parse_any(text: str | bytes) -> Problem | JointProblem:
     return Problem.from_items(budget, fixed, activation, items)
 
 
+def _header(data: dict[str, Any]) -> tuple[int, int, list[int]]:
+    """The budget, fixed bytes and per-layer activation bytes every input states."""
+    budget = _integer(data, "budget_bytes", "budget_bytes")
+    fixed = _integer(data, "fixed_bytes", "fixed_bytes")
+    activation = _array(data, "activation_bytes", "activation_bytes")
+    return budget, fixed, [_integer(activation, i, f"activation_bytes.{i}") for i in range(len(activation))]
+
+
+def _module_head(module: Any, i: int, layers: int) -> tuple[str, int]:
+    """``modules[i]``'s name and layer, checked (an object with known keys, a non-empty name, a layer that exists)."""
+    where = f"modules.{i}"
+    if not isinstance(module, dict):
+        raise _invalid(where, "Input should be a JSON object", module)
+    _check_keys(module, where, MODULE_KEYS)
+    name = _required(module, "name", f"{where}.name")
+    if not isinstance(name, str) or not name:
+        raise _invalid(f"{where}.name", "Input should be a non-empty string", name)
+    layer = _integer(module, "layer", f"{where}.layer")
+    if layer >= layers:
+        raise InputError(f"input: modules[{i}].layer is {layer} but activation_bytes has {layers} layers")
+    return name, layer
+
+
 def _parse_joint(data: dict[str, Any]) -> JointProblem:
     from fedpilot.planning.joint import JointProblem, RankedModule, RankOption
     from fedpilot.planning.scoring import rank_share
 
-    budget = _integer(data, "budget_bytes", "budget_bytes")
-    fixed = _integer(data, "fixed_bytes", "fixed_bytes")
-    activation = _array(data, "activation_bytes", "activation_bytes")
-    activation = [_integer(activation, i, f"activation_bytes.{i}") for i in range(len(activation))]
+    budget, fixed, activation = _header(data)
     rank_options: list[int] = []
     if "rank_options" in data:
         given = _array(data, "rank_options", "rank_options")
@@ -233,15 +242,7 @@ def _parse_joint(data: dict[str, Any]) -> JointProblem:
     parsed, seen = [], set()
     for i, module in enumerate(modules):
         where = f"modules.{i}"
-        if not isinstance(module, dict):
-            raise _invalid(where, "Input should be a JSON object", module)
-        _check_keys(module, where, MODULE_KEYS)
-        name = _required(module, "name", f"{where}.name")
-        if not isinstance(name, str) or not name:
-            raise _invalid(f"{where}.name", "Input should be a non-empty string", name)
-        layer = _integer(module, "layer", f"{where}.layer")
-        if layer >= len(activation):
-            raise InputError(f"input: modules[{i}].layer is {layer} but activation_bytes has {len(activation)} layers")
+        name, layer = _module_head(module, i, len(activation))
         if "ranks" in module:
             mixed = sorted(set(module) & {"bytes", "value", "rank_bytes"})
             if mixed:
