@@ -71,3 +71,15 @@ def tiny_cost_model(tiny_config: Config, tiny_data: SplitData, shared_model: Lor
 
     batch = tiny_data.train.subset(np.arange(tiny_config.train.batch_size))
     return load_or_calibrate(shared_model, batch, TrainInstructions.from_settings(tiny_config.train, tiny_config.seed))[0]
+
+
+@pytest.fixture
+def flower_task_identity():
+    """Flower messages take their run, node and task ids from the process's TaskIdentity, which a real ServerApp
+    or ClientApp process sets: set here for the tests that build messages in this process, and restored after."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -22,15 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NODE = {"partition-id": 1, "num-partitions": 3, "memory-budget": "1GiB"}
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages take their run, node and task ids from the process's TaskIdentity, set in a real ClientApp process."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture
