@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from fedpilot.flower.stage import stage_app
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -95,7 +97,10 @@ class Federation:
 
     def run(self, config: Path) -> float:
         start = time.perf_counter()
-        done = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "loop", "--run-config", f'config="{config}"', "--stream"],
+        app = self.folder / "app"
+        if not app.is_dir():  # what the FAB carries (flwr run walks every file it is given, .venv included)
+            stage_app(app)
+        done = subprocess.run([str(BIN / "flwr"), "run", str(app), "loop", "--run-config", f'config="{config}"', "--stream"],
                               cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=3600)
         seconds = time.perf_counter() - start
         (self.folder / f"flwr-run-{config.stem}.log").write_text(done.stdout + done.stderr)

@@ -181,7 +181,7 @@ def main() -> None:
             print(f"  unfolded {name} (frozen modules on PEFT's path, before): {statistics.median(before):.3f} x PEFT")
         print(f"  {name}: fedpilot {statistics.median(ours) / args.steps * 1e3:.0f} ms/step, PEFT {statistics.median(theirs) / args.steps * 1e3:.0f} ms/step")
         print(f"ratio {name}: {statistics.median(ratios):.3f}")
-        del reference
+        reference = None  # frees its model copy before the next set
     for name in ("top-layer", "full-lora"):
         modules = trainable_sets(model.modules)[name]
         cheap, full = meter_cost(model, shard, modules, instructions, args.reps)

@@ -69,7 +69,8 @@ class RunRecorder:
         self.record_round(
             result.server_round, result.metrics, result.clients, seconds=result.seconds, scoring=result.scoring,
             extra={"selected": result.selected, "failures": result.failures, "rejected": result.rejected, "skipped": result.skipped,
-                   **({"proxy": result.proxy} if result.proxy is not None else {})},
+                   **({"proxy": result.proxy} if result.proxy is not None else {}),
+                   **({"module_updates": result.module_updates} if result.module_updates is not None else {})},
         )
 
     def finish(self, status: str, wall_seconds: float) -> None:

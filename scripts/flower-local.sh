@@ -158,7 +158,10 @@ for ((i = 0; i < N; i++)); do
 done
 
 echo "flower-local.sh: flwr run (outputs in $OUT)" >&2
-start flwr-run "$BIN/flwr" run "$ROOT" local --run-config "config=\"$CONFIG\"" --stream
+# The app staged in the work folder: what the FAB carries and nothing else (flwr run walks every file of the
+# folder it is given, .venv included, before it filters; fedpilot/flower/stage.py)
+env "PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$BIN/python" -m fedpilot.flower.stage "$WORK/app" > /dev/null
+start flwr-run "$BIN/flwr" run "$WORK/app" local --run-config "config=\"$CONFIG\"" --stream
 RUN=${PIDS[-1]}
 tail -n +1 -f "$WORK/flwr-run.log" --pid "$RUN" &
 wait "$RUN"  # interruptible: Ctrl-C runs the trap at once

@@ -64,13 +64,34 @@ def shared_model(tiny_config: Config, tiny_data: SplitData) -> LoraModel:
 @pytest.fixture(scope="session")
 def tiny_cost_model(tiny_config: Config, tiny_data: SplitData, shared_model: LoraModel):
     """The calibrated cost model of the tiny configuration (cached on disk like any run's)."""
+    return calibrated(tiny_config, tiny_data, shared_model)
+
+
+@pytest.fixture(scope="session")
+def fast_data(fast_config: Config) -> SplitData:
+    return load_split(fast_config.data, fast_config.model.name, fast_config.seed)
+
+
+@pytest.fixture(scope="session")
+def fast_model(fast_config: Config, fast_data: SplitData) -> LoraModel:
+    """One tiny random BERT (:data:`FAST`) for the tests that load their own adapter state into it."""
+    return LoraModel(fast_config.model, num_labels=len(fast_data.label_names), seed=0)
+
+
+@pytest.fixture(scope="session")
+def fast_cost_model(fast_config: Config, fast_data: SplitData, fast_model: LoraModel):
+    """The calibrated cost model of :data:`FAST` (cached on disk like any run's)."""
+    return calibrated(fast_config, fast_data, fast_model)
+
+
+def calibrated(config: Config, data: SplitData, model: LoraModel):
     import numpy as np
 
     from fedpilot.memory.calibrate import load_or_calibrate
     from fedpilot.runtime.messages import TrainInstructions
 
-    batch = tiny_data.train.subset(np.arange(tiny_config.train.batch_size))
-    return load_or_calibrate(shared_model, batch, TrainInstructions.from_settings(tiny_config.train, tiny_config.seed))[0]
+    batch = data.train.subset(np.arange(config.train.batch_size))
+    return load_or_calibrate(model, batch, TrainInstructions.from_settings(config.train, config.seed))[0]
 
 
 @pytest.fixture

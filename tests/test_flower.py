@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from fedpilot.flower import codec
-from fedpilot.flower.transport import SCORE_TYPE, TRAIN_TYPE, FlowerTransport, content_bytes
+from fedpilot.flower.stage import stage_app
+from fedpilot.flower.transport import SCORE_TYPE, TRAIN_TYPE, FlowerTransport
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreTask, TrainInstructions, TrainTask
 from fedpilot.strategies.base import Assignment, ClientScores, ClientUpdate
@@ -407,7 +408,10 @@ class Loopback:
 
     def flwr_run(self, config_path: Path, background: bool = False):
         """``flwr run ROOT loop --run-config 'config="..."' --stream``; its output in flwr-run.log."""
-        args = [str(Path(sys.executable).parent / "flwr"), "run", str(ROOT), "loop", "--run-config", f'config="{config_path}"', "--stream"]
+        app = self.folder / "app"
+        if not app.is_dir():  # what the FAB carries, staged once: flwr run walks every file of ROOT, .venv included
+            stage_app(app)
+        args = [str(Path(sys.executable).parent / "flwr"), "run", str(app), "loop", "--run-config", f'config="{config_path}"', "--stream"]
         if background:
             return self.start("flwr-run", args)
         run = subprocess.run(args, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=900)
@@ -465,10 +469,10 @@ def three_budgets(cost_model: CostModel, margin: float) -> list[int]:
     return [int(np.ceil((cheapest + f * (full - cheapest)) / (1 - margin))) + 1 for f in (0.25, 0.5, 1.0)]
 
 
-def tiny_config_settings_with(budgets: list[int], out_dir: Path, **federation) -> dict:
-    from conftest import TINY
+def fast_config_settings_with(budgets: list[int], out_dir: Path, **federation) -> dict:
+    from conftest import FAST
 
-    settings = json.loads(json.dumps(TINY))
+    settings = json.loads(json.dumps(FAST))
     settings["federation"]["budgets"] = [f"{b}B" for b in budgets]
     settings["federation"]["round_timeout"] = 300
     settings["federation"].update(federation)
@@ -477,16 +481,16 @@ def tiny_config_settings_with(budgets: list[int], out_dir: Path, **federation) -
     return settings
 
 
-def tiny_flower_config(cost_model: CostModel, folder: Path, **federation) -> tuple[list[int], dict, Path]:
-    """conftest's TINY federation with the fedpilot strategy, three budgets, ``federation`` settings changed
-    and outputs in ``folder / "flower-run"``."""
-    from conftest import TINY
+def fast_flower_config(cost_model: CostModel, folder: Path, **federation) -> tuple[list[int], dict, Path]:
+    """conftest's FAST federation (the tiny random BERT) with the fedpilot strategy, three budgets bought
+    from ``cost_model`` (FAST's), ``federation`` settings changed and outputs in ``folder / "flower-run"``."""
+    from conftest import FAST
 
     from fedpilot.config import parse_config
 
-    budgets = three_budgets(cost_model, parse_config(TINY).federation.memory_margin)
-    settings = tiny_config_settings_with(budgets, folder / "flower-run", **federation)
-    config_path = folder / "tiny.yaml"
+    budgets = three_budgets(cost_model, parse_config(FAST).federation.memory_margin)
+    settings = fast_config_settings_with(budgets, folder / "flower-run", **federation)
+    config_path = folder / "fast.yaml"
     config_path.write_text(yaml.safe_dump(settings))
     return budgets, settings, config_path
 
@@ -495,14 +499,14 @@ NEEDS_FLOWER = pytest.mark.skipif(shutil.which("flower-superlink", path=str(Path
 
 
 @pytest.fixture(scope="module")
-def simulated(tiny_cost_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, float]:
+def simulated(fast_cost_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, float]:
     """The in-process simulator's results for the loopback config (run once for the plain and the TLS
     rehearsal), and its wall seconds."""
     from fedpilot.config import parse_config
     from fedpilot.simulation import run_simulation
 
     folder = tmp_path_factory.mktemp("simulated")
-    _, settings, _ = tiny_flower_config(tiny_cost_model, folder)
+    _, settings, _ = fast_flower_config(fast_cost_model, folder)
     start = time.perf_counter()
     results = run_simulation(parse_config(settings), folder / "sim-run", progress=False).results
     return results, time.perf_counter() - start
@@ -558,13 +562,13 @@ def wait_for_round(results_path: Path, number: int, run: subprocess.Popen, secon
 
 @NEEDS_FLOWER
 def test_a_tls_federation_of_warm_nodes_runs_two_configs_as_the_simulator_and_survives_a_killed_node(
-    loopback: Loopback, simulated, tiny_cost_model, tmp_path: Path
+    loopback: Loopback, simulated, fast_cost_model, tmp_path: Path
 ) -> None:
     """The loopback rehearsal with TLS on: HTTPS everywhere (certificates made by the test, no --insecure), every
     SuperNode registered and authenticated by its key, a node whose key was not registered refused, and each
     SuperNode served by one warm ClientApp executor process.
 
-    Run 1 (the tiny fedpilot federation) ends as the simulator. Run 2 is another config (``payload: assigned``,
+    Run 1 (the FAST fedpilot federation) ends as the simulator. Run 2 is another config (``payload: assigned``,
     another learning rate) through the same executor processes, their model and data already loaded; node 2
     goes down once round 1 is recorded (its executor killed, its SuperNode stopped): round 2 records it as failed
     and aggregates the others, and every round equals the same federation in process with client 2 dropping out of round 2. So
@@ -576,7 +580,7 @@ def test_a_tls_federation_of_warm_nodes_runs_two_configs_as_the_simulator_and_su
     from fedpilot.runtime.messages import Failure
 
     tls = Certificates(tmp_path / "certificates")
-    budgets, settings, config_path = tiny_flower_config(tiny_cost_model, tmp_path)
+    budgets, settings, config_path = fast_flower_config(fast_cost_model, tmp_path)
     loopback.start_federation(budgets, tls=tls)
     stranger = loopback.start(
         "supernode-unregistered",
@@ -605,7 +609,7 @@ def test_a_tls_federation_of_warm_nodes_runs_two_configs_as_the_simulator_and_su
     # Run 2: another config through the same executors; node 2 dies during round 2
     second = tmp_path / "second"
     second.mkdir()
-    _, settings_2, config_2 = tiny_flower_config(tiny_cost_model, second, payload="assigned")
+    _, settings_2, config_2 = fast_flower_config(fast_cost_model, second, payload="assigned")
     settings_2["train"]["lr"] = 0.005
     config_2.write_text(yaml.safe_dump(settings_2))
     run = loopback.flwr_run(config_2, background=True)

@@ -13,7 +13,7 @@ from fedpilot.core.keys import BASE_DELTA, HEAD, LORA_A, LORA_B, tensor_key
 from fedpilot.federation import build_federation
 from fedpilot.runtime.server import Server
 from fedpilot.strategies import STRATEGIES
-from fedpilot.strategies.server_step import server_step
+from fedpilot.strategies.server_step import module_changes, server_step
 
 MODULES = ("0.query", "1.value")
 RANK, D_OUT, D_IN = 3, 5, 4
@@ -76,6 +76,21 @@ def test_a_flora_style_reset_keeps_the_merged_weight_exact() -> None:
     result = server_step(old, new, 0.5, MODULES, 1.0, base_deltas=True)
     for m in MODULES:
         np.testing.assert_allclose(effective(result, m, 1.0), 0.5 * (effective(old, m, 1.0) + effective(new, m, 1.0)), atol=1e-5)
+
+
+@pytest.mark.parametrize("base_deltas", [False, True])
+def test_module_changes_are_the_frobenius_norms_of_the_effective_weight_changes(base_deltas: bool) -> None:
+    old, new = state(0, base_deltas), state(1, base_deltas)
+    new[tensor_key("1.value", LORA_A)] = old[tensor_key("1.value", LORA_A)]  # only B moves: still a change
+    got = module_changes(old, new, MODULES, 2.0, base_deltas)
+    for m in MODULES:
+        a0, b0, a1, b1 = (s_[tensor_key(m, p)].astype(np.float64) for s_ in (old, new) for p in (LORA_A, LORA_B))
+        expected = 2.0 * (b1 @ a1 - b0 @ a0)
+        if base_deltas:
+            expected += new[tensor_key(m, BASE_DELTA)].astype(np.float64) - old[tensor_key(m, BASE_DELTA)]
+        assert got[m] == pytest.approx(np.sqrt((expected**2).sum()), rel=1e-12)
+    assert got[HEAD] == pytest.approx(np.linalg.norm(new[f"{HEAD}/w"].astype(np.float64) - old[f"{HEAD}/w"]), rel=1e-12)
+    assert module_changes(old, old, MODULES, 2.0, base_deltas) == dict.fromkeys([*MODULES, HEAD], 0.0)
 
 
 def test_refuses_what_it_cannot_do() -> None:

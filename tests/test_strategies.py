@@ -1,4 +1,5 @@
-"""Every registered strategy on the same tiny heterogeneous federation (real model, real data)."""
+"""Every registered strategy on the same tiny heterogeneous federation (conftest's FAST: a tiny random BERT with
+MiniLM's tokenizer, on real data), and ``fedpilot plan`` on the real model."""
 
 from __future__ import annotations
 
@@ -16,20 +17,25 @@ MEMORY_AWARE = sorted(name for name, strategy in STRATEGIES.items() if strategy.
 MEMORY_UNAWARE = sorted(set(STRATEGIES) - set(MEMORY_AWARE))
 
 
+def layers(cost_model: CostModel) -> int:
+    return 1 + max(int(m.split(".")[0]) for m in cost_model.module)
+
+
 def tiered_budgets(cost_model: CostModel) -> tuple[int, int, int]:
     """Client 0 fits only the top layer, client 1 the top half, client 2 full LoRA (the allocator's margin included)."""
     margin = FederationSettings().memory_margin
-    top = [m for m in cost_model.module if m.startswith("5.")]
-    upper = [m for m in cost_model.module if int(m.split(".")[0]) >= 3]
+    n = layers(cost_model)
+    top = [m for m in cost_model.module if int(m.split(".")[0]) == n - 1]
+    upper = [m for m in cost_model.module if int(m.split(".")[0]) >= n // 2]
     return tuple(math.ceil(cost_model.cost(s) / (1 - margin)) + 1 for s in (top, upper, list(cost_model.module)))
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_config: Config, tiny_cost_model: CostModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
-    federation = tiny_config.federation.model_copy(update={"budgets": tiered_budgets(tiny_cost_model)})
+def runs(fast_config: Config, fast_cost_model: CostModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+    federation = fast_config.federation.model_copy(update={"budgets": tiered_budgets(fast_cost_model)})
     out = tmp_path_factory.mktemp("strategies")
     return {
-        name: run_simulation(tiny_config.model_copy(update={"strategy": name, "federation": federation}), out / name, progress=False)
+        name: run_simulation(fast_config.model_copy(update={"strategy": name, "federation": federation}), out / name, progress=False)
         for name in sorted(STRATEGIES)
     }
 
@@ -54,14 +60,24 @@ def test_memory_aware_strategies_keep_every_client_within_budget(runs: dict[str,
         assert record["peak_bytes"] <= record["budget_bytes"]
 
 
-def test_fedpilot_lets_every_client_train_what_fits(runs: dict[str, RunResult], tiny_cost_model: CostModel) -> None:
-    budgets = tiered_budgets(tiny_cost_model)
+def test_fedpilot_lets_every_client_train_what_fits(runs: dict[str, RunResult], fast_cost_model: CostModel) -> None:
+    budgets = tiered_budgets(fast_cost_model)
+    top = layers(fast_cost_model) - 1
     for record in runs["fedpilot"].rounds[1]["clients"]:
         assert record["predicted_bytes"] <= budgets[record["cid"]]
     trained = {c["cid"]: set(c["modules"]) for c in runs["fedpilot"].rounds[1]["clients"]}
     assert set(trained) == {0, 1, 2}
-    assert trained[0] == {"5.query", "5.value"} and len(trained[2]) == 12
+    assert trained[0] == {f"{top}.query", f"{top}.value"} and len(trained[2]) == len(fast_cost_model.module)
     assert runs["fedpilot"].rounds[1]["scoring"], "round 1 scores modules before allocating"
+
+
+def test_each_round_records_who_trained_each_module_and_how_far_it_moved(runs: dict[str, RunResult]) -> None:
+    for r in runs["fedpilot"].rounds[1:]:
+        counts = {m: sum(m in c["modules"] for c in r["clients"]) for m in runs["fedpilot"].results["modules"]}
+        assert {m: u["trainers"] for m, u in r["module_updates"].items() if m != "head"} == counts
+        assert r["module_updates"]["head"]["trainers"] == len(r["clients"])
+        assert all(u["change"] > 0 for u in r["module_updates"].values() if u["trainers"])
+    assert {u["trainers"] for r in runs["exclusive"].rounds[1:] for u in r["module_updates"].values()} == {1}
 
 
 def test_exclusive_leaves_out_clients_that_cannot_fit_full_lora(runs: dict[str, RunResult]) -> None:
@@ -126,25 +142,27 @@ def test_every_inert_option_is_checked_below() -> None:
 
 
 def deciding_budgets(cost_model: CostModel) -> tuple[int, int, int]:
-    """Budgets where module values decide: client 0 affords layer 5 and one of 4.query / 4.value (same
-    cost), client 1 layers 4-5 and one module of layer 3, client 2 everything."""
+    """Budgets where module values decide: client 0 affords the top layer and one of the next layer's query /
+    value (same cost), client 1 the top two layers and one module of the third, client 2 everything."""
     margin = FederationSettings().memory_margin
-    sets = (["5.query", "5.value", "4.query"], ["5.query", "5.value", "4.query", "4.value", "3.query"], list(cost_model.module))
+    t = layers(cost_model) - 1
+    sets = ([f"{t}.query", f"{t}.value", f"{t - 1}.query"], [f"{t}.query", f"{t}.value", f"{t - 1}.query", f"{t - 1}.value", f"{t - 2}.query"],
+            list(cost_model.module))
     return tuple(math.ceil(cost_model.cost(s) / (1 - margin)) + 1 for s in sets)
 
 
 @pytest.fixture(scope="module")
-def inert_runs(tiny_config: Config, tiny_cost_model: CostModel, tmp_path_factory: pytest.TempPathFactory):
+def inert_runs(fast_config: Config, fast_cost_model: CostModel, tmp_path_factory: pytest.TempPathFactory):
     """(strategy, options) -> (allocations, losses) of a 2-round run on deciding budgets, each made once
     (one local step a round: what is compared is which modules train and how updates are aggregated)."""
-    federation = tiny_config.federation.model_copy(update={"budgets": deciding_budgets(tiny_cost_model)})
-    train = tiny_config.train.model_copy(update={"local_steps": 1})
+    federation = fast_config.federation.model_copy(update={"budgets": deciding_budgets(fast_cost_model)})
+    train = fast_config.train.model_copy(update={"local_steps": 1})
     made: dict[tuple[str, str], tuple[list, list]] = {}
 
     def run(name: str, options: dict) -> tuple[list, list]:
         key = (name, repr(sorted(options.items())))
         if key not in made:
-            config = tiny_config.model_copy(update={"strategy": name, "federation": federation, "train": train, "strategy_options": options})
+            config = fast_config.model_copy(update={"strategy": name, "federation": federation, "train": train, "strategy_options": options})
             rounds = run_simulation(config, tmp_path_factory.mktemp("inert"), progress=False).rounds
             made[key] = ([[(c["cid"], c["modules"]) for c in r["clients"]] for r in rounds], [r["loss"] for r in rounds])
         return made[key]

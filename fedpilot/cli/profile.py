@@ -109,7 +109,7 @@ def render_profile(report: dict[str, Any]) -> str:
     lines += [
         f"memory model of {settings.get('model')}: batch {settings.get('batch_size')}, sequence {settings.get('seq_len')}, "
         f"{settings.get('optimizer')}; {origin}",
-        f"cost(S) = fixed + activation[lowest layer of S] + sum of module costs   (MiB)",
+        "cost(S) = fixed + activation[lowest layer of S] + sum of module costs   (MiB)",
         "",
         f"fixed (weights, head, forward buffers): {report['fixed_mib']:.1f}",
         "",

@@ -22,7 +22,7 @@ from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreTask, Tra
 from fedpilot.runtime.transport import Transport
 from fedpilot.runtime.validation import outliers, update_problem, update_rms
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate, Strategy, derived_seed
-from fedpilot.strategies.server_step import server_step
+from fedpilot.strategies.server_step import module_changes, server_step
 
 Evaluator = Callable[[TensorDict], dict[str, float]]
 ProxyScorer = Callable[[TensorDict], Mapping[str, float]]  # global adapter -> a score per module (the server's proxy set)
@@ -66,6 +66,9 @@ class RoundResult:
     skipped: str | None
     seconds: float
     proxy: dict[str, Any] | None = None
+    # per module (and "head"): how many accepted updates trained it, and how far the round moved its effective
+    # weight (Frobenius norm, :func:`module_changes`); None when the global model did not change
+    module_updates: dict[str, dict[str, float]] | None = None
 
 
 class Server:
@@ -279,12 +282,14 @@ class Server:
             reason = f"update RMS {norms[i]:.3g} exceeds {self.update_norm_bound:g} x the round's median {median:.3g}"
             rejected.append({"round": server_round, "cid": updates[i].cid, "reason": reason})
             del updates[i], records[i]
-        skipped = None
+        skipped, module_updates = None, None
         if updates and len(updates) < self.min_replies:
             skipped = f"{len(updates)} valid update(s), fewer than federation.min_replies={self.min_replies}"
             metrics = self._round_metrics(server_round, changed=False)
         elif updates:
+            before = self.global_tensors
             self._apply(self.strategy.aggregate_train(server_round, self.global_tensors, updates))
+            module_updates = self._module_updates(before, records)
             metrics = self._round_metrics(server_round, changed=True)
         else:
             skipped = "no client was sampled" if not plan.selected else (
@@ -309,7 +314,15 @@ class Server:
             skipped=skipped,
             seconds=time.perf_counter() - start,
             proxy=plan.proxy,
+            module_updates=module_updates,
         )
+
+    def _module_updates(self, before: TensorDict, records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        changes = module_changes(before, self.global_tensors, self.context.modules, self.context.scaling, self.strategy.capabilities.base_deltas)
+        trainers = {m: sum(m in r["modules"] for r in records) for m in changes}
+        if HEAD in changes:
+            trainers[HEAD] = len(records)
+        return {m: {"trainers": trainers[m], "change": change} for m, change in changes.items()}
 
     def _client_record(self, task: TrainTask, reply: ClientUpdate) -> dict[str, Any]:
         assignment = task.assignment

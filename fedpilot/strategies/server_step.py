@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedpilot.core.keys import HEAD, LORA_A, LORA_B, module_of, tensor_key
 from fedpilot.core.tensors import TensorDict
 from fedpilot.strategies.aggregation_utils import merge_keys
 
@@ -52,3 +53,24 @@ def server_step(
 def _effective_weight(state: TensorDict, a_key: str, b_key: str, d_key: str, scaling: float) -> np.ndarray:
     """``D + s B A`` in float64: the change a merging strategy's state makes to a module's frozen weight."""
     return state[d_key].astype(np.float64) + scaling * (state[b_key].astype(np.float64) @ state[a_key].astype(np.float64))
+
+
+def module_changes(old: TensorDict, new: TensorDict, modules: Sequence[str], scaling: float, base_deltas: bool) -> dict[str, float]:
+    """How far a round moved each module's effective weight: ``||W_new - W_old||_F`` with ``W = s B A`` (plus
+    the merged ``D`` where the state has one), and the head's tensors as ``"head"`` (their joint Frobenius
+    norm). A module whose factors did not move has 0. Both states must hold the same keys."""
+    changes: dict[str, float] = {}
+    for module in modules:
+        a_key, b_key = tensor_key(module, LORA_A), tensor_key(module, LORA_B)
+        if a_key not in old or b_key not in old:
+            continue
+        if base_deltas:
+            d_key = merge_keys(module)[2]
+            before, after = (_effective_weight(state, a_key, b_key, d_key, scaling) for state in (old, new))
+        else:
+            before, after = (scaling * (state[b_key].astype(np.float64) @ state[a_key].astype(np.float64)) for state in (old, new))
+        changes[module] = float(np.linalg.norm(after - before))
+    head = [k for k in old if module_of(k) == HEAD]
+    if head:
+        changes[HEAD] = float(np.sqrt(sum(np.sum((new[k].astype(np.float64) - old[k].astype(np.float64)) ** 2) for k in head)))
+    return changes
