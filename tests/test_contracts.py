@@ -67,8 +67,8 @@ class RankedAverage(Strategy):
 
 
 @pytest.fixture(scope="module")
-def federation(tiny_config: Config) -> Federation:
-    config = tiny_config.model_copy(update={"strategy": "fedavg", "federation": tiny_config.federation.model_copy(update={"budgets": None})})
+def federation(fast_config: Config) -> Federation:
+    config = fast_config.model_copy(update={"strategy": "fedavg", "federation": fast_config.federation.model_copy(update={"budgets": None})})
     return build_federation(config, progress=False)
 
 
@@ -77,10 +77,10 @@ def server_with(federation: Federation, strategy: Strategy, config: Config) -> S
     return Server(strategy, federation.infos, initial, config.train, config.seed, federation.server.evaluator)
 
 
-def test_two_ranks_round_trip_through_a_real_round(federation: Federation, tiny_config: Config) -> None:
+def test_two_ranks_round_trip_through_a_real_round(federation: Federation, fast_config: Config) -> None:
     context = federation.server.context
     strategy = RankedAverage(context, low={0: 4})
-    server = server_with(federation, strategy, tiny_config)
+    server = server_with(federation, strategy, fast_config)
     before = {k: v.copy() for k, v in server.global_tensors.items()}
 
     result = server.run_round(1, federation.transport())
@@ -89,8 +89,8 @@ def test_two_ranks_round_trip_through_a_real_round(federation: Federation, tiny_
     by_cid = {r["cid"]: r for r in result.clients}
     assert by_cid[0]["ranks"] == {m: 4 for m in context.modules} and "ranks" not in by_cid[1]
     sent = {u.cid: u.tensors for u in strategy.seen}
-    assert sent[0]["0.query/lora_A"].shape == (4, 384) and sent[0]["0.query/lora_B"].shape == (384, 4)
-    assert sent[1]["0.query/lora_A"].shape == (8, 384)
+    assert sent[0]["0.query/lora_A"].shape == (4, 32) and sent[0]["0.query/lora_B"].shape == (32, 4)
+    assert sent[1]["0.query/lora_A"].shape == (8, 32)
     assert by_cid[0]["upload_bytes"] < by_cid[1]["upload_bytes"]
     # the cost model prices rank: less for the rank-4 client, and close to what was measured
     assert by_cid[0]["predicted_bytes"] < by_cid[1]["predicted_bytes"]
@@ -105,16 +105,16 @@ def test_two_ranks_round_trip_through_a_real_round(federation: Federation, tiny_
     assert np.all(sent[0]["0.query/lora_A"].shape[0] < value.shape[0] for value in [server.global_tensors["0.query/lora_A"]])
 
 
-def test_a_payload_of_the_wrong_rank_is_refused_by_the_client(federation: Federation, tiny_config: Config) -> None:
+def test_a_payload_of_the_wrong_rank_is_refused_by_the_client(federation: Federation, fast_config: Config) -> None:
     strategy = RankedAverage(federation.server.context, low={0: 4}, send_truncated=False)
-    server = server_with(federation, strategy, tiny_config)
-    with pytest.raises(ValueError, match=r"0.query/lora_A: received shape \(8, 384\), the model holds \(4, 384\)"):
+    server = server_with(federation, strategy, fast_config)
+    with pytest.raises(ValueError, match=r"0.query/lora_A: received shape \(8, 32\), the model holds \(4, 32\)"):
         server.run_round(1, federation.transport())
 
 
-def test_a_b_only_assignment_trains_and_aggregates_b_only(federation: Federation, tiny_config: Config) -> None:
+def test_a_b_only_assignment_trains_and_aggregates_b_only(federation: Federation, fast_config: Config) -> None:
     strategy = RankedAverage(federation.server.context, low={}, parts=(LORA_B,))
-    server = server_with(federation, strategy, tiny_config)
+    server = server_with(federation, strategy, fast_config)
     before = {k: v.copy() for k, v in server.global_tensors.items()}
 
     result = server.run_round(1, federation.transport())
@@ -132,17 +132,17 @@ def test_a_b_only_assignment_trains_and_aggregates_b_only(federation: Federation
 def test_validation_names_what_is_wrong_with_an_update(federation: Federation) -> None:
     context = federation.server.context
     global_tensors = federation.server.global_tensors
-    assignment = Assignment(("5.query",), ranks={"5.query": 2})
+    assignment = Assignment(("3.query",), ranks={"3.query": 2})
     good = {k: global_tensors[k] for k in context.head_keys}
-    good["5.query/lora_A"] = np.zeros((2, 384), np.float32)
-    good["5.query/lora_B"] = np.zeros((384, 2), np.float32)
+    good["3.query/lora_A"] = np.zeros((2, 32), np.float32)
+    good["3.query/lora_B"] = np.zeros((32, 2), np.float32)
     assert update_problem(context, assignment, good, global_tensors, 10) is None
     cases = {
-        "sent 1 tensors it was not assigned, e.g. '4.query/lora_A'": {**good, "4.query/lora_A": global_tensors["4.query/lora_A"]},
-        "lacks 1 assigned tensors, e.g. '5.query/lora_B'": {k: v for k, v in good.items() if k != "5.query/lora_B"},
-        "5.query/lora_A: shape (8, 384), assigned (2, 384)": {**good, "5.query/lora_A": np.zeros((8, 384), np.float32)},
-        "5.query/lora_B: dtype float64, expected float32": {**good, "5.query/lora_B": np.zeros((384, 2))},
-        "5.query/lora_A: holds NaN or Inf": {**good, "5.query/lora_A": np.full((2, 384), np.nan, np.float32)},
+        "sent 1 tensors it was not assigned, e.g. '2.query/lora_A'": {**good, "2.query/lora_A": global_tensors["2.query/lora_A"]},
+        "lacks 1 assigned tensors, e.g. '3.query/lora_B'": {k: v for k, v in good.items() if k != "3.query/lora_B"},
+        "3.query/lora_A: shape (8, 32), assigned (2, 32)": {**good, "3.query/lora_A": np.zeros((8, 32), np.float32)},
+        "3.query/lora_B: dtype float64, expected float32": {**good, "3.query/lora_B": np.zeros((32, 2))},
+        "3.query/lora_A: holds NaN or Inf": {**good, "3.query/lora_A": np.full((2, 32), np.nan, np.float32)},
     }
     for reason, tensors in cases.items():
         assert update_problem(context, assignment, tensors, global_tensors, 10) == reason
@@ -156,15 +156,15 @@ def test_assignments_refuse_nonsense() -> None:
         Assignment(("0.query",), ranks={"1.query": 2})
 
 
-def test_exclusive_under_partial_participation_samples_among_the_eligible(tiny_config: Config, tiny_cost_model: CostModel, tmp_path) -> None:
-    big = int(tiny_cost_model.full() * 1.2)
-    small = int(tiny_cost_model.cheapest()[1] * 1.05)
-    federation = tiny_config.federation.model_copy(
+def test_exclusive_under_partial_participation_samples_among_the_eligible(fast_config: Config, fast_cost_model: CostModel, tmp_path) -> None:
+    big = int(fast_cost_model.full() * 1.2)
+    small = int(fast_cost_model.cheapest()[1] * 1.05)
+    federation = fast_config.federation.model_copy(
         update={"num_clients": 8, "clients_per_round": 4, "rounds": 5, "budgets": (small,) * 6 + (big,) * 2}
     )
-    config = tiny_config.model_copy(update={
+    config = fast_config.model_copy(update={
         "strategy": "exclusive", "federation": federation,
-        "train": tiny_config.train.model_copy(update={"local_steps": 1}),
+        "train": fast_config.train.model_copy(update={"local_steps": 1}),
     })
     result = run_simulation(config, tmp_path / "run", progress=False)
     assert result.results["status"] == "finished" and len(result.rounds) == 6
@@ -173,10 +173,10 @@ def test_exclusive_under_partial_participation_samples_among_the_eligible(tiny_c
         assert record["skipped"] is None
 
 
-def test_exclusive_refuses_a_federation_where_nobody_fits(tiny_config: Config, tiny_cost_model: CostModel) -> None:
-    strategy = STRATEGIES["exclusive"](FederationContext([], {}, {}, 6, 8, tiny_cost_model, memory_margin=0.01))
+def test_exclusive_refuses_a_federation_where_nobody_fits(fast_config: Config, fast_cost_model: CostModel) -> None:
+    strategy = STRATEGIES["exclusive"](FederationContext([], {}, {}, 6, 8, fast_cost_model, memory_margin=0.01))
     with pytest.raises(FedpilotError, match="no client does"):
-        strategy.check_budgets([ClientInfo(0, 10, tiny_cost_model.full())])  # the margin leaves it short
+        strategy.check_budgets([ClientInfo(0, 10, fast_cost_model.full())])  # the margin leaves it short
 
 
 def synthetic_context(seed: int, margin: float) -> FederationContext:
@@ -255,8 +255,8 @@ class NobodyTrains(Strategy):
         raise AssertionError("never called without updates")
 
 
-def test_a_round_with_nothing_to_train_is_skipped_and_recorded(federation: Federation, tiny_config: Config) -> None:
-    server = server_with(federation, NobodyTrains(federation.server.context), tiny_config)
+def test_a_round_with_nothing_to_train_is_skipped_and_recorded(federation: Federation, fast_config: Config) -> None:
+    server = server_with(federation, NobodyTrains(federation.server.context), fast_config)
     server.evaluate()
     before = dict(server.global_tensors)
     result = server.run_round(1, federation.transport())

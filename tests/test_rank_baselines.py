@@ -318,12 +318,12 @@ def test_flexlora_refuses_only_a_federation_where_nobody_fits() -> None:
 
 
 @pytest.fixture(scope="module")
-def federation(tiny_config: Config) -> Federation:
-    config = tiny_config.model_copy(update={"strategy": "fedavg", "federation": tiny_config.federation.model_copy(update={"budgets": None})})
+def federation(fast_config: Config) -> Federation:
+    config = fast_config.model_copy(update={"strategy": "fedavg", "federation": fast_config.federation.model_copy(update={"budgets": None})})
     return build_federation(config, progress=False)
 
 
-def test_a_real_flexlora_round_with_two_ranks_passes_validation_and_keeps_the_global_shapes(federation: Federation, tiny_config: Config) -> None:
+def test_a_real_flexlora_round_with_two_ranks_passes_validation_and_keeps_the_global_shapes(federation: Federation, fast_config: Config) -> None:
     ctx = federation.server.context
     modules = list(ctx.modules)
     low = ctx.cost_model.cost(modules, {m: 4 for m in modules})
@@ -338,7 +338,7 @@ def test_a_real_flexlora_round_with_two_ranks_passes_validation_and_keeps_the_gl
 
     strategy = Recording(ctx)
     initial = {k: v.copy() for k, v in federation.server.global_tensors.items()}
-    server = Server(strategy, infos, initial, tiny_config.train, tiny_config.seed, federation.server.evaluator)
+    server = Server(strategy, infos, initial, fast_config.train, fast_config.seed, federation.server.evaluator)
     server.check_budgets()
     before = {k: v.copy() for k, v in server.global_tensors.items()}
 
@@ -350,7 +350,7 @@ def test_a_real_flexlora_round_with_two_ranks_passes_validation_and_keeps_the_gl
     assert by_cid[0]["ranks"] == {m: 4 for m in modules} and all("ranks" not in by_cid[c] for c in by_cid if c != 0)
     assert by_cid[0]["predicted_bytes"] <= ctx.usable(budget)
     sent = {u.cid: u.tensors for u in seen}
-    assert sent[0]["0.query/lora_A"].shape == (4, 384) and sent[1]["0.query/lora_A"].shape == (8, 384)
+    assert sent[0]["0.query/lora_A"].shape == (4, 32) and sent[1]["0.query/lora_A"].shape == (8, 32)
     for key, value in server.global_tensors.items():
         assert value.shape == before[key].shape and value.dtype == before[key].dtype and np.isfinite(value).all()
     key_a, key_b = "3.value/lora_A", "3.value/lora_B"  # the best rank-8 approximation of the sample-weighted mean of the products
@@ -362,7 +362,7 @@ def test_a_real_flexlora_round_with_two_ranks_passes_validation_and_keeps_the_gl
 
     # round 2's rank-4 payload (now a truncated SVD of non-zero products) loads into the real model
     assignment = strategy.configure_train(2, [infos[0]], server.global_tensors)[0]
-    assert assignment.tensors["0.query/lora_A"].shape == (4, 384) and assignment.tensors["0.query/lora_B"].dtype == np.float32
+    assert assignment.tensors["0.query/lora_A"].shape == (4, 32) and assignment.tensors["0.query/lora_B"].dtype == np.float32
     federation.clients[0].receive(assignment.tensors, dict(assignment.ranks))
     assert federation.model.ranks() == {m: 4 for m in modules}
     federation.model.set_ranks({})

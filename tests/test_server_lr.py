@@ -108,11 +108,11 @@ def test_refuses_what_it_cannot_do() -> None:
 
 
 @pytest.mark.parametrize("name", ["fedavg", "flora"])
-def test_a_real_round_with_half_the_server_rate_lands_half_way(tiny_config: Config, name: str) -> None:
+def test_a_real_round_with_half_the_server_rate_lands_half_way(fast_config: Config, name: str) -> None:
     """Two servers from one start, one round each with the same clients: server_lr 0.5 lands half way to
     server_lr 1 (every tensor for fedavg; every module's effective weight and the head for flora, which
     merges into the base and restarts its factors)."""
-    config = tiny_config.model_copy(update={"strategy": name, "federation": tiny_config.federation.model_copy(update={"budgets": None})})
+    config = fast_config.model_copy(update={"strategy": name, "federation": fast_config.federation.model_copy(update={"budgets": None})})
     federation = build_federation(config, progress=False)
     context, strategy = federation.server.context, STRATEGIES[name]
     initial = {k: v.copy() for k, v in federation.server.global_tensors.items()}
