@@ -205,6 +205,9 @@ def test_a_finished_run_of_another_config_is_kept(comparison: Path, config_file:
         (["--seeds", "-1"], ["'-1'"]),
         (["--preset", "slow"], ["slow", "quick"]),
         (["--target", "1.5"], ["--target"]),
+        (["--last", "0"], ["--last", "below 1"]),
+        (["--last", "five"], ["--last", "e.g. 5"]),
+        (["--strategies", "fedpilot,fedavg", "--reference", "exclusive"], ["--reference", "fedpilot, fedavg"]),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv: list[str], words: list[str], tmp_path: Path,
@@ -358,6 +361,18 @@ def test_the_table_shows_the_late_accuracy_of_every_run(comparison: Path) -> Non
         curve = [a for a in run["accuracy_curve"][1:] if a is not None]
         assert run["late_accuracy"] == pytest.approx(sum(curve[-5:]) / len(curve[-5:]))  # the default end point: last 5
     assert "| last-5 mean |" in (comparison / "comparison.md").read_text()
+
+
+def test_the_end_point_reference_and_exclusive_check_come_from_the_command_line(comparison: Path, config_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    shutil.copytree(comparison, out)
+    assert compare(config_file, out, "--last", "1", "--reference", "fedpilot", "--exclusive-below") == 0  # the runs are kept: tables only
+    data = json.loads((out / "comparison.json").read_text())
+    for run in data["runs"]:
+        curve = [a for a in run["accuracy_curve"][1:] if a is not None]
+        assert run["late_accuracy"] == pytest.approx(curve[-1])
+    table = (out / "comparison.md").read_text()
+    assert "| last-1 mean | last-1 - `fedpilot`, paired |" in table and "exclusive" in table
 
 
 def test_two_jobs_make_the_same_runs_in_processes_of_their_own(comparison: Path, config_file: Path, tmp_path: Path,

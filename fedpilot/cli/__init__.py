@@ -55,11 +55,14 @@ def _compare(args: argparse.Namespace) -> int:
     target = comparison.parse_target(args.target)
     comparison.parse_preset(args.preset)
     jobs = comparison.parse_jobs(args.jobs)
+    last = comparison.parse_last(args.last, comparison.LATE_EVALUATIONS)
+    reference = comparison.parse_reference(args.reference, strategies)
     config = _with_device(load_config(args.config), args.device)
     out = args.out or comparison.default_out(args.preset)
     result = comparison.run_comparison(
         config, strategies, seeds, out, preset=args.preset, target=target, progress=not args.quiet,
         config_source=None if args.config is None else str(args.config), jobs=jobs,
+        late=last, reference=reference, exclusive_below=args.exclusive_below,
     )
     print(f"runs: {len(result.executed)} run now, {len(result.skipped)} skipped (already finished) in {result.out_dir}")
     print("outputs: " + "  ".join(str(path) for path in result.paths))
@@ -114,6 +117,11 @@ def _add_compare(verb) -> None:
     )
     compare.add_argument("--jobs", metavar="N", help="runs at a time, each in a process of its own with the cores shared "
                          "equally as torch threads (default 1; 2 on 2 cores made 1.1-1.4x the runs per hour, docs/protocol.md)")
+    compare.add_argument("--last", metavar="K", help="the end point: the mean of each run's last K evaluated rounds (default 5); "
+                         "the table states the resolution (the standard error of a seed-paired difference) at this end point")
+    compare.add_argument("--reference", metavar="STRATEGY", help="pair every strategy with this one in the table (default: fedavg if compared)")
+    compare.add_argument("--exclusive-below", action="store_true", help="a level where the poor clients hold data the rich lack: "
+                         "its sanity order also needs exclusive clearly below fedavg (docs/protocol.md, \"Resolution\")")
     compare.add_argument("--device", help=DEVICE_HELP)
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(handler=_compare)

@@ -132,6 +132,26 @@ def parse_preset(name: str | None) -> Preset | None:
     return PRESETS[name]
 
 
+def parse_last(value: int | str | None, default: int) -> int:
+    """The end point's evaluated rounds for ``--last``: a whole number >= 1 (default ``default``)."""
+    if value is None:
+        return default
+    try:
+        last = int(value)
+    except (TypeError, ValueError):
+        raise FedpilotError(f"--last: {value!r} is not a whole number; give how many final evaluations to average, e.g. 5") from None
+    if last < 1:
+        raise FedpilotError(f"--last: {last} is below 1; give how many final evaluations to average, e.g. 5")
+    return last
+
+
+def parse_reference(value: str | None, strategies: list[str]) -> str | None:
+    """``--reference``: one of the compared strategies (None: fedavg if compared)."""
+    if value is not None and value not in strategies:
+        raise FedpilotError(f"--reference: {value!r} is not among the compared strategies; give one of {', '.join(strategies)}")
+    return value
+
+
 def parse_jobs(value: int | str | None) -> int:
     """Runs at a time for ``--jobs``: a whole number >= 1 (default 1)."""
     if value is None:
