@@ -12,6 +12,7 @@ the Frobenius norm of its effective weight change), prints per strategy and roun
 - acc: the round's accuracy (the fixed evaluation subset; the last round the whole split) and its change;
 - cover L0..Ln: the share of the round's training rows whose client trained layer L (any of its modules);
 - move L0..Ln: the mean over the layer's modules of ||Delta W||_F, and the head's ||Delta||_F;
+- rel: the mean over modules of the round's move over the weight it left, ||Delta W|| / ||W||, and the head's;
 - the correlation, over rounds, of the accuracy change with the head's move and with the rows' share that
   trained the lowest half of the layers.
 
@@ -62,6 +63,10 @@ def layer_table(results: dict) -> dict:
             "cover": [sum(n for cid, n in samples.items() if layer in trained[cid]) / total for layer in range(layers)],
             "move": [float(np.mean([updates[m]["change"] for m in mods if m in updates])) if updates else None for mods in by_layer],
             "head_move": updates.get(HEAD, {}).get("change"),
+            # the round's move over the weight it left (recorded from when rounds kept the norm too)
+            "relative_move": float(np.mean([u["change"] / u["norm"] for m, u in updates.items() if m != HEAD and u.get("norm")]))
+            if any(u.get("norm") for u in updates.values()) else None,
+            "head_relative_move": updates[HEAD]["change"] / updates[HEAD]["norm"] if updates.get(HEAD, {}).get("norm") else None,
         })
     return {"layers": layers, "rounds": rows}
 
@@ -84,12 +89,14 @@ def print_table(name: str, table: dict, stats: dict) -> None:
     layers = table["layers"]
     print(f"\n{name}  (dips > 0.02: {stats.get('dips')}, mean |change| {stats.get('mean_abs_change', float('nan')):.3f}, "
           f"corr(change, head move) {stats.get('corr_gain_head_move')}, corr(change, lower-half cover) {stats.get('corr_gain_lower_half_cover')})")
-    print("round  acc     " + " ".join(f"c{layer}  " for layer in range(layers)) + "| " + " ".join(f"m{layer}    " for layer in range(layers)) + "| head")
+    print("round  acc     " + " ".join(f"c{layer}  " for layer in range(layers)) + "| " + " ".join(f"m{layer}    " for layer in range(layers))
+          + "| head  | rel   rel-head")
     for r in table["rounds"]:
         acc = "  -   " if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         moves = " ".join("  -   " if m is None else f"{m:.4f}" for m in r["move"])
         head = "-" if r["head_move"] is None else f"{r['head_move']:.3f}"
-        print(f"{r['round']:>5}  {acc}  " + " ".join(f"{c:.2f}" for c in r["cover"]) + " | " + moves + " | " + head)
+        rel = " ".join("  -  " if r.get(k) is None else f"{r[k]:.3f}" for k in ("relative_move", "head_relative_move"))
+        print(f"{r['round']:>5}  {acc}  " + " ".join(f"{c:.2f}" for c in r["cover"]) + " | " + moves + " | " + head + " | " + rel)
 
 
 def plot(tables: dict[str, dict], path: Path) -> None:

@@ -88,9 +88,11 @@ def test_module_changes_are_the_frobenius_norms_of_the_effective_weight_changes(
         expected = 2.0 * (b1 @ a1 - b0 @ a0)
         if base_deltas:
             expected += new[tensor_key(m, BASE_DELTA)].astype(np.float64) - old[tensor_key(m, BASE_DELTA)]
-        assert got[m] == pytest.approx(np.sqrt((expected**2).sum()), rel=1e-12)
-    assert got[HEAD] == pytest.approx(np.linalg.norm(new[f"{HEAD}/w"].astype(np.float64) - old[f"{HEAD}/w"]), rel=1e-12)
-    assert module_changes(old, old, MODULES, 2.0, base_deltas) == dict.fromkeys([*MODULES, HEAD], 0.0)
+        after = 2.0 * b1 @ a1 + (new[tensor_key(m, BASE_DELTA)].astype(np.float64) if base_deltas else 0)
+        assert got[m] == pytest.approx((np.sqrt((expected**2).sum()), np.sqrt((after**2).sum())), rel=1e-12)
+    head = new[f"{HEAD}/w"].astype(np.float64)
+    assert got[HEAD] == pytest.approx((np.linalg.norm(head - old[f"{HEAD}/w"]), np.linalg.norm(head)), rel=1e-12)
+    assert {m: change for m, (change, _) in module_changes(old, old, MODULES, 2.0, base_deltas).items()} == dict.fromkeys([*MODULES, HEAD], 0.0)
 
 
 def test_refuses_what_it_cannot_do() -> None:

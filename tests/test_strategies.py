@@ -76,7 +76,7 @@ def test_each_round_records_who_trained_each_module_and_how_far_it_moved(runs: d
         counts = {m: sum(m in c["modules"] for c in r["clients"]) for m in runs["fedpilot"].results["modules"]}
         assert {m: u["trainers"] for m, u in r["module_updates"].items() if m != "head"} == counts
         assert r["module_updates"]["head"]["trainers"] == len(r["clients"])
-        assert all(u["change"] > 0 for u in r["module_updates"].values() if u["trainers"])
+        assert all(u["change"] > 0 and u["norm"] > 0 for u in r["module_updates"].values() if u["trainers"])
     assert {u["trainers"] for r in runs["exclusive"].rounds[1:] for u in r["module_updates"].values()} == {1}
 
 

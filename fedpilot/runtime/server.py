@@ -66,8 +66,8 @@ class RoundResult:
     skipped: str | None
     seconds: float
     proxy: dict[str, Any] | None = None
-    # per module (and "head"): how many accepted updates trained it, and how far the round moved its effective
-    # weight (Frobenius norm, :func:`module_changes`); None when the global model did not change
+    # per module (and "head"): how many accepted updates trained it, how far the round moved its effective weight
+    # and that weight's norm after the round (Frobenius norms, :func:`module_changes`); None when the model did not change
     module_updates: dict[str, dict[str, float]] | None = None
 
 
@@ -322,7 +322,7 @@ class Server:
         trainers = {m: sum(m in r["modules"] for r in records) for m in changes}
         if HEAD in changes:
             trainers[HEAD] = len(records)
-        return {m: {"trainers": trainers[m], "change": change} for m, change in changes.items()}
+        return {m: {"trainers": trainers[m], "change": change, "norm": norm} for m, (change, norm) in changes.items()}
 
     def _client_record(self, task: TrainTask, reply: ClientUpdate) -> dict[str, Any]:
         assignment = task.assignment

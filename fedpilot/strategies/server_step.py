@@ -55,11 +55,12 @@ def _effective_weight(state: TensorDict, a_key: str, b_key: str, d_key: str, sca
     return state[d_key].astype(np.float64) + scaling * (state[b_key].astype(np.float64) @ state[a_key].astype(np.float64))
 
 
-def module_changes(old: TensorDict, new: TensorDict, modules: Sequence[str], scaling: float, base_deltas: bool) -> dict[str, float]:
-    """How far a round moved each module's effective weight: ``||W_new - W_old||_F`` with ``W = s B A`` (plus
-    the merged ``D`` where the state has one), and the head's tensors as ``"head"`` (their joint Frobenius
-    norm). A module whose factors did not move has 0. Both states must hold the same keys."""
-    changes: dict[str, float] = {}
+def module_changes(old: TensorDict, new: TensorDict, modules: Sequence[str], scaling: float, base_deltas: bool) -> dict[str, tuple[float, float]]:
+    """How far a round moved each module's effective weight, and where it left it: ``(||W_new - W_old||_F,
+    ||W_new||_F)`` with ``W = s B A`` (plus the merged ``D`` where the state has one: the module's whole change
+    of its frozen weight), and the head's tensors as ``"head"`` (their joint Frobenius norms). A module whose
+    factors did not move has a change of 0. Both states must hold the same keys."""
+    changes: dict[str, tuple[float, float]] = {}
     for module in modules:
         a_key, b_key = tensor_key(module, LORA_A), tensor_key(module, LORA_B)
         if a_key not in old or b_key not in old:
@@ -69,8 +70,9 @@ def module_changes(old: TensorDict, new: TensorDict, modules: Sequence[str], sca
             before, after = (_effective_weight(state, a_key, b_key, d_key, scaling) for state in (old, new))
         else:
             before, after = (scaling * (state[b_key].astype(np.float64) @ state[a_key].astype(np.float64)) for state in (old, new))
-        changes[module] = float(np.linalg.norm(after - before))
+        changes[module] = (float(np.linalg.norm(after - before)), float(np.linalg.norm(after)))
     head = [k for k in old if module_of(k) == HEAD]
     if head:
-        changes[HEAD] = float(np.sqrt(sum(np.sum((new[k].astype(np.float64) - old[k].astype(np.float64)) ** 2) for k in head)))
+        moved = sum(np.sum((new[k].astype(np.float64) - old[k].astype(np.float64)) ** 2) for k in head)
+        changes[HEAD] = (float(np.sqrt(moved)), float(np.sqrt(sum(np.sum(new[k].astype(np.float64) ** 2) for k in head))))
     return changes
