@@ -106,19 +106,19 @@ def plot(tables: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(tables), 3, figsize=(14, 2.6 * len(tables)), squeeze=False)
-    for row, (name, table) in zip(axes, tables.items()):
+    for index, (row, (name, table)) in enumerate(zip(axes, tables.items())):
         rounds = [r["round"] for r in table["rounds"]]
         row[0].plot(rounds, [r["accuracy"] for r in table["rounds"]], marker="o")
         row[0].set_ylabel(name)
-        row[0].set_title("accuracy" if row is axes[0] else "")
+        row[0].set_title("accuracy" if index == 0 else "")
         cover = np.array([r["cover"] for r in table["rounds"]]).T
         row[1].imshow(cover, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
                       extent=(rounds[0] - 0.5, rounds[-1] + 0.5, -0.5, table["layers"] - 0.5))
-        row[1].set_title("share of rows training layer" if row is axes[0] else "")
+        row[1].set_title("share of rows training each layer (0 = lowest)" if index == 0 else "")
         moves = np.array([[np.nan if m is None else m for m in r["move"]] for r in table["rounds"]]).T
         row[2].imshow(moves, aspect="auto", origin="lower", cmap="magma",
                       extent=(rounds[0] - 0.5, rounds[-1] + 0.5, -0.5, table["layers"] - 0.5))
-        row[2].set_title("||dW|| per layer" if row is axes[0] else "")
+        row[2].set_title("||dW|| per layer" if index == 0 else "")
     for ax in axes[-1]:
         ax.set_xlabel("round")
     fig.tight_layout()
