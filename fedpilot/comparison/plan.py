@@ -132,17 +132,22 @@ def parse_preset(name: str | None) -> Preset | None:
     return PRESETS[name]
 
 
-def parse_last(value: int | str | None, default: int) -> int:
-    """The end point's evaluated rounds for ``--last``: a whole number >= 1 (default ``default``)."""
+def _positive_whole(flag: str, value: int | str | None, default: int, fix: str) -> int:
+    """``flag``'s value as a whole number >= 1 (``default`` when not given), or one line naming the flag and ``fix``."""
     if value is None:
         return default
     try:
-        last = int(value)
+        number = int(value)
     except (TypeError, ValueError):
-        raise FedpilotError(f"--last: {value!r} is not a whole number; give how many final evaluations to average, e.g. 5") from None
-    if last < 1:
-        raise FedpilotError(f"--last: {last} is below 1; give how many final evaluations to average, e.g. 5")
-    return last
+        raise FedpilotError(f"{flag}: {value!r} is not a whole number; {fix}") from None
+    if number < 1:
+        raise FedpilotError(f"{flag}: {number} is below 1; {fix}")
+    return number
+
+
+def parse_last(value: int | str | None, default: int) -> int:
+    """The end point's evaluated rounds for ``--last``: a whole number >= 1 (default ``default``)."""
+    return _positive_whole("--last", value, default, "give how many final evaluations to average, e.g. 5")
 
 
 def parse_reference(value: str | None, strategies: list[str]) -> str | None:
@@ -154,15 +159,7 @@ def parse_reference(value: str | None, strategies: list[str]) -> str | None:
 
 def parse_jobs(value: int | str | None) -> int:
     """Runs at a time for ``--jobs``: a whole number >= 1 (default 1)."""
-    if value is None:
-        return 1
-    try:
-        jobs = int(value)
-    except (TypeError, ValueError):
-        raise FedpilotError(f"--jobs: {value!r} is not a whole number; give the runs to make at a time, e.g. 2") from None
-    if jobs < 1:
-        raise FedpilotError(f"--jobs: {jobs} is below 1; give the runs to make at a time, e.g. 2")
-    return jobs
+    return _positive_whole("--jobs", value, 1, "give the runs to make at a time, e.g. 2")
 
 
 # -- the runs --------------------------------------------------------------------------------------
