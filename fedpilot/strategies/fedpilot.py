@@ -11,6 +11,10 @@ its memory budget, and the server compensates the modules few clients trained.
 - stability (``keep_margin`` = mu, off by default): a client keeps its previous module set A' while
   A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
   today's scores, so that small moves of the scores do not reshuffle what a client trains;
+- nesting (``nesting: round``, off by default): the round's clients are planned together so that a
+  poorer client's set is a subset of a richer one's (fedpilot.planning.nesting: richest first, each
+  next client's exact optimum restricted to the next richer client's set); the stability rule then
+  keeps a previous set only when it lies within the set the client is restricted to;
 - aggregation: spatial-temporal compensation (``stagg``: compensation.TemporalCompensation, the
   coverage-weighted update history, with dynamic weight adjustment of each module's step when
   ``dwa_temperature`` is set, or compensation.UpdateMemory, every client's latest update).
@@ -24,13 +28,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedpilot.core.keys import module_layer
 from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.allocation import Allocation, Problem, solve
 from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits
+from fedpilot.planning.nesting import Nested, nested_allocations
 from fedpilot.planning.scoring import GlobalChange, GlobalCoverage, federation_local, ig_scores
 from fedpilot.strategies import STRATEGIES
 from fedpilot.strategies.aggregation_utils import coverage
@@ -69,6 +74,15 @@ class FedPilotOptions(StrictModel):
     keep_margin: float | None = Field(
         None, ge=0, description="mu: keep a client's previous set unless the new one is worth more than (1 + mu) times it (None: always re-solve)"
     )
+    nesting: Literal["off", "round"] = Field(
+        "off", description="round: nest the round's sets, each client's optimum restricted to the next richer client's set (fedpilot.planning.nesting); off: each its own optimum"
+    )
+
+    @field_validator("nesting", mode="before")
+    @classmethod
+    def _bare_off(cls, value: object) -> object:
+        """YAML reads a bare ``off`` as false: that is ``off`` too."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _one_stagg(self) -> FedPilotOptions:
@@ -107,6 +121,7 @@ class FedPilot(FedAvg):
         )
         self.allocations: dict[int, Allocation] = {}
         self.trained: dict[int, tuple[str, ...]] = {}  # every client's last assigned set (keep_margin compares with it)
+        self.nesting: dict[int, Nested] = {}  # nesting: round: the last round's place of each planned client
         self.score_batches = opts.score_batches
         self.score_trained_loss = opts.score_loss == "trained"
 
@@ -159,9 +174,10 @@ class FedPilot(FedAvg):
                 raise nothing_fits(cost_model, client.cid, client.budget_bytes, margin)
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
+        nested = self.allocate_nested(clients) if self.options.nesting == "round" else None
         plan = {}
         for client in clients:
-            allocation = self.allocate(client)
+            allocation = self.allocate(client) if nested is None else nested[client.cid]
             self.allocations[client.cid] = allocation
             self.trained[client.cid] = tuple(allocation.modules)
             plan[client.cid] = Assignment(tuple(allocation.modules))
@@ -178,6 +194,32 @@ class FedPilot(FedAvg):
         if allocation is None:  # check_budgets rules this out before the first round
             raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
         return self.keep_previous(client.cid, allocation, cost_model, values, usable)
+
+    def allocate_nested(self, clients: Sequence[ClientInfo]) -> dict[int, Allocation]:
+        """The round's allocations under ``nesting: round`` (fedpilot.planning.nesting): the clients by
+        decreasing usable budget, each the exact optimum within the next richer client's set, the
+        stability rule applied within that set. A client without a budget trains every module (a
+        superset of every set) and is left out of the nesting; ``self.nesting`` keeps each planned
+        client's :class:`Nested` (whose set bounded it, or ``fallback`` where none of it fitted)."""
+        problems, unbounded = {}, {}
+        for client in clients:
+            if client.budget_bytes is None:
+                unbounded[client.cid] = self.allocate(client)
+                continue
+            cost_model = self.allocation_cost_model(client)
+            if not fits_something(cost_model, client.budget_bytes, self.context.memory_margin):  # check_budgets rules this out
+                raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
+            problems[client.cid] = Problem(self.context.usable(client.budget_bytes), cost_model, self.module_values(client.cid))
+        self.nesting = nested_allocations(problems, self.keep_within)
+        return {**unbounded, **{cid: placed.allocation for cid, placed in self.nesting.items()}}
+
+    def keep_within(self, cid: int, new: Allocation, problem: Problem) -> Allocation:
+        """The stability rule inside the nesting: the previous set only when it lies within ``problem``'s
+        (the client's allowed) modules, then as :meth:`keep_previous`."""
+        previous = self.trained.get(cid)
+        if previous is not None and not set(previous) <= set(problem.cost_model.module):
+            return new
+        return self.keep_previous(cid, new, problem.cost_model, problem.values, problem.budget_bytes)
 
     def keep_previous(self, cid: int, new: Allocation, cost_model: CostModel, values: Mapping[str, float], usable: int) -> Allocation:
         """The stability rule (``keep_margin`` mu): the client's previous set A' instead of the optimum A*

@@ -56,6 +56,13 @@ class FedPilotRankOptions(FedPilotOptions):
             raise ValueError("fedpilot-rank aggregates rank components with stagg: momentum; stagg: memory keeps whole tensors (set stagg: momentum)")
         return self
 
+    @model_validator(mode="after")
+    def _not_nested(self) -> FedPilotRankOptions:
+        """fedpilot-rank plans its own way (configure_train): nesting would be silently ignored, an error instead."""
+        if self.nesting != "off":
+            raise ValueError("fedpilot-rank plans (module, rank) selections one client at a time; nesting: round nests fedpilot's module sets (leave it out)")
+        return self
+
 
 def default_rank_options(rank: int) -> list[int]:
     """0, ``rank`` and its halvings down to 1: for 8, [0, 1, 2, 4, 8]."""
