@@ -268,6 +268,20 @@ def test_the_new_levels_evaluate_every_round_and_the_screen_tunes_on_validation(
         load_config(ROOT / "benchmarks" / "configs" / "rt-tier-skew.yaml").data.partition.model_dump(mode="json"))
 
 
+
+def test_each_screen_variant_is_the_screen_with_one_knob_changed() -> None:
+    """benchmarks/configs/screens/*.yaml: rt-screen.yaml with the knob its name says, and its own output folder."""
+    screen = load_config(ROOT / "benchmarks" / "configs" / "rt-screen.yaml").model_dump(mode="json")
+    knobs = {"rt-screen-slr05": {("federation", "server_lr"): 0.5}}
+    for path in sorted((ROOT / "benchmarks" / "configs" / "screens").glob("*.yaml")):
+        variant = load_config(path).model_dump(mode="json")
+        changed = {(section, key): value for section, fields in variant.items() if isinstance(fields, dict)
+                   for key, value in fields.items() if screen[section][key] != value}
+        assert changed == knobs[path.stem], path.name
+        assert variant["output_dir"] == f"runs/{path.stem}" != screen["output_dir"]
+        assert {k: v for k, v in variant.items() if not isinstance(v, dict) and k != "output_dir"} == {
+            k: v for k, v in screen.items() if not isinstance(v, dict) and k != "output_dir"}
+
 def test_resolution_py_replays_a_cadence_and_an_end_point_from_runs_evaluated_every_round(tmp_path, capsys) -> None:
     import sys
 
