@@ -17,7 +17,7 @@ class FedPilotNoIG(FedPilot):
     # it reads stagg's options and the stability rule's margin only
     capabilities = Capabilities(
         memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
-        options=frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature", "keep_margin"}),
+        options=frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature", "keep_margin", "checkpointing"}),
     )
 
     def module_values(self, cid: int) -> dict[str, float]:

@@ -1,0 +1,186 @@
+"""Activation checkpointing as a planned option: the same step, its memory priced and measured, the
+solver's choice exact, and a federation round that buys depth with it within every budget."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from fedpilot.config import Config, FederationSettings
+from fedpilot.core.errors import FedpilotError
+from fedpilot.data.split import SplitData
+from fedpilot.memory.calibrate import measure_peak
+from fedpilot.memory.validate import random_module_sets
+from fedpilot.planning.allocation import Problem, solve
+from fedpilot.planning.checkpointing import solve_planned
+from fedpilot.planning.costmodel import CostModel, analytic_layers, lora_module_bytes, lora_param_bytes
+from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.messages import TrainInstructions
+from fedpilot.runtime.training import batch_loss
+from fedpilot.simulation import run_simulation
+
+
+# -- the runtime: the same step ---------------------------------------------------------------------------
+def test_a_checkpointed_step_has_the_plain_steps_output_and_gradients(fast_model: LoraModel, fast_data: SplitData) -> None:
+    model, trained = fast_model, ["1.query", "2.value", "3.query"]
+    saved = model.state()
+    rows = torch.arange(8)
+
+    def step(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.set_trainable(trained)
+        model.peft.train()  # LoRA and base dropout on: the recompute must draw the same masks
+        torch.manual_seed(3)
+        with model.fold_frozen(trained), model.checkpointed(trained, checkpointing) as lowest:
+            assert lowest == (1 if checkpointing else None)
+            swapped = ["forward" in vars(block) for block in model.blocks()]
+            assert swapped == [checkpointing and layer >= 1 for layer in range(model.num_layers)]
+            loss = batch_loss(model, fast_data.train, rows)
+            loss.backward()
+        grads = {k: p.grad.detach().clone() for k, p in model.params.items() if p.grad is not None}
+        model.set_trainable([])
+        return loss.detach(), grads
+
+    try:
+        plain_loss, plain = step(False)
+        loss, grads = step(True)
+    finally:
+        model.load_state(saved)
+    assert not any("forward" in vars(block) for block in model.blocks())  # restored
+    assert set(grads) == set(plain) and len(plain) > 2 * 3  # the modules' A and B, and the head
+    assert torch.allclose(loss, plain_loss, atol=1e-6)
+    for key in plain:
+        assert torch.allclose(grads[key], plain[key], atol=1e-6), key
+
+
+# -- the cost model -----------------------------------------------------------------------------------------
+def test_calibrated_checkpointed_predictions_are_within_5_percent(fast_model: LoraModel, fast_data: SplitData, fast_config: Config,
+                                                                  fast_cost_model: CostModel) -> None:
+    batch = fast_data.train.subset(np.arange(fast_config.train.batch_size))
+    instructions = TrainInstructions.from_settings(fast_config.train, fast_config.seed)
+    assert fast_cost_model.prices_checkpointing
+    for modules in random_module_sets(fast_model.modules, 3, seed=2):
+        measured = measure_peak(fast_model, modules, batch, instructions, checkpointing=True)
+        predicted = fast_cost_model.cost(modules, checkpointing=True)
+        assert abs(predicted - measured) / measured <= 0.05, (modules, predicted, measured)
+    everything = list(fast_model.modules)
+    assert fast_cost_model.cost(everything, checkpointing=True) < fast_cost_model.cost(everything)  # it saves memory
+
+
+def test_a_cost_model_without_checkpointed_terms_loads_and_refuses_to_price_it(fast_cost_model: CostModel) -> None:
+    again = CostModel.from_dict(fast_cost_model.to_dict())
+    assert again == fast_cost_model and again.prices_checkpointing
+    old = {k: v for k, v in fast_cost_model.to_dict().items() if not k.endswith("_checkpointed")}
+    loaded = CostModel.from_dict(old)
+    assert not loaded.prices_checkpointing and loaded.cost(list(loaded.module)) == fast_cost_model.cost(list(loaded.module))
+    with pytest.raises(FedpilotError, match="cannot price activation checkpointing") as error:
+        loaded.cost(["0.query"], checkpointing=True)
+    assert "\n" not in str(error.value)
+    with pytest.raises(FedpilotError, match="cannot price activation checkpointing"):
+        solve_planned(Problem(10**9, loaded, {m: 1.0 for m in loaded.module}))
+
+
+def test_the_analytic_model_prices_checkpointing_from_each_layers_input() -> None:
+    shapes, tokens, rank, per_layer, layer_input = {"q": (32, 32), "f": (32, 64)}, 128, 8, 50_000, 16_384
+    model = analytic_layers(1000, per_layer, 3, shapes, ["q", "f"], rank, tokens, "adamw", {}, layer_input)
+    recompute = per_layer + 4 * tokens * (32 + rank) * 2
+    assert model.activation_checkpointed == tuple((3 - l) * layer_input + recompute for l in range(3))
+    assert model.module_checkpointed["1.f"] == lora_param_bytes(32, 64, rank, "adamw") == 4 * rank * 96 * 4
+    assert model.module["1.f"] == lora_module_bytes(32, 64, rank, tokens, "adamw")
+    assert not analytic_layers(1000, per_layer, 3, shapes, ["q"], rank, tokens, "adamw", {}).prices_checkpointing
+
+
+# -- the solver ---------------------------------------------------------------------------------------------
+def random_checkpointed_problem(seed: int) -> Problem:
+    """Up to 7 modules over 3 layers; checkpointed terms drawn independently (cheaper or dearer)."""
+    rng = random.Random(seed)
+    layers, count = 3, rng.randint(1, 7)
+    names = [f"{rng.randrange(layers)}.m{i}" for i in range(count)]
+    cost_model = CostModel(
+        fixed=rng.randint(0, 50),
+        activation=tuple(sorted((rng.randint(0, 60) for _ in range(layers)), reverse=rng.random() < 0.8)),
+        module={m: rng.randint(1, 30) for m in names},
+        activation_checkpointed=tuple(rng.randint(0, 60) for _ in range(layers)),
+        module_checkpointed={m: rng.randint(0, 30) for m in names},
+        source="input",
+    )
+    values = {m: float(rng.choice([0, 1, 2, 3, rng.random()])) for m in names}
+    return Problem(rng.randint(0, 250), cost_model, values)
+
+
+def brute_force(problem: Problem) -> tuple[float, bool] | None:
+    """The best value over every non-empty set x {off, on}, and whether only checkpointing reaches it."""
+    best: dict[bool, float] = {}
+    names = list(problem.cost_model.module)
+    for size in range(1, len(names) + 1):
+        for subset in itertools.combinations(names, size):
+            for checkpointing in (False, True):
+                if problem.cost_model.cost(subset, checkpointing=checkpointing) <= problem.budget_bytes:
+                    value = sum(problem.values[m] for m in subset)
+                    best[checkpointing] = max(best.get(checkpointing, -math.inf), value)
+    if not best:
+        return None
+    top = max(best.values())
+    return top, best.get(False, -math.inf) < top
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_planned_optimum_is_the_best_over_sets_and_checkpointing(seed: int) -> None:
+    problem = random_checkpointed_problem(seed)
+    expected, allocation = brute_force(problem), solve_planned(problem)
+    if expected is None:
+        assert allocation is None
+        return
+    value, only_checkpointed = expected
+    assert allocation is not None and allocation.optimal
+    assert math.isclose(allocation.value, value, rel_tol=1e-12, abs_tol=1e-12)
+    assert allocation.checkpointing == only_checkpointed  # a tie keeps checkpointing off
+    assert allocation.predicted_bytes == problem.cost_model.cost(allocation.modules, checkpointing=allocation.checkpointing)
+    assert allocation.predicted_bytes <= problem.budget_bytes
+
+
+def test_with_checkpointing_off_the_solver_is_unchanged() -> None:
+    for seed in range(50):
+        problem = random_checkpointed_problem(seed)
+        plain = solve(problem)
+        assert plain is None or not plain.checkpointing
+
+
+# -- a federation round ----------------------------------------------------------------------------------
+def test_a_planned_round_checkpoints_to_train_deeper_within_budget(fast_config: Config, fast_cost_model: CostModel, tmp_path) -> None:
+    """Clients 0 and 1 fit full LoRA only checkpointed (and no module below layer 2 without it): they checkpoint
+    and reach layer 0; client 2 fits full LoRA plainly and keeps checkpointing off (the faster step). One round,
+    one local step; every measured peak within its budget."""
+    margin = FederationSettings().memory_margin
+    cost_model, everything = fast_cost_model, list(fast_cost_model.module)
+    tight = math.ceil(cost_model.cost(everything, checkpointing=True) / (1 - margin)) + 1
+    roomy = math.ceil(cost_model.cost(everything) / (1 - margin)) + 1
+    usable = int(tight * (1 - margin))
+    # the lowest layer any set reaches without checkpointing under the tight budget
+    plain_lowest = min(cost_model.layer[m] for m in everything if cost_model.cost([m]) <= usable)
+    assert plain_lowest > 0
+    federation = fast_config.federation.model_copy(update={"budgets": (tight, tight, roomy), "rounds": 1})
+    train = fast_config.train.model_copy(update={"local_steps": 1})
+    config = fast_config.model_copy(update={"federation": federation, "train": train, "strategy_options": {"checkpointing": "planned"}})
+    result = run_simulation(config, tmp_path / "run", progress=False)
+    assert result.results["budget_violations"] == []
+    clients = {c["cid"]: c for c in result.rounds[-1]["clients"]}
+    assert {cid for cid, c in clients.items() if c.get("checkpointing")} == {0, 1}
+    for cid in (0, 1):
+        c = clients[cid]
+        assert min(cost_model.layer[m] for m in c["modules"]) < plain_lowest
+        assert c["peak_bytes"] <= c["budget_bytes"]
+        assert c["predicted_bytes"] == cost_model.cost(c["modules"], checkpointing=True)
+        assert abs(c["predicted_bytes"] - c["peak_bytes"]) / c["peak_bytes"] <= 0.05
+    assert "checkpointing" not in clients[2] and sorted(clients[2]["modules"]) == sorted(everything)
+
+
+def test_fedpilot_rank_refuses_to_plan_checkpointing() -> None:
+    from fedpilot.strategies.fedpilot_rank import FedPilotRankOptions
+
+    with pytest.raises(ValueError, match="does not plan activation checkpointing"):
+        FedPilotRankOptions(checkpointing="planned")
