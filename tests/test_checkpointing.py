@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoints import tiny_checkpoint_factory  # noqa: F401 (a fixture)
 from fedpilot.config import Config, FederationSettings
 from fedpilot.core.errors import FedpilotError
 from fedpilot.data.split import SplitData
@@ -184,3 +185,32 @@ def test_fedpilot_rank_refuses_to_plan_checkpointing() -> None:
 
     with pytest.raises(ValueError, match="does not plan activation checkpointing"):
         FedPilotRankOptions(checkpointing="planned")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "distilbert"])
+def test_checkpointing_other_families_keeps_outputs_and_gradients(model_type: str, tiny_checkpoint_factory) -> None:
+    """A decoder (rotary embeddings passed to each block as keyword arguments) and another encoder layout."""
+    from fedpilot.config import parse_config
+
+    config = parse_config({"model": {"name": str(tiny_checkpoint_factory(model_type))}})
+    model = LoraModel(config.model, num_labels=3, seed=0)
+    trained = [m for m in model.modules if m.startswith("1.")]
+    ids = torch.randint(5, 40, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def step(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.set_trainable(trained)
+        model.peft.train()
+        torch.manual_seed(3)
+        with model.fold_frozen(trained), model.checkpointed(trained, checkpointing):
+            assert ["forward" in vars(block) for block in model.blocks()] == [checkpointing and i >= 1 for i in range(model.num_layers)]
+            out = model.peft(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            out.square().mean().backward()
+        grads = {k: p.grad.detach().clone() for k, p in model.params.items() if p.grad is not None}
+        model.set_trainable([])
+        return out.detach(), grads
+
+    plain_out, plain = step(False)
+    out, grads = step(True)
+    assert torch.allclose(out, plain_out, atol=1e-6) and set(grads) == set(plain) and plain
+    for key in plain:
+        assert torch.allclose(grads[key], plain[key], atol=1e-6), key
