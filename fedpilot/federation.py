@@ -82,7 +82,14 @@ def calibration_cost_model(config: Config, data: SplitData, model: LoraModel, pr
     """The cost model calibrated on the first ``train.batch_size`` rows of the train split, cached on
     disk; ``(cost model, was cached)``. Every driver (and every Flower node, on its own device) uses it."""
     calibration_batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
-    return load_or_calibrate(model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress)
+    return load_or_calibrate(model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress,
+                             checkpointing=plans_checkpointing(config))
+
+
+def plans_checkpointing(config: Config) -> bool:
+    """Whether the run's strategy may plan activation checkpointing (``strategy_options.checkpointing: planned``):
+    then its cost model is calibrated with the checkpointed terms too."""
+    return getattr(config.strategy_settings(), "checkpointing", "off") == "planned"
 
 
 def make_model(config: Config, data: SplitData) -> LoraModel:

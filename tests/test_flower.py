@@ -68,6 +68,7 @@ def test_tensors_round_trip_exactly() -> None:
         Assignment(("0.query", "1.value")),
         Assignment(("1.value",), ranks={"1.value": 2}, parts=("lora_B",)),
         Assignment((), ranks={}),
+        Assignment(("0.query", "1.value"), checkpointing=True),
     ],
 )
 def test_train_tasks_round_trip_exactly(assignment: Assignment) -> None:
@@ -76,6 +77,12 @@ def test_train_tasks_round_trip_exactly(assignment: Assignment) -> None:
     assert got_assignment == assignment and got_instructions == instructions
     assert dict(got_assignment.ranks) == dict(assignment.ranks) and got_assignment.parts == assignment.parts
     same_tensors(got_tensors, tensors())
+
+
+def test_an_assignment_record_from_before_checkpointing_decodes_without_it() -> None:
+    record = codec.assignment_to_record(Assignment(("0.query",)))
+    del record["checkpointing"]
+    assert codec.assignment_from_record(record) == Assignment(("0.query",))
 
 
 def test_an_assignment_with_its_own_tensors_gets_them_back() -> None:

@@ -272,11 +272,13 @@ def test_the_new_levels_evaluate_every_round_and_the_screen_tunes_on_validation(
 def test_each_screen_variant_is_the_screen_with_one_knob_changed() -> None:
     """benchmarks/configs/screens/*.yaml: rt-screen.yaml with the knob its name says, and its own output folder."""
     screen = load_config(ROOT / "benchmarks" / "configs" / "rt-screen.yaml").model_dump(mode="json")
-    knobs = {"rt-screen-slr05": {("federation", "server_lr"): 0.5}}
+    knobs = {"rt-screen-slr05": {("federation", "server_lr"): 0.5}, "rt-screen-ckpt": {"strategy_options": {"checkpointing": "planned"}}}
     for path in sorted((ROOT / "benchmarks" / "configs" / "screens").glob("*.yaml")):
         variant = load_config(path).model_dump(mode="json")
-        changed = {(section, key): value for section, fields in variant.items() if isinstance(fields, dict)
+        changed = {(section, key): value for section, fields in variant.items() if isinstance(fields, dict) and section != "strategy_options"
                    for key, value in fields.items() if screen[section][key] != value}
+        if variant["strategy_options"] != screen["strategy_options"]:
+            changed["strategy_options"] = variant["strategy_options"]
         assert changed == knobs[path.stem], path.name
         assert variant["output_dir"] == f"runs/{path.stem}" != screen["output_dir"]
         assert {k: v for k, v in variant.items() if not isinstance(v, dict) and k != "output_dir"} == {

@@ -5,7 +5,8 @@ A RecordDict holds at most these records:
 - ``"tensors"``: an ArrayRecord of named numpy arrays (a :data:`~fedpilot.core.tensors.TensorDict`;
   dtype, shape and key order kept);
 - ``"assignment"``: a ConfigRecord (``modules``, ``rank_modules`` / ``rank_values``, ``parts``,
-  ``own_tensors``: whether the assignment carries its own tensors, which then travel as ``"tensors"``);
+  ``own_tensors``: whether the assignment carries its own tensors, which then travel as ``"tensors"``,
+  ``checkpointing``: absent in messages from before it, read as False);
 - ``"train"`` / ``"score"``: the instructions, one ConfigRecord field per dataclass field;
 - ``"metrics"``: int and float metrics in a MetricRecord; ``"metrics-extra"``: the others
   (str, bool, None, lists) as JSON in a ConfigRecord, so nothing changes type on the way;
@@ -53,6 +54,7 @@ def assignment_to_record(assignment: Assignment) -> ConfigRecord:
             "rank-values": [int(r) for r in assignment.ranks.values()],
             "parts": list(assignment.parts),
             "own-tensors": assignment.tensors is not None,
+            "checkpointing": bool(assignment.checkpointing),
         }
     )
 
@@ -65,6 +67,7 @@ def assignment_from_record(record: ConfigRecord, tensors: TensorDict | None = No
         ranks=ranks,
         parts=tuple(record["parts"]),
         tensors=tensors if record["own-tensors"] else None,
+        checkpointing=bool(record["checkpointing"]) if "checkpointing" in record else False,  # absent before checkpointing
     )
 
 

@@ -5,6 +5,14 @@ Probes: the head alone (gives ``fixed``), every target of one layer for each lay
 layers 1..L-1 cost; it is shared between targets in proportion to their analytic sizes, which is
 exact when, as in a transformer, every layer is alike.
 
+With ``checkpointing`` (asked for by a run that plans it: ``strategy_options.checkpointing: planned``),
+the same probes again with activation checkpointing on (the blocks from the probe's lowest layer up
+recomputed in backward, :meth:`LoraModel.checkpointed`) give the checkpointed terms the same way:
+``activation_checkpointed[l]`` from the layer probes, ``module_checkpointed`` from what checkpointed
+full LoRA adds over the checkpointed layer-0 probe, shared in proportion to the modules' analytic
+parameter bytes (with checkpointing a module keeps its parameters and their state, not its inputs).
+A calibration without them (L + 2 probes) is cached under its own key, one with them (2L + 3) under another.
+
 A model deeper than ``MAX_LAYER_PROBES`` layers (a decoder LLM) has only that many layers probed,
 evenly spaced from the first to the last, and the peaks of the layers between them interpolated
 linearly: with identical layers the activation term is linear in the number of layers that
@@ -25,7 +33,7 @@ from fedpilot.core.files import write_json
 from fedpilot.core.keys import module_layer, module_target
 from fedpilot.core.paths import cache_dir
 from fedpilot.data.split import TensorSplit
-from fedpilot.planning.costmodel import CostModel, lora_module_bytes
+from fedpilot.planning.costmodel import CostModel, lora_module_bytes, lora_param_bytes
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.measure import PeakMeter, StepMemory, measure_step, optimizer_tensors, release_gradients
 from fedpilot.runtime.messages import TrainInstructions
@@ -54,16 +62,19 @@ def _prepare(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instr
     return optimizer, lambda: training_step(model, optimizer, batch, rows)
 
 
-def measure_peak(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions) -> int:
+def measure_peak(
+    model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions, checkpointing: bool = False
+) -> int:
     """Peak bytes of a steady-state training step of ``modules`` on ``batch`` (adapter state restored after).
 
     Measured as a client measures its own step: the other modules folded (:meth:`LoraModel.fold_frozen`),
-    counted from the model's resident tensors and the optimiser state.
+    with activation checkpointing when ``checkpointing`` (:meth:`LoraModel.checkpointed`), counted from
+    the model's resident tensors and the optimiser state.
     """
     saved = model.state()
     try:
         model.set_ranks({})
-        with model.fold_frozen(modules):
+        with model.fold_frozen(modules), model.checkpointed(modules, checkpointing):
             optimizer, step = _prepare(model, modules, batch, instructions)
             if optimizer is not None:
                 release_gradients(optimizer)
@@ -87,8 +98,8 @@ def decompose_step(model: LoraModel, modules: Sequence[str], batch: TensorSplit,
         model.load_state(saved)
 
 
-def calibration_settings(model: LoraModel, batch_size: int, seq_len: int, optimizer: str) -> dict[str, object]:
-    """Everything a calibration depends on: its cache key."""
+def calibration_settings(model: LoraModel, batch_size: int, seq_len: int, optimizer: str, checkpointing: bool = False) -> dict[str, object]:
+    """Everything a calibration depends on: its cache key (``checkpointing``: with the checkpointed terms)."""
     return {
         "version": CALIBRATION_VERSION,
         "model": model.settings.name,
@@ -105,24 +116,31 @@ def calibration_settings(model: LoraModel, batch_size: int, seq_len: int, optimi
         {"base_deltas": True} if model.deltas else {}  # their originals and deltas are resident memory
     ) | (
         {"base_dtype": model.settings.dtype} if model.settings.dtype != "float32" else {}
-    )
+    ) | ({"checkpointing": True} if checkpointing else {})
 
 
-def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False) -> CostModel:
-    """Profile the L + 2 probes on ``batch`` and fit the cost model (not cached; see :func:`load_or_calibrate`)."""
+def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False,
+              checkpointing: bool = False) -> CostModel:
+    """Profile the L + 2 probes on ``batch`` (2L + 3 with ``checkpointing``: the checkpointed terms too) and fit
+    the cost model (not cached; see :func:`load_or_calibrate`)."""
     layers = model.num_layers
     targets = model.settings.lora.targets
-    probes: list[tuple[str, list[str]]] = [("head only", [])]
     probed = probed_layers(layers)
-    probes += [(f"layer {l}", [f"{l}.{t}" for t in targets]) for l in probed]
-    probes += [("full LoRA", list(model.modules))]
+    sets = [[f"{l}.{t}" for t in targets] for l in probed] + [list(model.modules)]
+    probes: list[tuple[str, list[str], bool]] = [("head only", [], False)]
+    for checkpointed_probe in (False, True) if checkpointing else (False,):
+        suffix = ", checkpointed" if checkpointed_probe else ""
+        names = [f"layer {l}{suffix}" for l in probed] + [f"full LoRA{suffix}"]
+        probes += [(name, modules, checkpointed_probe) for name, modules in zip(names, sets)]
     bar = tqdm(probes, desc="calibrating memory model", unit="probe", leave=False, disable=not progress)
     peaks = []
-    for name, modules in bar:
+    for name, modules, checkpointed_probe in bar:
         bar.set_postfix_str(name)
-        peaks.append(measure_peak(model, modules, batch, instructions))
-    fixed, full_peak = peaks[0], peaks[-1]
-    layer_peaks = [float(p) for p in np.interp(range(layers), probed, peaks[1:-1])]  # exact at every probed layer
+        peaks.append(measure_peak(model, modules, batch, instructions, checkpointed_probe))
+    fixed = peaks[0]
+    plain, checkpointed = peaks[1:len(sets) + 1], peaks[len(sets) + 1:]
+    full_peak = plain[-1]
+    layer_peaks = [float(p) for p in np.interp(range(layers), probed, plain[:-1])]  # exact at every probed layer
 
     tokens, rank, optimizer = len(batch) * batch.seq_len, model.rank, instructions.optimizer
     shapes = {t: model.module_shapes[f"0.{t}"] for t in targets}
@@ -140,23 +158,45 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
         m: lora_module_bytes(*model.module_shapes[m], rank + 1, tokens, optimizer) - lora_module_bytes(*model.module_shapes[m], rank, tokens, optimizer)
         for m in model.modules
     }
-    settings = calibration_settings(model, len(batch), batch.seq_len, optimizer)
+    module_checkpointed, activation_checkpointed = (
+        _checkpointed_terms(model, probed, checkpointed, fixed, optimizer) if checkpointing else (None, None)
+    )
+    settings = calibration_settings(model, len(batch), batch.seq_len, optimizer, checkpointing)
     return CostModel(
         fixed=fixed, activation=activation, module=module, layer={m: module_layer(m) for m in model.modules},
         rank=rank, rank_bytes=rank_bytes, source="calibrated", settings=settings,
+        activation_checkpointed=activation_checkpointed, module_checkpointed=module_checkpointed,
     )
 
 
+def _checkpointed_terms(
+    model: LoraModel, probed: Sequence[int], peaks: Sequence[int], fixed: int, optimizer: str
+) -> tuple[dict[str, int], tuple[int, ...]]:
+    """(module_checkpointed, activation_checkpointed) from the checkpointed probes: one per probed layer, then full LoRA."""
+    layers, targets, rank = model.num_layers, model.settings.lora.targets, model.rank
+    layer_peaks = [float(p) for p in np.interp(range(layers), probed, peaks[:-1])]
+    sizes = {t: lora_param_bytes(*model.module_shapes[f"0.{t}"], rank, optimizer) for t in targets}
+    if layers > 1:
+        per_layer = (peaks[-1] - layer_peaks[0]) / (layers - 1)
+        per_target = {t: per_layer * sizes[t] / sum(sizes.values()) for t in targets}
+    else:
+        per_target = {t: float(s) for t, s in sizes.items()}
+    module = {m: int(round(per_target[module_target(m)])) for m in model.modules}
+    layer_modules = sum(int(round(per_target[t])) for t in targets)
+    return module, tuple(int(round(layer_peaks[l])) - fixed - layer_modules for l in range(layers))
+
+
 def load_or_calibrate(
-    model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False
+    model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False, checkpointing: bool = False
 ) -> tuple[CostModel, bool]:
-    """The calibrated cost model for these settings, from the disk cache when it holds one; ``(model, was_cached)``."""
-    settings = calibration_settings(model, len(batch), batch.seq_len, instructions.optimizer)
+    """The calibrated cost model for these settings (``checkpointing``: with the checkpointed terms), from the
+    disk cache when it holds one; ``(model, was_cached)``."""
+    settings = calibration_settings(model, len(batch), batch.seq_len, instructions.optimizer, checkpointing)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "memory" / f"calibration-{digest}.json"
     if path.is_file():
         return CostModel.from_dict(json.loads(path.read_text())), True
-    cost_model = calibrate(model, batch, instructions, progress)
+    cost_model = calibrate(model, batch, instructions, progress, checkpointing)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, cost_model.to_dict())
     return cost_model, False

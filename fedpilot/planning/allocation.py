@@ -101,6 +101,7 @@ class Allocation:
     value: float
     solve_ms: float
     optimal: bool = True  # False: a time limit stopped the search; the set fits but may not be the best
+    checkpointing: bool = False  # the set is priced (and must run) with activation checkpointing (planning.checkpointing)
 
 
 def solve(problem: Problem, time_limit_s: float | None = None) -> Allocation | None:

@@ -11,6 +11,18 @@ module m adds at the base LoRA rank (parameters, gradients, optimiser state, its
 
 The allocator, ``fedpilot solve``, ``fedpilot plan``, the start-up budget check and the strategies all
 price sets with :meth:`CostModel.cost` and plan within :func:`usable` of a budget.
+
+**Activation checkpointing** (optional terms; a model without them cannot price it, and asking is an
+error): a step that recomputes the transformer blocks from the lowest trained layer up keeps only each
+block's input, and holds one block's full activations (its trained modules' saved inputs included)
+while that block is recomputed in backward:
+
+    cost(S, checkpointing) = fixed + activation_checkpointed[lowest layer of S] + sum of module_checkpointed_r[m]
+
+``activation_checkpointed[l]`` = the inputs of the blocks l..L-1 plus one block's recompute with every
+target trained (an upper bound for fewer); ``module_checkpointed[m]`` = the module's parameters,
+gradients and optimiser state (its saved inputs are recomputed, not kept). Per unit of rank a
+checkpointed module is priced with ``rank_bytes`` too (a slight overestimate: part of it is a saved input).
 """
 
 from __future__ import annotations
@@ -29,8 +41,13 @@ OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}
 def lora_module_bytes(d_in: int, d_out: int, rank: int, tokens: int, optimizer: str, dtype_bytes: int = FLOAT_BYTES) -> int:
     """Analytic bytes one trained LoRA module adds to a step: its parameters with gradient and optimiser
     state, plus what it saves itself for backward (its dropped-out input and the rank-r projection)."""
-    params = rank * (d_in + d_out)
-    return dtype_bytes * params * (2 + OPTIMIZER_STATES[optimizer]) + dtype_bytes * tokens * (d_in + rank)
+    return lora_param_bytes(d_in, d_out, rank, optimizer, dtype_bytes) + dtype_bytes * tokens * (d_in + rank)
+
+
+def lora_param_bytes(d_in: int, d_out: int, rank: int, optimizer: str, dtype_bytes: int = FLOAT_BYTES) -> int:
+    """Analytic bytes of one trained LoRA module's parameters with their gradient and optimiser state
+    (what it costs in a checkpointed step, where its saved inputs are recomputed instead of kept)."""
+    return dtype_bytes * rank * (d_in + d_out) * (2 + OPTIMIZER_STATES[optimizer])
 
 
 def usable(budget: int, margin: float) -> int:
@@ -48,6 +65,8 @@ class CostModel:
     rank_bytes: Mapping[str, int] = field(default_factory=dict)
     source: str = "calibrated"
     settings: Mapping[str, object] = field(default_factory=dict)
+    activation_checkpointed: tuple[int, ...] | None = None  # None: checkpointing not priced
+    module_checkpointed: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.layer:  # module ids name their layer
@@ -58,6 +77,30 @@ class CostModel:
         for m, layer in self.layer.items():
             if not 0 <= layer < len(self.activation):
                 raise ValueError(f"cost model: module {m!r} sits at layer {layer}, outside the {len(self.activation)} layers")
+        if (self.activation_checkpointed is None) != (self.module_checkpointed is None):
+            raise ValueError("cost model: activation_checkpointed and module_checkpointed come together (both or neither)")
+        if self.activation_checkpointed is not None:
+            if len(self.activation_checkpointed) != len(self.activation):
+                raise ValueError(f"cost model: {len(self.activation_checkpointed)} checkpointed activation terms for {len(self.activation)} layers")
+            if set(self.module_checkpointed) != set(self.module):
+                raise ValueError("cost model: module_checkpointed must price exactly the modules of module")
+
+    @property
+    def prices_checkpointing(self) -> bool:
+        """Whether this model has the activation-checkpointing terms (else it cannot price a checkpointed step)."""
+        return self.activation_checkpointed is not None
+
+    def checkpointed(self) -> CostModel:
+        """The cost model of checkpointed steps: the checkpointed terms as the plain ones (the solver's view)."""
+        if self.activation_checkpointed is None or self.module_checkpointed is None:
+            raise FedpilotError(
+                f"cost model ({self.source}) cannot price activation checkpointing: it has no checkpointed terms "
+                "(recalibrate with this fedpilot version, or leave checkpointing off)"
+            )
+        return CostModel(
+            self.fixed, self.activation_checkpointed, self.module_checkpointed, self.layer, self.rank, self.rank_bytes,
+            source=f"{self.source}, checkpointed", settings=self.settings,
+        )
 
     def module_cost(self, module: str, rank: int | None = None) -> int:
         """What training ``module`` at ``rank`` (default: the base rank) adds to a step."""
@@ -70,8 +113,11 @@ class CostModel:
             raise ValueError(f"rank must be >= 1, got {rank} for module {module!r}")
         return base + (rank - self.rank) * self.rank_bytes[module]
 
-    def cost(self, modules: Iterable[str], ranks: Mapping[str, int] | None = None) -> int:
-        """Predicted peak bytes of a step that trains ``modules`` (and the head) at ``ranks``."""
+    def cost(self, modules: Iterable[str], ranks: Mapping[str, int] | None = None, checkpointing: bool = False) -> int:
+        """Predicted peak bytes of a step that trains ``modules`` (and the head) at ``ranks``, with activation
+        checkpointing from its lowest trained layer up when ``checkpointing`` (an error if not priced)."""
+        if checkpointing:
+            return self.checkpointed().cost(modules, ranks)
         chosen = list(modules)
         if not chosen:
             return self.fixed
@@ -88,10 +134,13 @@ class CostModel:
         return self.cost(self.module)
 
     def without_position(self) -> CostModel:
-        """The additive model a plain knapsack assumes: activation terms dropped (an ablation)."""
+        """The additive model a plain knapsack assumes: activation terms (checkpointed ones too) dropped (an ablation)."""
+        checkpointed = self.activation_checkpointed is not None
         return CostModel(
             self.fixed, tuple(0 for _ in self.activation), self.module, self.layer, self.rank, self.rank_bytes,
             source=f"{self.source}, additive", settings=self.settings,
+            activation_checkpointed=tuple(0 for _ in self.activation) if checkpointed else None,
+            module_checkpointed=self.module_checkpointed if checkpointed else None,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -104,7 +153,10 @@ class CostModel:
             "layer": dict(self.layer),
             "rank": self.rank,
             "rank_bytes": dict(self.rank_bytes),
-        }
+        } | ({} if self.activation_checkpointed is None else {
+            "activation_checkpointed": list(self.activation_checkpointed),
+            "module_checkpointed": dict(self.module_checkpointed or {}),
+        })
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> CostModel:
@@ -117,6 +169,10 @@ class CostModel:
             rank_bytes={str(k): int(v) for k, v in dict(data.get("rank_bytes") or {}).items()},
             source=str(data.get("source", "calibrated")),
             settings=dict(data.get("settings", {})),
+            activation_checkpointed=None if data.get("activation_checkpointed") is None
+            else tuple(int(a) for a in data["activation_checkpointed"]),
+            module_checkpointed=None if data.get("module_checkpointed") is None
+            else {str(k): int(v) for k, v in dict(data["module_checkpointed"]).items()},
         )
 
 
@@ -130,11 +186,24 @@ def analytic_layers(
     tokens: int,
     optimizer: str,
     settings: Mapping[str, object],
+    layer_input: int | None = None,
 ) -> CostModel:
     """The analytic cost model of a stack of ``layers`` identical layers: backpropagating to layer l
     stores ``per_layer`` bytes for each of the layers - l above it; each target t of ``shapes``
-    ((in, out) features) costs :func:`lora_module_bytes` at ``rank`` in every layer."""
+    ((in, out) features) costs :func:`lora_module_bytes` at ``rank`` in every layer.
+
+    ``layer_input`` (bytes of one layer's input hidden state) prices activation checkpointing too: the
+    inputs of the layers - l blocks kept, plus one block's ``per_layer`` and its modules' saved inputs
+    while it is recomputed; a checkpointed module costs :func:`lora_param_bytes`."""
+    targets = list(targets)
     modules = [(module_id(l, t), l, shapes[t]) for l in range(layers) for t in targets]
+    checkpointed: dict[str, object] = {}
+    if layer_input is not None:
+        recompute = per_layer + sum(FLOAT_BYTES * tokens * (shapes[t][0] + rank) for t in targets)
+        checkpointed = {
+            "activation_checkpointed": tuple((layers - l) * layer_input + recompute for l in range(layers)),
+            "module_checkpointed": {m: lora_param_bytes(*shape, rank, optimizer) for m, _, shape in modules},
+        }
     return CostModel(
         fixed=fixed,
         activation=tuple((layers - l) * per_layer for l in range(layers)),
@@ -145,6 +214,7 @@ def analytic_layers(
                     for m, _, shape in modules},
         source="analytic",
         settings=dict(settings),
+        **checkpointed,
     )
 
 

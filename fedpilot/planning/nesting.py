@@ -67,6 +67,7 @@ def restrict(problem: Problem, allowed: Collection[str]) -> Problem:
         module={m: cm.module[m] for m in keep},
         layer={m: cm.layer[m] for m in keep},
         rank_bytes={m: cm.rank_bytes[m] for m in keep if m in cm.rank_bytes},
+        module_checkpointed=None if cm.module_checkpointed is None else {m: cm.module_checkpointed[m] for m in keep},
     )
     return Problem(problem.budget_bytes, restricted, problem.values)
 

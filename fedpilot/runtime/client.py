@@ -60,8 +60,8 @@ class StepPeaks:
 
 
 def trainable_signature(assignment: Assignment) -> Hashable:
-    """What determines a training step's memory besides the batch: modules, their ranks, trained parts."""
-    return frozenset(assignment.modules), frozenset(assignment.ranks.items()), assignment.parts
+    """What determines a training step's memory besides the batch: modules, their ranks, trained parts, checkpointing."""
+    return frozenset(assignment.modules), frozenset(assignment.ranks.items()), assignment.parts, assignment.checkpointing
 
 
 class Client:
@@ -143,7 +143,7 @@ class Client:
         rows = len(batches[-1])
         what = trainable_signature(assignment)
         offset = label_offset(self.data.labels, model.num_labels, config.logit_adjustment)
-        with model.fold_frozen(assignment.modules):
+        with model.fold_frozen(assignment.modules), model.checkpointed(assignment.modules, assignment.checkpointing):
             losses = [training_step(model, optimizer, self.data, idx, offset) for idx in batches[:-1]]
             last = partial(training_step, model, optimizer, self.data, batches[-1], offset)
             if self.peaks is None:

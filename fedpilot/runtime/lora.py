@@ -18,6 +18,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from fedpilot.core.keys import BASE_DELTA, HEAD, LORA_PARTS, check_parts, module_id, module_of, parse_module, rank_axis, tensor_key
 from fedpilot.core.tensors import TensorDict
@@ -260,6 +261,33 @@ class LoraModel:
                 self._lora_layers[m].__dict__.pop("forward", None)
             self._folded.clear()
 
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks (layers) of the base model, in order."""
+        return list(self.peft.base_model.model.get_submodule(self.spec.family.layer_prefix))
+
+    @contextmanager
+    def checkpointed(self, trained: Iterable[str], enabled: bool = True) -> Iterator[int | None]:
+        """Activation checkpointing for the block: every transformer block from the lowest layer of
+        ``trained`` up keeps only its inputs in forward and recomputes itself in backward
+        (``torch.utils.checkpoint``, non-reentrant, the RNG state preserved so dropout masks repeat).
+        The blocks below need no gradient and store nothing anyway. Yields the lowest checkpointed
+        layer (None: nothing checkpointed: ``enabled`` False or nothing but the head trains).
+        Outputs and gradients are those of the plain step; the block's ``forward`` is swapped and restored.
+        """
+        layers = [parse_module(m)[0] for m in trained]
+        if not enabled or not layers:
+            yield None
+            return
+        lowest = min(layers)
+        blocks = self.blocks()[lowest:]
+        try:
+            for block in blocks:
+                block.forward = _CheckpointedForward(block.forward)
+            yield lowest
+        finally:
+            for block in blocks:
+                block.__dict__.pop("forward", None)
+
     def resident_tensors(self) -> list[Tensor]:
         """Every tensor the model keeps alive: weights, adapter, buffers, base-delta originals and
         deltas, and the folded weights of :meth:`fold_frozen` while it runs (a peak's starting point)."""
@@ -309,6 +337,16 @@ class _LowRankForward:
         result = F.linear(x, self.weight, self.bias)
         low = F.linear(F.linear(x.to(self.a.dtype), self.a), self.b)
         return (result + low * self.scaling).to(result.dtype)  # as PEFT: added in the LoRA dtype, then cast back
+
+
+class _CheckpointedForward:
+    """A block's forward under non-reentrant activation checkpointing: inputs kept, the rest recomputed in backward."""
+
+    def __init__(self, forward) -> None:
+        self.forward = forward
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
 
 
 class _FoldedForward:

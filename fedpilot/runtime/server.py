@@ -332,7 +332,7 @@ class Server:
             "modules": list(assignment.modules),
             "download_bytes": tensor_bytes(task.tensors),
             "budget_bytes": self.clients[task.cid].budget_bytes,
-            "predicted_bytes": cost_model.cost(assignment.modules, assignment.ranks),
+            "predicted_bytes": cost_model.cost(assignment.modules, assignment.ranks, assignment.checkpointing),
             **planned_with(self.clients[task.cid], cost_model),
             **reply.metrics,
         }
@@ -343,6 +343,8 @@ class Server:
             record["ranks"] = dict(assignment.ranks)
         if len(assignment.parts) < 2:
             record["parts"] = list(assignment.parts)
+        if assignment.checkpointing:
+            record["checkpointing"] = True
         return record
 
     @staticmethod

@@ -104,12 +104,15 @@ class Assignment:
     LoRA matrices train (the others stay frozen and are not sent back); ``tensors`` is what the
     client receives (None: the global adapter, every module and the head, since frozen modules
     take part in the forward pass). The head, where the family has one, always trains.
+    ``checkpointing``: the client's step recomputes the blocks from its lowest trained layer up
+    instead of storing their activations (less memory, a slower step; planned by the cost model).
     """
 
     modules: tuple[str, ...]
     ranks: Mapping[str, int] = field(default_factory=dict)
     parts: tuple[str, ...] = LORA_PARTS
     tensors: TensorDict | None = None
+    checkpointing: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modules", tuple(self.modules))

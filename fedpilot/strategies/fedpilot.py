@@ -8,6 +8,8 @@ its memory budget, and the server compensates the modules few clients trained.
   client is planned with the mean of all scored clients' local terms (one value per module for the
   whole federation: clients of one budget train the same set in a round); ``local_scope: client``
   plans each client with its own (higher-variance under label skew: docs/protocol.md);
+- activation checkpointing (``checkpointing: planned``, off by default): each client's set is solved
+  with and without it (fedpilot.planning.checkpointing) and runs checkpointed when that is worth more;
 - stability (``keep_margin`` = mu, off by default): a client keeps its previous module set A' while
   A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
   today's scores, so that small moves of the scores do not reshuffle what a client trains;
@@ -30,10 +32,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from fedpilot.core.errors import ConfigError
 from fedpilot.core.keys import module_layer
 from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.allocation import Allocation, Problem, solve
+from fedpilot.planning.checkpointing import solve_planned
 from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits
 from fedpilot.planning.nesting import Nested, nested_allocations
 from fedpilot.planning.scoring import GlobalChange, GlobalCoverage, federation_local, ig_scores
@@ -77,6 +81,9 @@ class FedPilotOptions(StrictModel):
     nesting: Literal["off", "round"] = Field(
         "off", description="round: nest the round's sets, each client's optimum restricted to the next richer client's set (fedpilot.planning.nesting); off: each its own optimum"
     )
+    checkpointing: Literal["off", "planned"] = Field(
+        "off", description="planned: a client recomputes its frozen blocks' activations (slower, less memory) when that buys more value; off: never"
+    )
 
     @field_validator("nesting", mode="before")
     @classmethod
@@ -91,6 +98,8 @@ class FedPilotOptions(StrictModel):
             raise ValueError("dwa_temperature weights stagg momentum's steps; with stagg: memory leave it out (or set stagg: momentum)")
         if self.stagg == "momentum" and self.memory_horizon is not None:
             raise ValueError("memory_horizon belongs to stagg: memory; with stagg: momentum leave it out (or set stagg: memory)")
+        if self.nesting != "off" and self.checkpointing != "off":
+            raise ValueError("nesting: round plans without activation checkpointing; use one of nesting: round and checkpointing: planned")
         return self
 
 
@@ -166,12 +175,24 @@ class FedPilot(FedAvg):
 
     # -- training phase ----------------------------------------------------------------------------
     def check_budgets(self, clients: Sequence[ClientInfo]) -> None:
-        """Every client must fit its cheapest module under the model it is planned with (margin included)."""
+        """Every client must fit its cheapest module under the model it is planned with (margin included),
+        checkpointed or not when checkpointing is planned (its cost model must then price it)."""
         margin = self.context.memory_margin
         for client in clients:
             cost_model = self.allocation_cost_model(client)
-            if not fits_something(cost_model, client.budget_bytes, margin):
+            if self.plans_checkpointing and not cost_model.prices_checkpointing:
+                raise ConfigError(
+                    f"strategy_options.checkpointing: client {client.cid}'s cost model ({cost_model.source}) cannot price activation "
+                    "checkpointing (no checkpointed terms); recalibrate it, or set checkpointing: off"
+                )
+            if fits_something(cost_model, client.budget_bytes, margin):
+                continue
+            if not (self.plans_checkpointing and fits_something(cost_model.checkpointed(), client.budget_bytes, margin)):
                 raise nothing_fits(cost_model, client.cid, client.budget_bytes, margin)
+
+    @property
+    def plans_checkpointing(self) -> bool:
+        return self.options.checkpointing == "planned"
 
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
         nested = self.allocate_nested(clients) if self.options.nesting == "round" else None
@@ -180,7 +201,7 @@ class FedPilot(FedAvg):
             allocation = self.allocate(client) if nested is None else nested[client.cid]
             self.allocations[client.cid] = allocation
             self.trained[client.cid] = tuple(allocation.modules)
-            plan[client.cid] = Assignment(tuple(allocation.modules))
+            plan[client.cid] = Assignment(tuple(allocation.modules), checkpointing=allocation.checkpointing)
         return plan
 
     def allocate(self, client: ClientInfo) -> Allocation:
@@ -190,7 +211,8 @@ class FedPilot(FedAvg):
             modules = list(self.context.modules)
             return Allocation(modules, cost_model.cost(modules), sum(values.values()), 0.0)
         usable = self.context.usable(client.budget_bytes)
-        allocation = solve(Problem(usable, cost_model, values))
+        problem = Problem(usable, cost_model, values)
+        allocation = solve_planned(problem) if self.plans_checkpointing else solve(problem)
         if allocation is None:  # check_budgets rules this out before the first round
             raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
         return self.keep_previous(client.cid, allocation, cost_model, values, usable)
@@ -223,15 +245,19 @@ class FedPilot(FedAvg):
 
     def keep_previous(self, cid: int, new: Allocation, cost_model: CostModel, values: Mapping[str, float], usable: int) -> Allocation:
         """The stability rule (``keep_margin`` mu): the client's previous set A' instead of the optimum A*
-        when A' still fits and IG(A*) <= (1 + mu) * IG(A'), both under today's ``values``."""
+        when A' still fits and IG(A*) <= (1 + mu) * IG(A'), both under today's ``values`` (A' checkpointed
+        when it fits only so and checkpointing is planned)."""
         margin, previous = self.options.keep_margin, self.trained.get(cid)
         if margin is None or previous is None:
             return new
+        checkpointing = False
         cost = cost_model.cost(previous)
+        if cost > usable and self.plans_checkpointing:
+            checkpointing, cost = True, cost_model.cost(previous, checkpointing=True)
         value = sum(values[m] for m in previous)
         if cost > usable or new.value > (1 + margin) * value:
             return new
-        return Allocation(list(previous), cost, value, new.solve_ms)
+        return Allocation(list(previous), cost, value, new.solve_ms, checkpointing=checkpointing)
 
     def allocation_value(self, cid: int) -> float | None:
         return self.allocations[cid].value if cid in self.allocations else None

@@ -51,6 +51,13 @@ class FedPilotRankOptions(FedPilotOptions):
         return sorted(set(value) | {0})
 
     @model_validator(mode="after")
+    def _no_checkpointing(self) -> FedPilotRankOptions:
+        """The joint (module, rank) solver prices no checkpointing: planning it here would be silently ignored."""
+        if self.checkpointing != "off":
+            raise ValueError("checkpointing: fedpilot-rank's joint rank solver does not plan activation checkpointing; leave it off")
+        return self
+
+    @model_validator(mode="after")
     def _momentum_only(self) -> FedPilotRankOptions:
         if self.stagg != "momentum":
             raise ValueError("fedpilot-rank aggregates rank components with stagg: momentum; stagg: memory keeps whole tensors (set stagg: momentum)")

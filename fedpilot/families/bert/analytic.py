@@ -17,6 +17,9 @@ sequence T, hidden H, FFN width I, A attention heads, L layers, LoRA rank r:
   with dropout inside the base model, two hidden-state masks and three A·T·T attention tensors.
 - module[m] = its parameters with gradient and optimiser state, 4·P·(2 + states), plus the inputs
   it saves itself: the dropped-out input 4·B·T·d_in and the rank-r projection 4·B·T·r.
+- with activation checkpointing: activation[l] = (L - l) · 4·B·T·H (each block's input) + one block's
+  recompute (per_layer and its modules' saved inputs); module[m] = its parameters with gradient and
+  optimiser state.
 """
 
 from __future__ import annotations
@@ -121,4 +124,5 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
     if settings.base_dropout > 0:
         per_layer += 2 * tokens * hidden + 3 * FLOAT * batch * heads * seq * seq
     settings_record = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer}
-    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record)
+    layer_input = FLOAT * tokens * hidden  # what a checkpointed layer keeps: its input hidden state
+    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record, layer_input)

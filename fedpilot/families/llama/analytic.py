@@ -15,6 +15,9 @@ smaller than q_proj's A·D), L layers, vocabulary V, LoRA rank r:
   a B·A·T² mask and the dropped-out probabilities.
 - module[m] = its parameters with gradient and optimiser state, 4·P·(2 + states), plus the inputs it
   saves itself: the dropped-out input 4·N·d_in and the rank-r projection 4·N·r.
+- with activation checkpointing: activation[l] = (L - l) · N·H (each layer's input hidden state) + one
+  layer's recompute (per_layer and its modules' saved inputs); module[m] = its parameters with gradient
+  and optimiser state.
 
 With ``model.dtype: bfloat16`` the frozen weights, the forward buffers and the saved activations take 2
 bytes an element instead of 4, except what stays float32: the LoRA matrices and everything of the
@@ -101,4 +104,5 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
         per_layer += (1 + elem) * batch * heads * seq * seq
     settings_record = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer,
                        "dtype": getattr(settings, "dtype", "float32")}
-    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record)
+    layer_input = elem * tokens * hidden  # what a checkpointed layer keeps: its input hidden state
+    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record, layer_input)
