@@ -257,3 +257,24 @@ def test_a_restricted_problem_keeps_the_checkpointed_price_of_each_allowed_set(c
     assert set(restricted.cost_model.module) == set(restricted.cost_model.module_checkpointed) == set(allowed)
     for subset in (allowed, allowed[:1], allowed[-2:]):
         assert restricted.cost_model.cost(subset, checkpointing=True) == checkpointed_cost_model.cost(subset, checkpointing=True)
+
+
+def test_fedpilot_plan_shows_who_checkpoints_and_prices_it_so(fast_config: Config, checkpointed_cost_model: CostModel) -> None:
+    from fedpilot.cli.plan import make_plan, render_plan
+
+    margin = FederationSettings().memory_margin
+    everything = list(checkpointed_cost_model.module)
+    tight = math.ceil(checkpointed_cost_model.cost(everything, checkpointing=True) / (1 - margin)) + 1
+    roomy = math.ceil(checkpointed_cost_model.cost(everything) / (1 - margin)) + 1
+    federation = fast_config.federation.model_copy(update={"budgets": (tight, tight, roomy)})
+    config = fast_config.model_copy(update={"federation": federation, "strategy_options": {"checkpointing": "planned"}})
+    plan = make_plan(config, progress=False)
+    assert [c["checkpointing"] for c in plan["clients"]] == [True, True, False]
+    for client in plan["clients"]:
+        assert client["predicted_bytes"] == checkpointed_cost_model.cost(client["modules"], checkpointing=client["checkpointing"])
+        assert client["predicted_bytes"] <= client["budget_bytes"]
+    lines = render_plan(plan).splitlines()
+    assert next(line for line in lines if line.startswith("ckpt")).split() == ["ckpt", "yes", "yes", "no"]
+    assert "checkpointed where ckpt says yes" in lines[-1]
+    plain = render_plan({**plan, "clients": [{**c, "checkpointing": False} for c in plan["clients"]]}).splitlines()
+    assert not any(line.startswith("ckpt") for line in plain) and "checkpointed" not in plain[-1]

@@ -35,8 +35,10 @@ def make_plan(config: Config, progress: bool = True) -> dict[str, Any]:
                 "budget_bytes": info.budget_bytes,
                 "modules": list(plan.assignments[info.cid].modules) if info.cid in plan.assignments else [],
                 "ranks": dict(plan.assignments[info.cid].ranks) if info.cid in plan.assignments else {},
+                "checkpointing": info.cid in plan.assignments and plan.assignments[info.cid].checkpointing,
                 "predicted_bytes": (
-                    cost_model.cost(plan.assignments[info.cid].modules, plan.assignments[info.cid].ranks)
+                    cost_model.cost(plan.assignments[info.cid].modules, plan.assignments[info.cid].ranks,
+                                    checkpointing=plan.assignments[info.cid].checkpointing)
                     if info.cid in plan.assignments else None
                 ),
                 "value": server.strategy.allocation_value(info.cid),
@@ -76,8 +78,12 @@ def render_plan(plan: dict[str, Any]) -> str:
         row("budget", [f"{mib(c['budget_bytes']):.0f}" if c["budget_bytes"] else "inf" for c in clients]),
         row("needs", [f"{mib(c['predicted_bytes']):.1f}" if c["predicted_bytes"] is not None else "-" for c in clients]),
         row("value", [f"{c['value']:.3f}" if c["value"] is not None else "-" for c in clients]),
-        "(MiB; 'needs' is the predicted peak of a training step; value is the allocation's IG-score sum)",
     ]
+    if any(c.get("checkpointing") for c in clients):
+        lines.append(row("ckpt", ["yes" if c.get("checkpointing") else "no" for c in clients]))
+    lines.append("(MiB; 'needs' is the predicted peak of a training step" + (
+        ", checkpointed where ckpt says yes (activations recomputed in backward)" if any(c.get("checkpointing") for c in clients) else ""
+    ) + "; value is the allocation's IG-score sum)")
     return "\n".join(lines)
 
 
