@@ -79,10 +79,11 @@ def render_plan(plan: dict[str, Any]) -> str:
         row("needs", [f"{mib(c['predicted_bytes']):.1f}" if c["predicted_bytes"] is not None else "-" for c in clients]),
         row("value", [f"{c['value']:.3f}" if c["value"] is not None else "-" for c in clients]),
     ]
-    if any(c.get("checkpointing") for c in clients):
+    checkpointed = any(c.get("checkpointing") for c in clients)
+    if checkpointed:
         lines.append(row("ckpt", ["yes" if c.get("checkpointing") else "no" for c in clients]))
     lines.append("(MiB; 'needs' is the predicted peak of a training step" + (
-        ", checkpointed where ckpt says yes (activations recomputed in backward)" if any(c.get("checkpointing") for c in clients) else ""
+        ", checkpointed where ckpt says yes (activations recomputed in backward)" if checkpointed else ""
     ) + "; value is the allocation's IG-score sum)")
     return "\n".join(lines)
 

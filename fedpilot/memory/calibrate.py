@@ -139,27 +139,19 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
         peaks.append(measure_peak(model, modules, batch, instructions, checkpointed_probe))
     fixed = peaks[0]
     plain, checkpointed = peaks[1:len(sets) + 1], peaks[len(sets) + 1:]
-    full_peak = plain[-1]
-    layer_peaks = [float(p) for p in np.interp(range(layers), probed, plain[:-1])]  # exact at every probed layer
 
     tokens, rank, optimizer = len(batch) * batch.seq_len, model.rank, instructions.optimizer
     shapes = {t: model.module_shapes[f"0.{t}"] for t in targets}
-    sizes = {t: lora_module_bytes(*shapes[t], rank, tokens, optimizer) for t in targets}
-    if layers > 1:
-        per_layer = (full_peak - layer_peaks[0]) / (layers - 1)
-        per_target = {t: per_layer * sizes[t] / sum(sizes.values()) for t in targets}
-    else:
-        per_target = {t: float(s) for t, s in sizes.items()}
-    module = {m: int(round(per_target[module_target(m)])) for m in model.modules}
-    layer_modules = sum(int(round(per_target[t])) for t in targets)
-    activation = tuple(int(round(layer_peaks[l])) - fixed - layer_modules for l in range(layers))
+    module, activation = _fitted_terms(model, probed, plain, fixed, {t: lora_module_bytes(*shapes[t], rank, tokens, optimizer) for t in targets})
     # What a unit of rank adds is priced analytically (parameters, their state, the rank-r projection).
     rank_bytes = {
         m: lora_module_bytes(*model.module_shapes[m], rank + 1, tokens, optimizer) - lora_module_bytes(*model.module_shapes[m], rank, tokens, optimizer)
         for m in model.modules
     }
+    # checkpointed, a module keeps its parameters and their state, not its inputs: shared by those sizes
     module_checkpointed, activation_checkpointed = (
-        _checkpointed_terms(model, probed, checkpointed, fixed, optimizer) if checkpointing else (None, None)
+        _fitted_terms(model, probed, checkpointed, fixed, {t: lora_param_bytes(*shapes[t], rank, optimizer) for t in targets})
+        if checkpointing else (None, None)
     )
     settings = calibration_settings(model, len(batch), batch.seq_len, optimizer, checkpointing)
     return CostModel(
@@ -169,13 +161,14 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
     )
 
 
-def _checkpointed_terms(
-    model: LoraModel, probed: Sequence[int], peaks: Sequence[int], fixed: int, optimizer: str
+def _fitted_terms(
+    model: LoraModel, probed: Sequence[int], peaks: Sequence[int], fixed: int, sizes: dict[str, float]
 ) -> tuple[dict[str, int], tuple[int, ...]]:
-    """(module_checkpointed, activation_checkpointed) from the checkpointed probes: one per probed layer, then full LoRA."""
-    layers, targets, rank = model.num_layers, model.settings.lora.targets, model.rank
+    """(module terms, activation terms) from one series of probes: a peak per probed layer, then full LoRA.
+    The layers' peaks are interpolated between probed layers (exact at each); what full LoRA adds over the
+    layer-0 probe is what the modules of layers 1..L-1 cost, shared between targets in proportion to ``sizes``."""
+    layers, targets = model.num_layers, model.settings.lora.targets
     layer_peaks = [float(p) for p in np.interp(range(layers), probed, peaks[:-1])]
-    sizes = {t: lora_param_bytes(*model.module_shapes[f"0.{t}"], rank, optimizer) for t in targets}
     if layers > 1:
         per_layer = (peaks[-1] - layer_peaks[0]) / (layers - 1)
         per_target = {t: per_layer * sizes[t] / sum(sizes.values()) for t in targets}

@@ -14,7 +14,7 @@ from fedpilot.strategies.fedpilot import FedPilot
 @STRATEGIES.register("fedpilot-noig")
 class FedPilotNoIG(FedPilot):
     # uniform values: the IG-score's options decide nothing (the global term is still kept, unread, for checkpoints);
-    # it reads stagg's options, the stability rule's margin and nesting only
+    # it reads stagg's options, the stability rule's margin, nesting and checkpointing only
     capabilities = Capabilities(
         memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
         options=frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature", "keep_margin",

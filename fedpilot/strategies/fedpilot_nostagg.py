@@ -14,7 +14,7 @@ from fedpilot.strategies.fedpilot import FedPilot
 
 @STRATEGIES.register("fedpilot-nostagg")
 class FedPilotNoStagg(FedPilot):
-    # the plain average: none of stagg's options is read, only the IG-score's, the stability rule's and nesting
+    # the plain average: none of stagg's options is read, only the IG-score's, the stability rule's, nesting and checkpointing
     capabilities = Capabilities(
         memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
         options=frozenset({"ig_weight", "refresh_rounds", "score_batches", "global_decay", "local_term", "global_term", "local_scope",
