@@ -278,3 +278,56 @@ def test_fedpilot_plan_shows_who_checkpoints_and_prices_it_so(fast_config: Confi
     assert "checkpointed where ckpt says yes" in lines[-1]
     plain = render_plan({**plan, "clients": [{**c, "checkpointing": False} for c in plan["clients"]]}).splitlines()
     assert not any(line.startswith("ckpt") for line in plain) and "checkpointed" not in plain[-1]
+
+
+# -- fedpilot solve: the JSON schema prices checkpointing ------------------------------------------------
+def problem_json(problem: Problem) -> dict:
+    cm = problem.cost_model
+    return {
+        "budget_bytes": problem.budget_bytes, "fixed_bytes": cm.fixed, "activation_bytes": list(cm.activation),
+        "checkpointed_activation_bytes": list(cm.activation_checkpointed),
+        "modules": [{"name": m, "layer": cm.layer[m], "bytes": cm.module[m], "checkpointed_bytes": cm.module_checkpointed[m],
+                     "value": problem.values[m]} for m in cm.module],
+    }
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_fedpilot_solve_reads_checkpointing_and_answers_the_brute_force_optimum(seed: int) -> None:
+    import json
+
+    from fedpilot.cli.solve import EXIT_NOTHING_FITS, EXIT_OPTIMAL, respond
+
+    problem = random_checkpointed_problem(seed)
+    code, out, err = respond(json.dumps(problem_json(problem)))
+    expected = brute_force(problem)
+    if expected is None:
+        assert code == EXIT_NOTHING_FITS and "nothing fits" in err
+        return
+    assert code == EXIT_OPTIMAL, err
+    answer = json.loads(out)
+    value, only_checkpointed = expected
+    assert math.isclose(answer["value"], value, rel_tol=1e-12, abs_tol=1e-12)
+    assert answer["checkpointing"] is only_checkpointed
+    assert answer["predicted_bytes"] == problem.cost_model.cost(answer["modules"], checkpointing=answer["checkpointing"]) <= problem.budget_bytes
+
+
+def test_fedpilot_solve_without_checkpointing_keys_answers_as_before_and_refuses_half_a_schema() -> None:
+    import json
+
+    from fedpilot.cli.solve import EXIT_BAD_INPUT, respond
+
+    data = problem_json(random_checkpointed_problem(3))
+    plain = {k: v for k, v in data.items() if k != "checkpointed_activation_bytes"}
+    plain["modules"] = [{k: v for k, v in m.items() if k != "checkpointed_bytes"} for m in data["modules"]]
+    code, out, _ = respond(json.dumps(plain))
+    assert code in (0, 1) and (code == 1 or "checkpointing" not in json.loads(out))
+    cases = {
+        "checkpointed_activation_bytes is missing": {**data, "checkpointed_activation_bytes": None} | {},
+        "checkpointed_bytes": {**data, "modules": [{k: v for k, v in m.items() if k != "checkpointed_bytes"} for m in data["modules"]]},
+        "give one per layer": {**data, "checkpointed_activation_bytes": data["checkpointed_activation_bytes"][:-1]},
+        "cannot be solved together": {**data, "rank_options": [2, 4]},
+    }
+    del cases["checkpointed_activation_bytes is missing"]["checkpointed_activation_bytes"]
+    for needle, bad in cases.items():
+        code, out, err = respond(json.dumps(bad))
+        assert code == EXIT_BAD_INPUT and out == "" and needle in err and "\n" not in err.strip(), (needle, err)

@@ -269,10 +269,13 @@ def test_the_new_levels_evaluate_every_round_and_the_screen_tunes_on_validation(
 
 
 
-def test_each_screen_variant_is_the_screen_with_one_knob_changed() -> None:
-    """benchmarks/configs/screens/*.yaml: rt-screen.yaml with the knob its name says, and its own output folder."""
+def test_each_screen_variant_is_the_screen_with_only_its_knobs_changed() -> None:
+    """benchmarks/configs/screens/*.yaml: rt-screen.yaml with the knobs its name says (low: the tiers below the checkpointed
+    full-LoRA peak), and its own output folder."""
     screen = load_config(ROOT / "benchmarks" / "configs" / "rt-screen.yaml").model_dump(mode="json")
-    knobs = {"rt-screen-slr05": {("federation", "server_lr"): 0.5}, "rt-screen-ckpt": {"strategy_options": {"checkpointing": "planned"}}}
+    low = {("federation", "budgets"): {"tiers": [{"fraction": f, "memory": m} for f, m in ((0.34, "115MiB"), (0.33, "130MiB"), (0.33, "295MiB"))]}}
+    ckpt = {"strategy_options": {"checkpointing": "planned"}}
+    knobs = {"rt-screen-slr05": {("federation", "server_lr"): 0.5}, "rt-screen-ckpt": ckpt, "rt-screen-low": low, "rt-screen-low-ckpt": {**low, **ckpt}}
     for path in sorted((ROOT / "benchmarks" / "configs" / "screens").glob("*.yaml")):
         variant = load_config(path).model_dump(mode="json")
         changed = {(section, key): value for section, fields in variant.items() if isinstance(fields, dict) and section != "strategy_options"

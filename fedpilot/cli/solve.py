@@ -22,6 +22,14 @@ its "bytes" and "value" (its own options, as given). With "rank_options", a modu
 then also holds "ranks": {name: rank} for the trained modules. An input with none of these keys is
 the module-set problem, answered exactly as before.
 
+Activation checkpointing (:mod:`fedpilot.planning.checkpointing`; module-set problems only): one
+optional top-level key "checkpointed_activation_bytes": [int per layer] (what a checkpointed step
+stores from each lowest trained layer up) and, with it, "checkpointed_bytes": int on every module
+(its cost in a checkpointed step). The solver then picks the best of the plain and the checkpointed
+optimum (a tie keeps checkpointing off: the same value, a faster step), and the answer also holds
+"checkpointing": bool. The cost of a checkpointed set S is
+``fixed_bytes + checkpointed_activation_bytes[lowest layer of S] + sum of checkpointed_bytes``.
+
 Exit codes:
     0  the optimal set;
     1  nothing fits: one line on stderr with the cheapest trainable set's cost;
@@ -49,8 +57,8 @@ MAX_INT = 2**63  # integers (bytes, layers) lie in [0, MAX_INT)
 MAX_VALUE = 1e300  # values lie in [0, MAX_VALUE]
 EXIT_OPTIMAL, EXIT_NOTHING_FITS, EXIT_BAD_INPUT, EXIT_TIME_LIMIT = 0, 1, 2, 3
 
-PROBLEM_KEYS = ("budget_bytes", "fixed_bytes", "activation_bytes", "modules", "rank_options", "full_rank")
-MODULE_KEYS = ("name", "layer", "bytes", "value", "rank_bytes", "ranks")
+PROBLEM_KEYS = ("budget_bytes", "fixed_bytes", "activation_bytes", "modules", "rank_options", "full_rank", "checkpointed_activation_bytes")
+MODULE_KEYS = ("name", "layer", "bytes", "value", "rank_bytes", "ranks", "checkpointed_bytes")
 OPTION_KEYS = ("rank", "bytes", "value")
 
 
@@ -120,9 +128,19 @@ def _solve_text(text: str | bytes, time_limit_s: float | None) -> dict[str, Any]
     problem = parse_any(text)
     if not isinstance(problem, Problem):
         return _solve_joint(problem, time_limit_s)
-    allocation = solve(problem, time_limit_s=time_limit_s)
+    priced = problem.cost_model.prices_checkpointing
+    if priced:
+        from fedpilot.planning.checkpointing import solve_planned
+
+        allocation = solve_planned(problem, time_limit_s=time_limit_s)
+    else:
+        allocation = solve(problem, time_limit_s=time_limit_s)
     if allocation is None:
         name, cost = problem.cost_model.cheapest()
+        if priced:
+            cheap_name, cheap_cost = problem.cost_model.checkpointed().cheapest()
+            if cheap_cost < cost:
+                name, cost = f"{cheap_name} (checkpointed)", cheap_cost
         raise NothingFits(
             f"nothing fits in {problem.budget_bytes} bytes ({mib(problem.budget_bytes):.1f} MiB): "
             f"the cheapest trainable set, {_one_line(name)}, costs {cost} bytes ({mib(cost):.1f} MiB)"
@@ -133,7 +151,7 @@ def _solve_text(text: str | bytes, time_limit_s: float | None) -> dict[str, Any]
         "value": allocation.value,
         "solve_ms": allocation.solve_ms,
         "optimal": allocation.optimal,
-    }
+    } | ({"checkpointing": allocation.checkpointing} if priced else {})
 
 
 def _solve_joint(problem: JointProblem, time_limit_s: float | None) -> dict[str, Any]:
@@ -177,23 +195,44 @@ def parse_any(text: str | bytes) -> Problem | JointProblem:
     if not isinstance(data, dict):
         raise InputError(f"input must be a JSON object, got {_json_type(data)}")
     _check_keys(data, "", PROBLEM_KEYS)
-    if "rank_options" in data or "full_rank" in data or any(
-        isinstance(m, dict) and ("ranks" in m or "rank_bytes" in m) for m in (data.get("modules") if isinstance(data.get("modules"), list) else [])
-    ):
+    listed = data.get("modules") if isinstance(data.get("modules"), list) else []
+    checkpointed = "checkpointed_activation_bytes" in data or any(isinstance(m, dict) and "checkpointed_bytes" in m for m in listed)
+    if "rank_options" in data or "full_rank" in data or any(isinstance(m, dict) and ("ranks" in m or "rank_bytes" in m) for m in listed):
+        if checkpointed:
+            raise InputError("input: checkpointing and ranks cannot be solved together yet; drop checkpointed_activation_bytes "
+                             "and checkpointed_bytes, or the rank keys")
         return _parse_joint(data)
     budget, fixed, activation = _header(data)
+    if checkpointed and "checkpointed_activation_bytes" not in data:
+        raise InputError("input: checkpointed_activation_bytes is missing: modules give checkpointed_bytes, so give the "
+                         "checkpointed activation bytes per layer too")
+    checkpointed_activation = None
+    if checkpointed:
+        given = _array(data, "checkpointed_activation_bytes", "checkpointed_activation_bytes")
+        checkpointed_activation = [_integer(given, i, f"checkpointed_activation_bytes.{i}") for i in range(len(given))]
+        if len(checkpointed_activation) != len(activation):
+            raise InputError(f"input: checkpointed_activation_bytes has {len(checkpointed_activation)} layers, "
+                             f"activation_bytes {len(activation)}; give one per layer")
     modules = _array(data, "modules", "modules")
-    items, seen = [], set()
+    items, seen, module_checkpointed = [], set(), {}
     for i, module in enumerate(modules):
         where = f"modules.{i}"
         name, layer = _module_head(module, i, len(activation))
         size = _integer(module, "bytes", f"{where}.bytes")
         value = _number(module, "value", f"{where}.value")
+        if checkpointed:
+            module_checkpointed[name] = _integer(module, "checkpointed_bytes", f"{where}.checkpointed_bytes")
         if name in seen:
             raise InputError(f"input: module name {_show(name)} appears twice; names must be unique")
         seen.add(name)
         items.append(Item(name, layer, size, value))
-    return Problem.from_items(budget, fixed, activation, items)
+    problem = Problem.from_items(budget, fixed, activation, items)
+    if checkpointed_activation is None:
+        return problem
+    from dataclasses import replace
+
+    priced = replace(problem.cost_model, activation_checkpointed=tuple(checkpointed_activation), module_checkpointed=module_checkpointed)
+    return Problem(problem.budget_bytes, priced, problem.values)
 
 
 def _header(data: dict[str, Any]) -> tuple[int, int, list[int]]:
