@@ -426,7 +426,19 @@ class Loopback:
         return run
 
     def logs(self, tail: int = 3000) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in sorted(self.folder.glob("*.log")))
+        """Every process's log tail, and the SuperLink's tasks (why a run ended: e.g. "No heartbeat received from the task")."""
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in sorted(self.folder.glob("*.log")))
+        return f"{logs}\n--- SuperLink tasks\n{self.tasks()}"
+
+    def tasks(self) -> str:
+        import sqlite3
+
+        try:
+            with sqlite3.connect(f"file:{self.folder / 'state.db'}?mode=ro", uri=True, timeout=5) as db:
+                rows = db.execute("select run_id, type, starting_at, running_at, finished_at, sub_status, details from task").fetchall()
+        except sqlite3.Error as err:
+            return f"(unreadable: {err})"
+        return "\n".join(" | ".join(str(v) for v in row) for row in rows)
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -744,3 +756,39 @@ def test_flower_local_sh_stops_every_process_it_started_on_ctrl_c(tmp_path: Path
             except ProcessLookupError:
                 pass
         script.wait()
+
+
+# -- the ServerApp's own task heartbeat -----------------------------------------------------------------
+def test_the_heartbeat_keeper_lives_through_errors_and_stops_when_the_task_is_gone() -> None:
+    """Flower's task heartbeat thread ends on an HTTP 500; the keeper sends again at the next interval after any
+    error, and stops once the SuperLink answers that the task is gone (success false)."""
+    import httpx
+
+    from fedpilot.flower.server_app import HeartbeatKeeper
+
+    request = httpx.Request("POST", "https://127.0.0.1/v1/runtime/send-task-heartbeat")
+    answers = [httpx.HTTPStatusError("500", request=request, response=httpx.Response(500, request=request)),
+               True, httpx.ReadTimeout("slow"), True, True, False]
+    calls, logged = [], []
+
+    def send() -> bool:
+        calls.append(len(calls))
+        answer = answers[len(calls) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    keeper = HeartbeatKeeper(send, interval=0.0, log=logged.append).start()
+    keeper.thread.join(timeout=30)
+    assert not keeper.thread.is_alive()  # it ended by itself, at the answer "gone"
+    assert len(calls) == len(answers) and (keeper.sent, keeper.errors) == (4, 2)
+    assert "HTTPStatusError" in logged[0] and "gone" in logged[-1]
+
+
+def test_the_heartbeat_keeper_stops_when_asked_and_a_grid_without_a_runtime_client_gets_none() -> None:
+    from fedpilot.flower.server_app import HeartbeatKeeper
+
+    keeper = HeartbeatKeeper(lambda: True, interval=3600.0).start()
+    keeper.stop()
+    assert not keeper.thread.is_alive() and keeper.sent == 0
+    assert HeartbeatKeeper.for_grid(object()) is None

@@ -157,6 +157,61 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait
     return result
 
 
+class HeartbeatKeeper:
+    """A second heartbeat for the ServerApp's task, sent every ``interval`` seconds until stopped.
+
+    Flower (1.42, ``flwr/supercore/heartbeat.py``) sends the task's heartbeat from one thread that ends
+    on any HTTP error other than 503/504: one 500 from a SuperLink whose SQLite state stayed locked past
+    its 5 s busy timeout (a loaded machine) ends it, the SuperLink expires the task 60 s later
+    (``HEARTBEAT_PATIENCE`` x 30 s) and every next call of the run is refused ("task-token authentication
+    failed"). This keeper sends the same ``SendTaskHeartbeat`` through the Grid's runtime client and lives
+    through any error (it tries again at the next interval); it stops when asked or when the SuperLink
+    answers that the task is gone (success false). ``send`` is the call; ``wait(seconds)`` returns True
+    once stopped (``threading.Event.wait`` of its stop event by default)."""
+
+    def __init__(self, send: Any, interval: float = 10.0, log: Any = None) -> None:
+        import threading
+
+        self.send, self.interval, self.log = send, interval, log or _log
+        self.stopped = threading.Event()
+        self.sent, self.errors = 0, 0
+        self.thread = threading.Thread(target=self._run, name="fedpilot-heartbeat", daemon=True)
+
+    @classmethod
+    def for_grid(cls, grid: Any, interval: float = 10.0) -> HeartbeatKeeper | None:
+        """A keeper sending through ``grid``'s runtime client, or None for a Grid without one (the simulation engine's)."""
+        client = getattr(grid, "_runtime_client", None)
+        if client is None or not hasattr(client, "SendTaskHeartbeat"):
+            return None
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # noqa: PLC0415
+
+        return cls(lambda: client.SendTaskHeartbeat(SendTaskHeartbeatRequest()).success, interval)
+
+    def start(self) -> HeartbeatKeeper:
+        self.thread.start()
+        return self
+
+    def stop(self, wait: float = 1.0) -> None:
+        """Stop; wait up to ``wait`` seconds for the thread (a send stuck in the client's retries is left to die with the process)."""
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(wait)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                alive = self.send()
+            except Exception as err:  # noqa: BLE001 - any failure: try again at the next interval
+                self.errors += 1
+                if self.errors == 1 or self.errors % 10 == 0:
+                    self.log(f"task heartbeat failed ({type(err).__name__}: {err}); trying again in {self.interval:g} s")
+                continue
+            self.sent += 1
+            if not alive:
+                self.log("the SuperLink says this task is gone; the task heartbeat stops")
+                return
+
+
 app = ServerApp()
 
 
@@ -165,6 +220,13 @@ def main(grid: Grid, context: Context) -> None:
     path = str(context.run_config.get("config", "") or "")
     config = load_config(path or None)
     node_wait = float(os.environ.get("FEDPILOT_NODE_WAIT", "300"))
-    result = run_flower(grid, config, node_wait=node_wait)
+    keeper = HeartbeatKeeper.for_grid(grid)
+    if keeper is not None:
+        keeper.start()
+    try:
+        result = run_flower(grid, config, node_wait=node_wait)
+    finally:
+        if keeper is not None:
+            keeper.stop()
     final = result.rounds[-1]
     _log(f"finished: round {final['round']} test accuracy {final['accuracy']:.4f}; outputs in {result.out_dir}")
