@@ -226,13 +226,7 @@ def parse_any(text: str | bytes) -> Problem | JointProblem:
             raise InputError(f"input: module name {_show(name)} appears twice; names must be unique")
         seen.add(name)
         items.append(Item(name, layer, size, value))
-    problem = Problem.from_items(budget, fixed, activation, items)
-    if checkpointed_activation is None:
-        return problem
-    from dataclasses import replace
-
-    priced = replace(problem.cost_model, activation_checkpointed=tuple(checkpointed_activation), module_checkpointed=module_checkpointed)
-    return Problem(problem.budget_bytes, priced, problem.values)
+    return Problem.from_items(budget, fixed, activation, items, checkpointed_activation, module_checkpointed if checkpointed else None)
 
 
 def _header(data: dict[str, Any]) -> tuple[int, int, list[int]]:

@@ -166,8 +166,7 @@ class HeartbeatKeeper:
     (``HEARTBEAT_PATIENCE`` x 30 s) and every next call of the run is refused ("task-token authentication
     failed"). This keeper sends the same ``SendTaskHeartbeat`` through the Grid's runtime client and lives
     through any error (it tries again at the next interval); it stops when asked or when the SuperLink
-    answers that the task is gone (success false). ``send`` is the call; ``wait(seconds)`` returns True
-    once stopped (``threading.Event.wait`` of its stop event by default)."""
+    answers that the task is gone (success false). ``send`` is the call: True while the task lives."""
 
     def __init__(self, send: Any, interval: float = 10.0, log: Any = None) -> None:
         import threading

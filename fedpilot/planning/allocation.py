@@ -74,13 +74,19 @@ class Problem:
     values: Mapping[str, float]
 
     @classmethod
-    def from_items(cls, budget_bytes: int, fixed_bytes: int, activation_bytes: Sequence[int], items: Sequence[Item]) -> Problem:
+    def from_items(
+        cls, budget_bytes: int, fixed_bytes: int, activation_bytes: Sequence[int], items: Sequence[Item],
+        activation_checkpointed: Sequence[int] | None = None, module_checkpointed: Mapping[str, int] | None = None,
+    ) -> Problem:
+        """The problem of ``items``; with the two checkpointed terms (both or neither) its cost model prices checkpointing."""
         cost_model = CostModel(
             fixed=fixed_bytes,
             activation=tuple(activation_bytes),
             module={m.name: m.bytes for m in items},
             layer={m.name: m.layer for m in items},
             source="input",
+            activation_checkpointed=None if activation_checkpointed is None else tuple(activation_checkpointed),
+            module_checkpointed=None if module_checkpointed is None else dict(module_checkpointed),
         )
         return cls(budget_bytes, cost_model, {m.name: m.value for m in items})
 
