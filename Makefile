@@ -26,8 +26,14 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/fedpilot run
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (default: one per CPU), a whole test file per worker
+# (--dist loadfile: a file's module fixtures are built once), each worker and every process it starts with one
+# torch thread: on 2 cores two single-threaded workers finish in about 6 minutes where one process with two
+# threads needs about 8 (docs/reliability.md, "The test suite"). `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs
