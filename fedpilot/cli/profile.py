@@ -83,7 +83,7 @@ def describe(cost_model: CostModel, targets: tuple[str, ...], cached: bool) -> d
                 "layer": layer,
                 "activation_mib": round(mib(activation), 2),
                 "modules_mib": {t: round(mib(cost_model.module[module_id(layer, t)]), 2) for t in targets},
-            }
+            } | ({} if cost_model.stage_extra is None else {"stage_extra_mib": [round(mib(e), 2) for e in cost_model.stage_extra[layer]]})
             for layer, activation in enumerate(cost_model.activation)
         ],
         "full_lora_mib": round(mib(cost_model.full()), 2),
@@ -106,18 +106,21 @@ def render_profile(report: dict[str, Any]) -> str:
             *(f"  {'*' if t in about['trained_targets'] else ' '} {t:<10} {path}" for t, path in about["targets"].items()),
             "",
         ]
+    staged = "stage_extra_mib" in report["layers"][0]
     lines += [
         f"memory model of {settings.get('model')}: batch {settings.get('batch_size')}, sequence {settings.get('seq_len')}, "
         f"{settings.get('optimizer')}; {origin}",
-        "cost(S) = fixed + activation[lowest layer of S] + sum of module costs   (MiB)",
+        "cost(S) = fixed + activation[lowest layer of S] + " + ("extra[that layer, stage of its lowest module] + " if staged else "")
+        + "sum of module costs   (MiB)",
         "",
         f"fixed (weights, head, forward buffers): {report['fixed_mib']:.1f}",
         "",
-        f"{'layer':>5}  {'activation':>10}  " + "  ".join(f"{t:>8}" for t in targets),
+        f"{'layer':>5}  {'activation':>10}  " + "  ".join(f"{t:>8}" for t in targets) + ("  extra by stage" if staged else ""),
     ]
     for row in report["layers"]:
         lines.append(
             f"{row['layer']:>5}  {row['activation_mib']:>10.1f}  " + "  ".join(f"{row['modules_mib'][t]:>8.2f}" for t in targets)
+            + ("  " + " ".join(f"{e:.1f}" for e in row["stage_extra_mib"]) if staged else "")
         )
     lines += [
         "",

@@ -37,6 +37,10 @@ class ModelFamily:
     dropout_fields: tuple[str, ...]  # config fields of the base model's own dropout
     runtime: str  # module whose ``RUNTIME`` is this family's FamilyRuntime
     analytic: Callable[..., CostModel]  # (spec, settings, num_labels, batch, seq, optimizer) -> CostModel
+    # target -> its stage in the block, in forward order (targets that read the same input share one; a later
+    # stage needs less of the block's backward); absent: every target at stage 0. The calibrated cost model
+    # prices each stage (fedpilot.planning.costmodel, "Stages within a layer").
+    stages: Mapping[str, int] = field(default_factory=dict)
     dtypes: tuple[str, ...] = ("float32",)  # dtypes of the frozen base weights its runtime and analytic model support
     # transformers ``model_type`` -> how its module layout differs from the fields above (targets, layer_prefix,
     # head_modules, dropout_fields); every model_type listed here can be loaded from a folder by path

@@ -11,7 +11,17 @@ recomputed in backward, :meth:`LoraModel.checkpointed`) give the checkpointed te
 ``activation_checkpointed[l]`` from the layer probes, ``module_checkpointed`` from what checkpointed
 full LoRA adds over the checkpointed layer-0 probe, shared in proportion to the modules' analytic
 parameter bytes (with checkpointing a module keeps its parameters and their state, not its inputs).
-A calibration without them (L + 2 probes) is cached under its own key, one with them (2L + 3) under another.
+A calibration without them is cached under its own key, one with them under another.
+
+**Stages** (:attr:`ModelFamily.stages`: query, key and value read the block's input, attn_out follows
+attention, the feed-forward projections follow): one more probe per probed layer and stage of the run's
+targets, the stage's first target alone. Near the fixed cost the whole-layer terms misprice such small
+sets (docs/memory.md, "Stages within a layer"): training 5.query alone stores the whole
+block's backward, which the layer's share of the full-LoRA probe does not cover. ``stage_extra[l][s]``
+is what the probe of (l, s) measured above the whole-layer prediction of that set, or 0 when it measured
+less: every probe is then predicted at or above its measured peak (the layer probe too, since an extra
+is never negative). Unprobed layers of a deep model interpolate the extras like the activation terms.
+L + 2 + L·S probes (S stages), with checkpointing L + 1 more.
 
 A model deeper than ``MAX_LAYER_PROBES`` layers (a decoder LLM) has only that many layers probed,
 evenly spaced from the first to the last, and the peaks of the layers between them interpolated
@@ -39,7 +49,7 @@ from fedpilot.runtime.measure import PeakMeter, StepMemory, measure_step, optimi
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.training import batch_loss, make_optimizer, training_step
 
-CALIBRATION_VERSION = 4  # 2: per-rank module terms and explicit layers; 4: frozen modules off PEFT's path, resident-based meter
+CALIBRATION_VERSION = 6  # 2: per-rank module terms and explicit layers; 4: frozen modules off PEFT's path, resident-based meter; 5: a former checkpointed format (its cache files exist); 6: stages
 MAX_LAYER_PROBES = 8  # deeper models: this many evenly spaced layer probes, linear in between
 
 
@@ -119,25 +129,39 @@ def calibration_settings(model: LoraModel, batch_size: int, seq_len: int, optimi
     ) | ({"checkpointing": True} if checkpointing else {})
 
 
+def target_stages(model: LoraModel) -> dict[str, int]:
+    """The stage (0, 1, ...) of each of the run's targets: the family's stages of those targets, numbered densely."""
+    targets = model.settings.lora.targets
+    family = model.spec.family.stages
+    used = sorted({family.get(t, 0) for t in targets})
+    return {t: used.index(family.get(t, 0)) for t in targets}
+
+
 def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False,
               checkpointing: bool = False) -> CostModel:
-    """Profile the L + 2 probes on ``batch`` (2L + 3 with ``checkpointing``: the checkpointed terms too) and fit
-    the cost model (not cached; see :func:`load_or_calibrate`)."""
+    """Profile the probes on ``batch`` (the checkpointed ones too with ``checkpointing``) and fit the cost
+    model (not cached; see :func:`load_or_calibrate`)."""
     layers = model.num_layers
     targets = model.settings.lora.targets
     probed = probed_layers(layers)
+    stage_of = target_stages(model)
+    stage_target = [next(t for t in targets if stage_of[t] == s) for s in range(max(stage_of.values()) + 1)]
     sets = [[f"{l}.{t}" for t in targets] for l in probed] + [list(model.modules)]
     probes: list[tuple[str, list[str], bool]] = [("head only", [], False)]
     for checkpointed_probe in (False, True) if checkpointing else (False,):
         suffix = ", checkpointed" if checkpointed_probe else ""
         names = [f"layer {l}{suffix}" for l in probed] + [f"full LoRA{suffix}"]
         probes += [(name, modules, checkpointed_probe) for name, modules in zip(names, sets)]
+    singles = [(l, s, f"{l}.{t}") for l in probed for s, t in enumerate(stage_target)]
+    probes += [(f"{m} alone", [m], False) for _, _, m in singles]
     bar = tqdm(probes, desc="calibrating memory model", unit="probe", leave=False, disable=not progress)
     peaks = []
     for name, modules, checkpointed_probe in bar:
         bar.set_postfix_str(name)
         peaks.append(measure_peak(model, modules, batch, instructions, checkpointed_probe))
     fixed = peaks[0]
+    single_peaks = peaks[len(peaks) - len(singles):]
+    peaks = peaks[:len(peaks) - len(singles)]
     plain, checkpointed = peaks[1:len(sets) + 1], peaks[len(sets) + 1:]
 
     tokens, rank, optimizer = len(batch) * batch.seq_len, model.rank, instructions.optimizer
@@ -153,11 +177,19 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
         _fitted_terms(model, probed, checkpointed, fixed, {t: lora_param_bytes(*shapes[t], rank, optimizer) for t in targets})
         if checkpointing else (None, None)
     )
+    # each stage's probe above what the whole-layer terms predict for it (never below 0), interpolated between probed layers
+    measured_extra = [[0] * len(stage_target) for _ in probed]
+    for (l, s, m), peak in zip(singles, single_peaks):
+        measured_extra[probed.index(l)][s] = max(0, peak - (fixed + activation[l] + module[m]))
+    stage_extra = tuple(zip(*(
+        [int(round(e)) for e in np.interp(range(layers), probed, [row[s] for row in measured_extra])] for s in range(len(stage_target))
+    )))
     settings = calibration_settings(model, len(batch), batch.seq_len, optimizer, checkpointing)
     return CostModel(
         fixed=fixed, activation=activation, module=module, layer={m: module_layer(m) for m in model.modules},
         rank=rank, rank_bytes=rank_bytes, source="calibrated", settings=settings,
         activation_checkpointed=activation_checkpointed, module_checkpointed=module_checkpointed,
+        stage={m: stage_of[module_target(m)] for m in model.modules}, stage_extra=stage_extra,
     )
 
 

@@ -94,7 +94,7 @@ class Problem:
     def modules(self) -> list[Item]:
         """The modules as knapsack items, in the cost model's order."""
         cm = self.cost_model
-        return [Item(m, cm.layer[m], cm.module[m], self.values[m]) for m in cm.module]
+        return [Item(m, cm.depth(m), cm.module[m], self.values[m]) for m in cm.module]  # layer: the depth index
 
     def cost(self, names: Sequence[str]) -> int:
         return self.cost_model.cost(names)
@@ -127,7 +127,7 @@ def solve(problem: Problem, time_limit_s: float | None = None) -> Allocation | N
     budget = problem.budget_bytes
     budget = math.floor(budget) if isinstance(budget, float) and math.isfinite(budget) else _whole(budget, "the budget")
     spare = budget - _whole(cm.fixed, "the fixed cost")  # the capacity at layer l is spare - activation[l]
-    activation = [_whole(a, f"activation[{layer}]") for layer, a in enumerate(cm.activation)]
+    activation = [_whole(a, f"activation[{layer}]") for layer, a in enumerate(cm.depth_activation())]
 
     # The incumbent to beat: the most valuable single module that fits (none fits: nothing does,
     # since a set costs at least as much as its lowest module alone).

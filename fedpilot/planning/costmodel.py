@@ -12,6 +12,18 @@ module m adds at the base LoRA rank (parameters, gradients, optimiser state, its
 The allocator, ``fedpilot solve``, ``fedpilot plan``, the start-up budget check and the strategies all
 price sets with :meth:`CostModel.cost` and plan within :func:`usable` of a budget.
 
+**Stages within a layer** (optional terms, from calibration): the targets of a transformer block sit at
+different stages of it (query, key and value read the block's input; attn_out comes after attention; the
+feed-forward projections after that), and backward from the loss to a module stores more of the block
+the earlier its stage. With ``stage[m]`` (module m's stage in its layer, 0 first) and ``stage_extra[l][s]``
+(what a set whose lowest trained module sits at layer l, stage s stores beyond ``activation[l]``):
+
+    cost(S) = fixed + activation[l*] + stage_extra[l*][s*] + sum of module_r[m],  (l*, s*) = min over S of (layer, stage)
+
+A planner sees one depth index per (layer, stage) (:meth:`CostModel.depth`, :meth:`CostModel.depth_activation`):
+the same position-aware problem on a finer grid. Without them (analytic models, ``fedpilot solve``
+inputs) every module is at stage 0 and the extra is 0.
+
 **Activation checkpointing** (optional terms; a model without them cannot price it, and asking is an
 error): a step that recomputes the transformer blocks from the lowest trained layer up keeps only each
 block's input, and holds one block's full activations (its trained modules' saved inputs included)
@@ -67,6 +79,8 @@ class CostModel:
     settings: Mapping[str, object] = field(default_factory=dict)
     activation_checkpointed: tuple[int, ...] | None = None  # None: checkpointing not priced
     module_checkpointed: Mapping[str, int] | None = None
+    stage: Mapping[str, int] = field(default_factory=dict)  # module -> its stage within its layer (absent: 0)
+    stage_extra: tuple[tuple[int, ...], ...] | None = None  # per layer, per stage; None: one stage, no extra
 
     def __post_init__(self) -> None:
         if not self.layer:  # module ids name their layer
@@ -84,6 +98,28 @@ class CostModel:
                 raise ValueError(f"cost model: {len(self.activation_checkpointed)} checkpointed activation terms for {len(self.activation)} layers")
             if set(self.module_checkpointed) != set(self.module):
                 raise ValueError("cost model: module_checkpointed must price exactly the modules of module")
+        if self.stage_extra is not None:
+            if len(self.stage_extra) != len(self.activation) or len({len(row) for row in self.stage_extra}) != 1 or not self.stage_extra[0]:
+                raise ValueError(f"cost model: stage_extra needs one row per layer ({len(self.activation)}), all of one non-zero length")
+        stages = self.stages
+        for m, s in self.stage.items():
+            if m not in self.module or not 0 <= s < stages:
+                raise ValueError(f"cost model: module {m!r} at stage {s}, not a module of the model or outside its {stages} stages")
+
+    @property
+    def stages(self) -> int:
+        """Stages per layer the model prices (1 without stage terms)."""
+        return 1 if self.stage_extra is None else len(self.stage_extra[0])
+
+    def depth(self, module: str) -> int:
+        """The module's depth index: its layer times :attr:`stages` plus its stage (without stages: its layer)."""
+        return self.layer[module] * self.stages + self.stage.get(module, 0)
+
+    def depth_activation(self) -> tuple[int, ...]:
+        """What backward stores for a set whose lowest module is at each depth index (see :meth:`depth`)."""
+        if self.stage_extra is None:
+            return tuple(self.activation)
+        return tuple(a + extra for a, row in zip(self.activation, self.stage_extra) for extra in row)
 
     @property
     def prices_checkpointing(self) -> bool:
@@ -100,7 +136,7 @@ class CostModel:
         return CostModel(
             self.fixed, self.activation_checkpointed, self.module_checkpointed, self.layer, self.rank, self.rank_bytes,
             source=f"{self.source}, checkpointed", settings=self.settings,
-        )
+        )  # no stage terms: a checkpointed block is recomputed whole, priced with every target trained
 
     def module_cost(self, module: str, rank: int | None = None) -> int:
         """What training ``module`` at ``rank`` (default: the base rank) adds to a step."""
@@ -122,8 +158,8 @@ class CostModel:
         if not chosen:
             return self.fixed
         ranks = ranks or {}
-        lowest = min(self.layer[m] for m in chosen)
-        return self.fixed + self.activation[lowest] + sum(self.module_cost(m, ranks.get(m)) for m in chosen)
+        lowest = min(self.depth(m) for m in chosen)
+        return self.fixed + self.depth_activation()[lowest] + sum(self.module_cost(m, ranks.get(m)) for m in chosen)
 
     def cheapest(self) -> tuple[str, int]:
         """The cheapest trainable set (one module; ties broken by name) and its cost."""
@@ -138,7 +174,7 @@ class CostModel:
         checkpointed = self.activation_checkpointed is not None
         return CostModel(
             self.fixed, tuple(0 for _ in self.activation), self.module, self.layer, self.rank, self.rank_bytes,
-            source=f"{self.source}, additive", settings=self.settings,
+            source=f"{self.source}, additive", settings=self.settings,  # stage terms dropped too
             activation_checkpointed=tuple(0 for _ in self.activation) if checkpointed else None,
             module_checkpointed=self.module_checkpointed if checkpointed else None,
         )
@@ -156,6 +192,9 @@ class CostModel:
         } | ({} if self.activation_checkpointed is None else {
             "activation_checkpointed": list(self.activation_checkpointed),
             "module_checkpointed": dict(self.module_checkpointed or {}),
+        }) | ({} if self.stage_extra is None else {
+            "stage": dict(self.stage),
+            "stage_extra": [list(row) for row in self.stage_extra],
         })
 
     @classmethod
@@ -173,6 +212,8 @@ class CostModel:
             else tuple(int(a) for a in data["activation_checkpointed"]),
             module_checkpointed=None if data.get("module_checkpointed") is None
             else {str(k): int(v) for k, v in dict(data["module_checkpointed"]).items()},
+            stage={str(k): int(v) for k, v in dict(data.get("stage") or {}).items()},
+            stage_extra=None if data.get("stage_extra") is None else tuple(tuple(int(e) for e in row) for row in data["stage_extra"]),
         )
 
 

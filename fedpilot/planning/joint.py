@@ -129,8 +129,8 @@ def rank_problem(budget_bytes: int, cost_model: CostModel, values: Mapping[str, 
         options = tuple(RankOption(r, cost_model.module_cost(m, None if r == base else r), float(v))
                         for r, v in sorted(values[m].items()) if r > 0)
         if options:
-            modules.append(RankedModule(m, cost_model.layer[m], options))
-    return JointProblem(budget_bytes, cost_model.fixed, tuple(cost_model.activation), tuple(modules))
+            modules.append(RankedModule(m, cost_model.depth(m), options))  # its depth index: layer and stage
+    return JointProblem(budget_bytes, cost_model.fixed, cost_model.depth_activation(), tuple(modules))
 
 
 def solve_joint(problem: JointProblem, time_limit_s: float | None = None, delegate: bool = True) -> JointAllocation | None:

@@ -66,6 +66,7 @@ def restrict(problem: Problem, allowed: Collection[str]) -> Problem:
         cm,
         module={m: cm.module[m] for m in keep},
         layer={m: cm.layer[m] for m in keep},
+        stage={m: cm.stage[m] for m in keep if m in cm.stage},
         rank_bytes={m: cm.rank_bytes[m] for m in keep if m in cm.rank_bytes},
         module_checkpointed=None if cm.module_checkpointed is None else {m: cm.module_checkpointed[m] for m in keep},
     )

@@ -27,6 +27,7 @@ BERT_CLASSIFIER = FAMILIES.register("bert-classifier")(
         },
         default_targets=("query", "value"),
         letters={"query": "q", "key": "k", "value": "v", "attn_out": "o", "ffn_in": "i", "ffn_out": "f"},
+        stages={"query": 0, "key": 0, "value": 0, "attn_out": 1, "ffn_in": 2, "ffn_out": 3},
         layer_prefix="bert.encoder.layer",
         head_modules=("classifier",),
         dropout_fields=("hidden_dropout_prob", "attention_probs_dropout_prob"),

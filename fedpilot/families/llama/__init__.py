@@ -30,6 +30,7 @@ LLAMA_INSTRUCT = FAMILIES.register("llama-instruct")(
         },
         default_targets=("q_proj", "v_proj"),
         letters={"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "g", "up_proj": "u", "down_proj": "d"},
+        stages={"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 2, "up_proj": 2, "down_proj": 3},
         layer_prefix="model.layers",
         head_modules=(),  # LoRA only: the answer is read from the language-model head itself
         dropout_fields=("attention_dropout",),
