@@ -158,8 +158,9 @@ class CostModel:
         if not chosen:
             return self.fixed
         ranks = ranks or {}
-        lowest = min(self.depth(m) for m in chosen)
-        return self.fixed + self.depth_activation()[lowest] + sum(self.module_cost(m, ranks.get(m)) for m in chosen)
+        layer, stage = min((self.layer[m], self.stage.get(m, 0)) for m in chosen)  # the lowest (layer, stage): depth order
+        extra = 0 if self.stage_extra is None else self.stage_extra[layer][stage]
+        return self.fixed + self.activation[layer] + extra + sum(self.module_cost(m, ranks.get(m)) for m in chosen)
 
     def cheapest(self) -> tuple[str, int]:
         """The cheapest trainable set (one module; ties broken by name) and its cost."""
