@@ -259,6 +259,11 @@ class Config(StrictModel):
     data: DataSettings = Field(DataSettings(), description="the corpus, its splits and the partition over clients")
     federation: FederationSettings = Field(FederationSettings(), description="clients, rounds, memory budgets and what a round accepts")
     train: TrainSettings = Field(TrainSettings(), description="local training and the server's evaluation")
+    task: Literal["classification", "instruction"] = Field(
+        "classification", description="classification: one label per text (accuracy, macro-F1); instruction: write each "
+        "prompt's response, loss on the response tokens only, evaluated by ROUGE-L of greedy generations and perplexity "
+        "(llama-instruct family; instruction data: dataset bbc-headlines, or data.prompt_column and data.response_column)"
+    )
     strategy: str = Field("fedpilot", description="the registered strategy (docs/strategies.md)")
     strategy_options: dict[str, Any] = Field(default_factory=dict, description="the strategy's own options, checked by its Options model (below)")
     seed: int = Field(0, ge=0, description="the run seed: data split, partition, sampling and every client's training derive from it")
@@ -287,6 +292,21 @@ class Config(StrictModel):
                 f"federation.payload: assigned cannot carry strategy {self.strategy!r}'s base deltas (changes of the "
                 f"frozen weights every client's forward pass needs); use payload: full"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits_data_and_model(self) -> Config:
+        if self.data.task != self.task:
+            fix = ("dataset: bbc-headlines, or data.prompt_column and data.response_column" if self.task == "instruction"
+                   else "a classification dataset, or data.text_column and data.label_column")
+            raise ValueError(f"task: {self.task} needs {self.task} data, and data.dataset {self.data.dataset} is {self.data.task} data; "
+                             f"set task: {self.data.task} or give {fix}")
+        family = MODELS[self.model.name].family
+        if self.task not in family.tasks:
+            raise ValueError(f"task: {self.task} is not served by the {family.name} family of {self.model.name} (it serves "
+                             f"{', '.join(family.tasks)}); use a decoder model (llama-instruct) or task: classification")
+        if self.task == "instruction" and self.train.logit_adjustment:
+            raise ValueError("train.logit_adjustment moves label logits of a classifier; set it to 0 for task: instruction")
         return self
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ from fedpilot.data.split import SplitData, TensorSplit
 from fedpilot.families.encoding import load_split
 from fedpilot.memory.calibrate import load_or_calibrate
 from fedpilot.planning.costmodel import CostModel
-from fedpilot.report import RunRecorder
+from fedpilot.report import RunRecorder, describe, primary_metric
 from fedpilot.runtime.checkpoint import CHECKPOINT, Checkpoint, save_checkpoint
 from fedpilot.runtime.client import Client, StepPeaks
 from fedpilot.runtime.evaluation import Evaluator
@@ -58,7 +58,7 @@ class Federation:
 
 def build_federation(config: Config, progress: bool = True) -> Federation:
     """Load data and model, partition, calibrate the memory model, make the strategy, check budgets."""
-    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction())
+    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction(), config.task)
     shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
     model = make_model(config, data)
     cost_model, cached = calibration_cost_model(config, data, model, progress)
@@ -97,7 +97,10 @@ def make_model(config: Config, data: SplitData) -> LoraModel:
     from fedpilot.runtime.device import build_model
 
     strategy_class = STRATEGIES.get_or_fail(config.strategy)
-    return build_model(config.model, num_labels=len(data.label_names), seed=config.seed, base_deltas=strategy_class.capabilities.base_deltas)
+    return build_model(
+        config.model, num_labels=len(data.label_names), seed=config.seed, base_deltas=strategy_class.capabilities.base_deltas,
+        task=config.task,
+    )
 
 
 def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[ClientInfo], cost_model: CostModel) -> Server:
@@ -218,6 +221,7 @@ def run_header(
         "title": f"{config.strategy} on {config.data.dataset}, {config.federation.num_clients} clients, "
         f"{config.data.partition.kind} partition",
         "config": config.model_dump(mode="json"),
+        **({"task": config.task} if config.task != "classification" else {}),
         "strategy_settings": config.strategy_settings().model_dump(mode="json"),  # the options with the defaults of this code
         "label_names": data.label_names,
         "train_samples": len(data.train),
@@ -265,7 +269,7 @@ def drive_rounds(
                 recorder.record_round(0, metrics, [], seconds=0.0)
                 recorder.results["elapsed_seconds"] = elapsed()
                 save_checkpoint(out_dir, server.snapshot(0, recorder.results))
-                say(f"round 0: {config.train.evaluate_on} accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
+                say(f"round 0: {config.train.evaluate_on} {describe(metrics)}")
             metrics = server.last_metrics
             rounds_bar = tqdm(
                 range(first_round, config.federation.rounds + 1), desc="rounds", unit="round", disable=not progress,
@@ -278,14 +282,14 @@ def drive_rounds(
                 recorder.record_result(result)
                 save_checkpoint(out_dir, server.snapshot(server_round, recorder.results))
                 metrics = result.metrics
-                if "accuracy" in metrics:  # rounds between evaluations (train.eval_every) carry none
-                    rounds_bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", loss=f"{metrics['loss']:.3f}")
+                key = primary_metric(metrics)
+                if key is not None:  # rounds between evaluations (train.eval_every) carry none
+                    rounds_bar.set_postfix({key: f"{metrics[key]:.3f}", "loss": f"{metrics['loss']:.3f}"})
             model.set_ranks({})
             model.load_state(server.global_tensors)
             model.save_adapter(out_dir / "adapter")
             status = "finished"
-        say(f"final (round {config.federation.rounds}): {config.train.evaluate_on} accuracy {metrics['accuracy']:.3f}, "
-            f"macro-F1 {metrics['macro_f1']:.3f}, loss {metrics['loss']:.3f}")
+        say(f"final (round {config.federation.rounds}): {config.train.evaluate_on} {describe(metrics)}")
     finally:
         recorder.finish(status, wall_seconds=elapsed())
     return RunResult(out_dir, recorder.results)

@@ -23,6 +23,24 @@ ROUND_COLUMNS = (
     "download_bytes",
     "seconds",
 )
+# task: instruction: generation metrics in place of the classification ones (loss: the response tokens' mean)
+INSTRUCTION_COLUMNS = ("round", "rouge_l", "exact_match", "perplexity", "loss", *ROUND_COLUMNS[4:])
+# how each task's metrics read: (key, label) pairs, the first the metric a run reports first
+METRIC_LABELS = {
+    "accuracy": (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("loss", "loss")),
+    "rouge_l": (("rouge_l", "ROUGE-L"), ("exact_match", "exact match"), ("perplexity", "perplexity")),
+}
+
+
+def primary_metric(metrics: dict[str, Any]) -> str | None:
+    """The metric a round's results report first (``accuracy``, or ``rouge_l`` for instruction tuning); None if not evaluated."""
+    return next((key for key in METRIC_LABELS if key in metrics), None)
+
+
+def describe(metrics: dict[str, Any]) -> str:
+    """E.g. ``accuracy 0.944, macro-F1 0.945, loss 0.201`` (or ROUGE-L, exact match and perplexity)."""
+    key = primary_metric(metrics)
+    return "not evaluated" if key is None else ", ".join(f"{label} {metrics[k]:.3f}" for k, label in METRIC_LABELS[key])
 
 
 class RunRecorder:
@@ -82,31 +100,37 @@ class RunRecorder:
 
     def save(self) -> None:
         write_json(self.out_dir / "results.json", self.results)
+        columns = INSTRUCTION_COLUMNS if self.results.get("task") == "instruction" else ROUND_COLUMNS
         with open(self.out_dir / "metrics.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=ROUND_COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             for row in self.rounds:
                 # a round not evaluated (train.eval_every) has no test metrics: empty cells
-                writer.writerow({k: (len(row["clients"]) if k == "clients" else row.get(k)) for k in ROUND_COLUMNS})
+                writer.writerow({k: (len(row["clients"]) if k == "clients" else row.get(k)) for k in columns})
 
 
 def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Test accuracy and macro-F1 (left) and test loss (right) against the round."""
+    """Test accuracy and macro-F1 (left) and test loss (right) against the round; for instruction tuning
+    ROUGE-L and exact match (left) and perplexity (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r for r in rounds if r.get("accuracy") is not None]  # evaluated rounds only (train.eval_every)
+    key = next((primary_metric(r) for r in rounds if primary_metric(r) is not None), "accuracy")
+    (first, first_label), (second, second_label), (right_key, right_label) = METRIC_LABELS[key]
+    if key == "accuracy":
+        right_key, right_label = "loss", "test cross-entropy"
+    rounds = [r for r in rounds if r.get(key) is not None]  # evaluated rounds only (train.eval_every)
     x = [r["round"] for r in rounds]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(x, [r["accuracy"] for r in rounds], marker="o", label="accuracy")
-    left.plot(x, [r["macro_f1"] for r in rounds], marker="s", linestyle="--", label="macro-F1")
+    left.plot(x, [r[first] for r in rounds], marker="o", label=first_label)
+    left.plot(x, [r[second] for r in rounds], marker="s", linestyle="--", label=second_label)
     left.set(xlabel="round", ylabel="test score", ylim=(0, 1.02), title="Global model on the test split")
     left.grid(alpha=0.3)
     left.legend(loc="lower right")
-    right.plot(x, [r["loss"] for r in rounds], marker="o", color="tab:red")
-    right.set(xlabel="round", ylabel="test cross-entropy", title="Test loss")
+    right.plot(x, [r[right_key] for r in rounds], marker="o", color="tab:red")
+    right.set(xlabel="round", ylabel=right_label, title="Test loss" if key == "accuracy" else "Test perplexity")
     right.grid(alpha=0.3)
     for axis in (left, right):
         axis.set_xticks(x)

@@ -54,7 +54,7 @@ BAD_CONFIGS = [
     ("model: {lora: {rnak: 8}}", "model.lora: unknown key 'rnak'; allowed keys: rank, alpha, dropout, targets"),
     ("data: {partition: {kind: dirichlet, alpha: 0}}", "data.partition.alpha: Input should be greater than 0"),
     ("data: {partition: {kind: zipf}}", "data.partition.kind: Input should be 'iid', 'dirichlet', 'pathological' or 'label-tiers'"),
-    ("data: {dataset: imagenet}", "data.dataset: unknown dataset 'imagenet'; available: bbc-news"),
+    ("data: {dataset: imagenet}", "data.dataset: unknown dataset 'imagenet'; available: bbc-headlines, bbc-news, rotten-tomatoes"),
     ("strategy: fedsgd", "strategy: unknown strategy 'fedsgd'; available:"),
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
     ("federation: {server_lr: 1.5}", "federation.server_lr: Input should be less than or equal to 1"),

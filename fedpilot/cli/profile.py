@@ -44,7 +44,9 @@ def analytic_cost_model(config: Config) -> CostModel:
     """The family's analytic cost model of ``config``: from the model's config.json alone."""
     spec = MODELS[config.model.name]
     num_labels = len(corpus_label_names(config))
-    return spec.family.analytic(spec, config.model, num_labels, config.train.batch_size, config.data.max_length, config.train.optimizer)
+    # instruction tuning keeps the logits of the response positions (data.max_response_length + 1), not of one answer token
+    extra = {"logit_positions": config.data.max_response_length + 1} if config.task == "instruction" else {}
+    return spec.family.analytic(spec, config.model, num_labels, config.train.batch_size, config.data.max_length, config.train.optimizer, **extra)
 
 
 def profile_memory(config: Config, analytic: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -59,8 +61,8 @@ def profile_memory(config: Config, analytic: bool = False, progress: bool = True
         from fedpilot.runtime.device import build_model
         from fedpilot.runtime.messages import TrainInstructions
 
-        data = load_split(config.data, config.model.name, config.seed)
-        model = build_model(config.model, num_labels=len(data.label_names), seed=config.seed)
+        data = load_split(config.data, config.model.name, config.seed, task=config.task)
+        model = build_model(config.model, num_labels=len(data.label_names), seed=config.seed, task=config.task)
         batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
         instructions = TrainInstructions.from_settings(config.train, config.seed)
         cost_model, cached = load_or_calibrate(model, batch, instructions, progress=progress)

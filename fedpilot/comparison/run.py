@@ -94,6 +94,9 @@ def run_comparison(
     preset_changes = chosen.changes(config) if chosen else {}
     if chosen:
         config = chosen.apply(config)
+    if config.task != "classification":
+        raise FedpilotError(f"task: {config.task}: fedpilot compare ranks classification runs by accuracy; run each strategy "
+                            f"with fedpilot run --config FILE (strategy: NAME) and compare their ROUGE-L in results.json")
     if late < 1:
         raise FedpilotError(f"--last: {late} evaluated rounds; give at least 1, e.g. 5")
     if reference is not None and reference not in strategies:

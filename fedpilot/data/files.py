@@ -1,11 +1,13 @@
-"""A labelled corpus from the user's own files: ``.csv``, ``.jsonl``, ``.json`` (a list of records),
+"""A labelled corpus (or instruction data: ``data.prompt_column`` and ``data.response_column``) from the user's own files: ``.csv``, ``.jsonl``, ``.json`` (a list of records),
 ``.parquet``, or a folder written by ``datasets``' ``save_to_disk`` (a Dataset, or a DatasetDict whose
 ``train`` split is the corpus and whose ``test`` split, if any, the test split).
 
 Every problem (missing file or column, empty file, non-UTF-8 text, a text that is not a string, labels
 that mix strings and integers, a label seen only in the test split) is a :class:`DataFileError`: one line
 naming the setting to fix. Labels may be strings or integers (a CSV column whose every label is an
-integer reads as integers); the class list is the sorted labels of the train split.
+integer reads as integers); the class list is the sorted labels of the train split. Instruction data takes
+its groups (what stratifies the splits and skews the partition) from ``data.group_column``, or puts every
+example in one group; a prompt or response that is not a non-empty string is an error too.
 """
 
 from __future__ import annotations
@@ -182,10 +184,26 @@ def _labels(values: list[Any], source: str, what: str, from_csv: bool) -> list[s
     return values
 
 
-def _table(source: str, rows: list[Any], settings: Any, field: str) -> tuple[list[str], list[str | int]]:
-    texts = _texts(_column(rows, settings.text_column, field, source, "data.text_column"), source, "data.text_column")
-    labels = _column(rows, settings.label_column, field, source, "data.label_column")
-    return texts, _labels(labels, source, "data.label_column", source.lower().endswith(".csv"))
+ONE_GROUP = "all"  # the group of every example of instruction data without data.group_column
+
+
+def _table(source: str, rows: list[Any], settings: Any, field: str) -> tuple[list[str], list[str | int], list[str] | None]:
+    """(texts or prompts, labels or groups, responses or None) of ``rows``."""
+    from_csv = source.lower().endswith(".csv")
+    if settings.prompt_column is None:
+        texts = _texts(_column(rows, settings.text_column, field, source, "data.text_column"), source, "data.text_column")
+        labels = _column(rows, settings.label_column, field, source, "data.label_column")
+        return texts, _labels(labels, source, "data.label_column", from_csv), None
+    prompts = _texts(_column(rows, settings.prompt_column, field, source, "data.prompt_column"), source, "data.prompt_column")
+    responses = _texts(_column(rows, settings.response_column, field, source, "data.response_column"), source, "data.response_column")
+    for what, values in (("data.prompt_column", prompts), ("data.response_column", responses)):
+        for number, value in enumerate(values, start=1):
+            if not value.strip():
+                raise DataFileError(f"{what}: row {number} of {source!r} is empty; give every row a prompt and a response or drop it")
+    if settings.group_column is None:
+        return prompts, [ONE_GROUP] * len(prompts), responses
+    groups = _column(rows, settings.group_column, field, source, "data.group_column")
+    return prompts, _labels(groups, source, "data.group_column", from_csv), responses
 
 
 def cached_file_corpus(settings: Any) -> FileCorpus:
@@ -193,21 +211,26 @@ def cached_file_corpus(settings: Any) -> FileCorpus:
     stamps = tuple(
         (p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in (settings.dataset, settings.test_dataset) if p is not None
     )
-    return _cached(stamps, settings.dataset, settings.test_dataset, settings.text_column, settings.label_column)
+    columns = tuple(getattr(settings, c, None) for c in COLUMNS)
+    return _cached(stamps, settings.dataset, settings.test_dataset, columns)
+
+
+COLUMNS = ("text_column", "label_column", "prompt_column", "response_column", "group_column")
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(stamps: tuple, dataset: str, test_dataset: str | None, text_column: str, label_column: str) -> FileCorpus:
+def _cached(stamps: tuple, dataset: str, test_dataset: str | None, columns: tuple) -> FileCorpus:
     from types import SimpleNamespace
 
-    return load_file_corpus(SimpleNamespace(dataset=dataset, test_dataset=test_dataset, text_column=text_column, label_column=label_column))
+    return load_file_corpus(SimpleNamespace(dataset=dataset, test_dataset=test_dataset, **dict(zip(COLUMNS, columns, strict=True))))
 
 
 def load_file_corpus(settings: Any) -> FileCorpus:
     """The corpus of ``settings`` (a DataSettings whose ``dataset`` is a path): texts, integer labels into the
     sorted class list of the train split, and where a given test split starts."""
     train_rows, test_rows = read_rows(settings.dataset, "data.dataset")
-    texts, labels = _table(settings.dataset, train_rows, settings, "data.dataset")
+    texts, labels, responses = _table(settings.dataset, train_rows, settings, "data.dataset")
+    label_field = "data.label_column" if responses is None else "data.group_column"
     test_source = settings.dataset
     if settings.test_dataset is not None:
         if test_rows is not None:
@@ -216,10 +239,11 @@ def load_file_corpus(settings: Any) -> FileCorpus:
         test_source = settings.test_dataset
     test_texts: list[str] = []
     test_labels: list[str | int] = []
+    test_responses: list[str] = []
     if test_rows is not None:
-        test_texts, test_labels = _table(test_source, test_rows, settings, "data.test_dataset")
+        test_texts, test_labels, test_responses = _table(test_source, test_rows, settings, "data.test_dataset")
         if {type(v) for v in test_labels} - {type(v) for v in labels}:
-            raise DataFileError(f"data.label_column: the test split's labels are not of the train split's type ({type(labels[0]).__name__}); use one type")
+            raise DataFileError(f"{label_field}: the test split's labels are not of the train split's type ({type(labels[0]).__name__}); use one type")
     classes = sorted(set(labels))
     unseen = sorted({v for v in test_labels if v not in set(classes)}, key=str)
     if unseen:
@@ -227,12 +251,13 @@ def load_file_corpus(settings: Any) -> FileCorpus:
             f"data.test_dataset: label {unseen[0]!r} appears only in the test split ({test_source!r}); "
             f"add training examples of it or drop those test rows"
         )
-    if len(classes) < 2:
+    if len(classes) < 2 and responses is None:
         raise DataFileError(f"data.label_column: the train split has a single label ({classes[0]!r}); classification needs at least two")
     index = {label: i for i, label in enumerate(classes)}
     return FileCorpus(
         texts=texts + test_texts,
         labels=[index[v] for v in labels + test_labels],
         label_names=[str(c) for c in classes],
+        responses=None if responses is None else responses + (test_responses or []),
         test_start=len(texts) if test_rows is not None else None,
     )

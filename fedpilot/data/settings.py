@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fedpilot.core.settings import StrictModel
-from fedpilot.data.datasets import DATASETS
+from fedpilot.data.datasets import DATASETS, registered_task
 from fedpilot.data.files import cached_file_corpus, check_source, looks_like_path
 
 
@@ -59,11 +59,25 @@ class PartitionSettings(StrictModel):
 class DataSettings(StrictModel):
     dataset: str = Field(
         "bbc-news", description="bbc-news: 2,225 BBC News articles, 5 topics; rotten-tomatoes: 13,905 review snippets and plot "
-        "synopses, 3 classes; or your own data: a .csv, .jsonl, .json (a list of records) or .parquet file, or a folder "
+        "synopses, 3 classes; bbc-headlines (task: instruction): write each BBC News article's headline from its body, "
+        "the topic its group; or your own data: a .csv, .jsonl, .json (a list of records) or .parquet file, or a folder "
         "written by datasets' save_to_disk (its train split; its test split, if any, is the test split)"
     )
     text_column: str = Field("text", description="own data: the column holding each example's text")
     label_column: str = Field("label", description="own data: the column holding each example's label (strings or integers; the class list is the train split's labels, recorded in the run)")
+    prompt_column: str | None = Field(
+        None, description="own instruction data (task: instruction): the column holding each example's prompt; set it "
+        "and response_column instead of text_column and label_column"
+    )
+    response_column: str | None = Field(None, description="own instruction data: the column holding the response the model learns to write")
+    group_column: str | None = Field(
+        None, description="own instruction data: a column grouping the examples (e.g. a topic), used as labels are to "
+        "stratify the splits and skew the partition; null: every example in one group"
+    )
+    max_response_length: int = Field(
+        32, ge=1, le=256, description="task: instruction: response tokens kept (the end-of-turn token included) and the "
+        "most tokens generated at evaluation; the prompt is cut to fit max_length with them"
+    )
     test_dataset: str | None = Field(
         None, description="own data: a file of the same kind and columns holding the test split (test_fraction is then "
         "unused, and every test label must occur in the train data); null: a stratified test_fraction of dataset"
@@ -98,12 +112,26 @@ class DataSettings(StrictModel):
     def _test_file(cls, name: str | None) -> str | None:
         return None if name is None else check_source(name, "data.test_dataset")
 
+    @property
+    def task(self) -> str:
+        """The task the data poses: ``instruction`` (a registered instruction corpus, or prompt and response columns) or ``classification``."""
+        if self.dataset in DATASETS:
+            return registered_task(self.dataset)
+        return "classification" if self.prompt_column is None else "instruction"
+
     @model_validator(mode="after")
     def _readable_data(self) -> DataSettings:
         """Own data is read and checked now (columns, labels, encoding, a drawable split), before a run writes anything."""
+        if (self.prompt_column is None) != (self.response_column is None):
+            missing = "response_column" if self.response_column is None else "prompt_column"
+            raise ValueError(f"instruction data needs both prompt_column and response_column; set data.{missing}")
+        if self.group_column is not None and self.prompt_column is None:
+            raise ValueError("data.group_column groups instruction data; set prompt_column and response_column, or use label_column")
         if self.dataset in DATASETS:
             if self.test_dataset is not None:
                 raise ValueError(f"data.test_dataset applies to your own data files; the registered {self.dataset} is split by test_fraction")
+            if self.prompt_column is not None:
+                raise ValueError(f"data.prompt_column and response_column name columns of your own files; the registered {self.dataset} has its own")
             return self
         import numpy as np
 

@@ -45,6 +45,12 @@ class ModelFamily:
     # transformers ``model_type`` -> how its module layout differs from the fields above (targets, layer_prefix,
     # head_modules, dropout_fields); every model_type listed here can be loaded from a folder by path
     model_types: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # tasks beyond classification -> the module whose ``RUNTIME`` serves that task (e.g. instruction tuning)
+    task_runtimes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return ("classification", *self.task_runtimes)
 
     def for_model_type(self, model_type: str) -> ModelFamily:
         """This family with the module layout of ``model_type`` (a KeyError if the family does not cover it)."""
@@ -66,8 +72,13 @@ class ModelFamily:
             raise ValueError("each target may appear only once")
         return targets
 
-    def load_runtime(self) -> FamilyRuntime:
-        return importlib.import_module(self.runtime).RUNTIME
+    def load_runtime(self, task: str = "classification") -> FamilyRuntime:
+        """The torch side of this family for ``task`` (a KeyError names the tasks it serves)."""
+        if task == "classification":
+            return importlib.import_module(self.runtime).RUNTIME
+        if task not in self.task_runtimes:
+            raise KeyError(f"the {self.name} family serves {', '.join(self.tasks)}, not {task}")
+        return importlib.import_module(self.task_runtimes[task]).RUNTIME
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,8 @@ class ModelSpec:
 class FamilyRuntime(ABC):
     """The torch side of a family: load the model, encode examples, forward, loss, metrics."""
 
+    primary_metric = "accuracy"  # the metric a run reports first and plots (a key of ``metrics``' result)
+
     @abstractmethod
     def load_model(self, spec: ModelSpec, num_labels: int, base_dropout: float | None) -> nn.Module:
         """The pretrained model with its task head (a fresh head is drawn from torch's RNG)."""
@@ -111,6 +124,25 @@ class FamilyRuntime(ABC):
         """The model inputs of each example, for a family whose inputs depend on the label set (e.g.
         an instruction prompt that lists the answers); by default the label names are not needed."""
         return self.encode(tokenizer, texts, max_length)
+
+    def encode_corpus(self, tokenizer: Any, corpus: Any, max_length: int, max_response_length: int) -> dict[str, torch.Tensor]:
+        """The model inputs of every example of ``corpus`` (a :class:`~fedpilot.data.datasets.Corpus`); a
+        classification family encodes its texts for its label names (``max_response_length`` is for instruction data)."""
+        return self.encode_task(tokenizer, corpus.texts, corpus.label_names, max_length)
+
+    def evaluate(self, model: Any, split: Any, batch_size: int) -> dict[str, float]:
+        """Mean loss and the family's metrics of ``model`` (a LoraModel, its adapter loaded and folded) on ``split``."""
+        import torch
+
+        losses, predictions = [], []
+        with torch.no_grad():
+            for start in range(0, len(split), batch_size):
+                features, labels = split.batch(slice(start, start + batch_size), model.device)
+                output = model.forward(features)
+                losses.append(self.loss(output, labels, "sum").item())
+                predictions.append(self.predict(output).cpu())
+        predicted = torch.cat(predictions).numpy()
+        return {"loss": float(sum(losses) / len(split)), **self.metrics(predicted, split.labels.numpy())}
 
     @abstractmethod
     def forward(self, model: nn.Module, features: Mapping[str, torch.Tensor]) -> torch.Tensor:

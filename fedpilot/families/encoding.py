@@ -46,22 +46,32 @@ def model_key(spec: ModelSpec) -> str:
     return f"{spec.model_type}-{_short(str(folder))}-{hashlib.sha256(files).hexdigest()[:12]}"
 
 
-def encode_corpus(dataset: str, model_name: str, max_length: int, data: DataSettings | None = None) -> tuple[TensorSplit, list[str]]:
-    """Every example of ``dataset`` encoded for ``model_name`` (cached by corpus digest), and the label names."""
+def encode_corpus(
+    dataset: str, model_name: str, max_length: int, data: DataSettings | None = None, task: str = "classification"
+) -> tuple[TensorSplit, list[str]]:
+    """Every example of ``dataset`` encoded for ``model_name`` and ``task`` (cached by corpus digest), and the
+    label names (for instruction data: its groups)."""
     spec = MODELS[model_name]
     corpus = load_corpus(dataset, data)
+    if corpus.task != task:
+        raise ConfigError(f"data.dataset {dataset} is {corpus.task} data; set task: {corpus.task} or give {task} data")
     digest = hashlib.sha256("\x00".join(corpus.texts).encode()).hexdigest()[:16]
     name = dataset
     if dataset not in DATASETS:  # own files: the labels and the class list are part of what is cached
         name = f"file-{_short(dataset)}"
         digest = hashlib.sha256(f"{digest}\x00{corpus.labels}\x00{corpus.label_names}".encode()).hexdigest()[:16]
+    if corpus.responses is not None:  # instruction data: the responses and their token budget too
+        response_length = data.max_response_length if data is not None else DataSettings.model_fields["max_response_length"].default
+        digest = hashlib.sha256(f"{digest}\x00{chr(0).join(corpus.responses)}\x00{response_length}".encode()).hexdigest()[:16]
+        name = f"{name}-instruction"
     path = cache_dir() / f"tokens-v{ENCODING_VERSION}-{name}-{model_key(spec)}-{max_length}-{digest}.pt"
     if path.is_file():
         cached = torch.load(path)
         return TensorSplit(cached["features"], cached["labels"]), corpus.label_names
-    runtime = spec.family.load_runtime()
+    runtime = spec.family.load_runtime(task)
+    response_length = data.max_response_length if data is not None else DataSettings.model_fields["max_response_length"].default
     try:
-        features = runtime.encode_task(runtime.load_tokenizer(spec), corpus.texts, corpus.label_names, max_length)
+        features = runtime.encode_corpus(runtime.load_tokenizer(spec), corpus, max_length, response_length)
     except ValueError as err:  # the task cannot be posed to this model (label answers, prompt length): a data setting
         raise ConfigError(f"data ({dataset} for {spec.name}): {err}; change data.max_length or the labels") from None
     split = TensorSplit(features, torch.tensor(corpus.labels, dtype=torch.long))
@@ -72,11 +82,13 @@ def encode_corpus(dataset: str, model_name: str, max_length: int, data: DataSett
     return split, corpus.label_names
 
 
-def load_split(settings: DataSettings, model_name: str, seed: int, proxy_fraction: float | None = None) -> SplitData:
+def load_split(
+    settings: DataSettings, model_name: str, seed: int, proxy_fraction: float | None = None, task: str = "classification"
+) -> SplitData:
     """``settings.dataset`` encoded for ``model_name`` and split (:func:`fedpilot.data.split.split_encoded`:
     train and test stratified by label, or the test split given with the data, reproducible from ``seed``,
     with the validation split and the server's proxy set of ``proxy_fraction`` held out of the train split
-    where asked)."""
-    tokens, label_names = encode_corpus(settings.dataset, model_name, settings.max_length, settings)
+    where asked), encoded for ``task`` (the config's ``task``)."""
+    tokens, label_names = encode_corpus(settings.dataset, model_name, settings.max_length, settings, task)
     test_start = None if settings.dataset in DATASETS else getattr(load_corpus(settings.dataset, settings), "test_start", None)
     return split_encoded(tokens, label_names, settings, seed, proxy_fraction, test_start)

@@ -142,7 +142,7 @@ def warm_state(config: Config) -> Warm:
         _, evicted = _WARM.popitem(last=False)
         for node_key in [k for k, n in _NODES.items() if n.client.model is evicted.model]:
             del _NODES[node_key]
-    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction())
+    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction(), config.task)
     warm = Warm(data, make_model(config, data), data.train.labels.numpy())
     _WARM[key] = warm
     return warm

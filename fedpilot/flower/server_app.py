@@ -34,6 +34,7 @@ from fedpilot.config import Config, load_config  # noqa: E402
 from fedpilot.core.errors import FedpilotError  # noqa: E402
 from fedpilot.flower.codec import CONFIG, decode_node_info  # noqa: E402
 from fedpilot.flower.transport import FlowerTransport, send_and_receive  # noqa: E402
+from fedpilot.report import primary_metric  # noqa: E402
 
 
 def _log(line: str) -> None:
@@ -115,7 +116,7 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait
     if not described:
         raise FedpilotError("no node described itself; check the SuperNodes' --node-config")
 
-    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction())
+    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction(), config.task)
     model = make_model(config, data)
     cost_model, cached = calibration_cost_model(config, data, model)
     for cid in sorted(described):
@@ -228,4 +229,5 @@ def main(grid: Grid, context: Context) -> None:
         if keeper is not None:
             keeper.stop()
     final = result.rounds[-1]
-    _log(f"finished: round {final['round']} test accuracy {final['accuracy']:.4f}; outputs in {result.out_dir}")
+    key = primary_metric(final) or "accuracy"
+    _log(f"finished: round {final['round']} test {key} {final[key]:.4f}; outputs in {result.out_dir}")

@@ -126,7 +126,9 @@ def calibration_settings(model: LoraModel, batch_size: int, seq_len: int, optimi
         {"base_deltas": True} if model.deltas else {}  # their originals and deltas are resident memory
     ) | (
         {"base_dtype": model.settings.dtype} if model.settings.dtype != "float32" else {}
-    ) | ({"checkpointing": True} if checkpointing else {})
+    ) | ({"checkpointing": True} if checkpointing else {}) | (
+        {"task": model.task} if model.task != "classification" else {}  # another loss, other logits kept
+    )
 
 
 def target_stages(model: LoraModel) -> dict[str, int]:

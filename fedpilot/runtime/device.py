@@ -43,9 +43,11 @@ def cast_base(model: LoraModel, dtype: str) -> None:
             param.data = param.data.to(target)
 
 
-def build_model(settings, num_labels: int, seed: int, base_deltas: bool = False) -> LoraModel:
-    """The :class:`LoraModel` of a ``model`` config section on its device (``settings.device``) and dtype."""
-    model = LoraModel(settings, num_labels=num_labels, seed=seed, device=resolve_device(settings.device), base_deltas=base_deltas)
+def build_model(settings, num_labels: int, seed: int, base_deltas: bool = False, task: str = "classification") -> LoraModel:
+    """The :class:`LoraModel` of a ``model`` config section on its device (``settings.device``) and dtype, for ``task``."""
+    model = LoraModel(
+        settings, num_labels=num_labels, seed=seed, device=resolve_device(settings.device), base_deltas=base_deltas, task=task
+    )
     if settings.dtype != "float32":
         cast_base(model, settings.dtype)
     return model

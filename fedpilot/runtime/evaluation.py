@@ -12,7 +12,8 @@ from fedpilot.runtime.lora import LoraModel
 
 @torch.no_grad()
 def evaluate(model: LoraModel, tensors: TensorDict, split: TensorSplit, batch_size: int) -> dict[str, float]:
-    """Mean loss and the family's metrics (e.g. accuracy, macro-F1) of ``tensors`` on ``split``.
+    """Mean loss and the family's metrics (e.g. accuracy, macro-F1; for instruction tuning ROUGE-L and
+    perplexity, :meth:`FamilyRuntime.evaluate`) of ``tensors`` on ``split``.
 
     Every LoRA module is merged into a copy of its weight for the pass (:meth:`LoraModel.fold_frozen`
     with ``merge``): nothing trains and dropout is off in eval mode, so the function is the same, at
@@ -21,16 +22,8 @@ def evaluate(model: LoraModel, tensors: TensorDict, split: TensorSplit, batch_si
     model.set_ranks({})
     model.load_state(tensors)
     model.peft.eval()
-    losses, predictions = [], []
     with model.fold_frozen([], merge=True):
-        for start in range(0, len(split), batch_size):
-            features, labels = split.batch(slice(start, start + batch_size), model.device)
-            output = model.forward(features)
-            losses.append(model.runtime.loss(output, labels, "sum").item())
-            predictions.append(model.runtime.predict(output).cpu())
-    predicted = torch.cat(predictions).numpy()
-    metrics = model.runtime.metrics(predicted, split.labels.numpy())
-    return {"loss": float(sum(losses) / len(split)), **metrics}
+        return model.runtime.evaluate(model, split, batch_size)
 
 
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:

@@ -39,7 +39,8 @@ class LoraModel:
     """
 
     def __init__(
-        self, settings, num_labels: int, seed: int, device: torch.device | str | None = None, base_deltas: bool = False
+        self, settings, num_labels: int, seed: int, device: torch.device | str | None = None, base_deltas: bool = False,
+        task: str = "classification",
     ) -> None:
         """``settings`` is the config's ``model`` section (a ModelSettings).
 
@@ -49,7 +50,8 @@ class LoraModel:
         """
         self.spec = MODELS[settings.name]
         family = self.spec.family
-        self.runtime: FamilyRuntime = family.load_runtime()
+        self.task = task
+        self.runtime: FamilyRuntime = family.load_runtime(task)
         torch.manual_seed(seed)  # the head's initial weights and LoRA A matrices
         base = self.runtime.load_model(self.spec, num_labels, settings.base_dropout)
         self.num_layers: int = self.runtime.num_layers(base)

@@ -8,6 +8,8 @@ answer-only loss and how labels are scored).
 By path, the family loads checkpoints of the model types ``llama``, ``qwen2``, ``mistral`` and ``gemma``
 (transformers' AutoModelForCausalLM): their decoder layers share Llama's module names. ``phi3`` is not
 covered: it fuses q, k and v into one ``qkv_proj`` (and gate and up into ``gate_up_proj``).
+
+``task: instruction`` tunes the same models to write responses (:mod:`fedpilot.families.llama.generation`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ LLAMA_INSTRUCT = FAMILIES.register("llama-instruct")(
         analytic=analytic_cost_model,
         dtypes=("float32", "bfloat16"),
         model_types={"llama": {}, "qwen2": {}, "mistral": {}, "gemma": {}},
+        task_runtimes={"instruction": "fedpilot.families.llama.generation"},
     )
 )
 

@@ -7,7 +7,8 @@ smaller than q_proj's A·D), L layers, vocabulary V, LoRA rank r:
 - fixed = every weight (embeddings, the LM head unless tied, the layers, the norms, all LoRA
   matrices) + the forward pass's largest live buffers, 4·N·(3I + 2H + 3A·D) + 4·B·A·T² (the MLP's
   gate, up and product tensors, the attention's q, k and v with their rotated copies, the scores)
-  + the answer logits, 4·3·B·V (logits, their log-softmax and its gradient, at the last position only).
+  + the answer logits, 4·3·B·K·V (logits, their log-softmax and its gradient, at the last K positions only:
+  K = 1 for classification, the response positions for instruction tuning, ``logit_positions``).
 - activation[l] = (L - l) · per_layer, where per_layer is what one frozen decoder layer saves so that
   the gradient can cross it: 4·N·(2H + 4A·D + 3I) (the two RMSNorm inputs, the attention's q, k, v
   (k and v repeated to A heads) and output, the SiLU input, its output and the up projection), plus
@@ -79,7 +80,9 @@ def target_shapes(cfg: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     }
 
 
-def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, seq: int, optimizer: str) -> CostModel:
+def analytic_cost_model(
+    spec: Any, settings: Any, num_labels: int, batch: int, seq: int, optimizer: str, logit_positions: int = 1
+) -> CostModel:
     """The cost model of ``settings`` (a ModelSettings: base_dropout, lora) on ``spec``'s model, from its config."""
     cfg = model_config(spec)
     hidden, ffn, layers, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
@@ -94,7 +97,7 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
     lora_params = layers * sum(lora.rank * (d_in + d_out) for d_in, d_out in (shapes[t] for t in lora.targets))
     weights = elem * (embeddings + layers * per_layer_weights + hidden) + FLOAT * lora_params
     forward_buffers = elem * tokens * (3 * ffn + 2 * hidden + 3 * attn) + elem * batch * heads * seq * seq
-    answer_logits = FLOAT * 3 * batch * vocab
+    answer_logits = FLOAT * 3 * batch * logit_positions * vocab
     fixed = weights + forward_buffers + answer_logits
 
     per_layer = FLOAT * tokens * 2 * hidden + elem * tokens * (4 * attn + 3 * ffn)
@@ -103,6 +106,6 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
     if settings.base_dropout:
         per_layer += (1 + elem) * batch * heads * seq * seq
     settings_record = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer,
-                       "dtype": getattr(settings, "dtype", "float32")}
+                       "dtype": getattr(settings, "dtype", "float32")} | ({"logit_positions": logit_positions} if logit_positions != 1 else {})
     layer_input = elem * tokens * hidden  # what a checkpointed layer keeps: its input hidden state
     return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record, layer_input)
