@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from checkpoints import tiny_checkpoint_factory  # noqa: F401 (a fixture)
+from checkpoints import DECODERS, tiny_checkpoint_factory  # noqa: F401 (a fixture)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -142,7 +142,8 @@ def test_the_loss_is_the_causal_lm_loss_on_the_response_tokens_only(tiny_instruc
         hf_labels[:, -keep + 1:] = features["targets"][:, :-1]
         theirs = model.peft(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), labels=hf_labels).loss
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    rows = model.runtime.loss(model.forward(features), labels, "none")
+    with torch.no_grad():
+        rows = model.runtime.loss(model.forward(features), labels, "none")
     counts = (features["targets"] != -100).sum(1)
     assert float((rows * counts).sum() / counts.sum()) == pytest.approx(float(ours), rel=1e-5)
 
@@ -165,7 +166,8 @@ def test_the_calibrated_model_prices_the_instruction_step_within_5_percent(tiny_
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
-def test_one_instruction_round_through_fedpilot_run_reloads_with_plain_peft(kind, tiny_checkpoint_factory, tmp_path):
+@pytest.mark.parametrize("model_type", DECODERS)
+def test_one_instruction_round_through_fedpilot_run_reloads_with_plain_peft(model_type, kind, tiny_checkpoint_factory, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -174,7 +176,7 @@ def test_one_instruction_round_through_fedpilot_run_reloads_with_plain_peft(kind
     from fedpilot.runtime.evaluation import evaluate
     from fedpilot.runtime.lora import LoraModel
 
-    checkpoint = tiny_checkpoint_factory("llama")
+    checkpoint = tiny_checkpoint_factory(model_type)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(instruction_config(checkpoint, write_instructions(tmp_path, kind))))
     assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
 
