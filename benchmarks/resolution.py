@@ -2,7 +2,7 @@
 fedpilot.comparison.resolution, recomputed from finished runs for several measurement choices at once.
 
 Usage: .venv/bin/python benchmarks/resolution.py runs/rt-screen [runs/rt-strong ...] [--last 1 3 5] [--every 1 4]
-       [--strategies fedavg,exclusive,...] [--exclusive-below] [--json FILE]
+       [--strategies fedavg,exclusive,...] [--exclusive-below] [--metric accuracy|macro_f1] [--json FILE]
 
 For each folder, each cadence N of ``--every`` (keep only the evaluations of rounds that are multiples of N, and
 the last round, as ``train.eval_every: N`` would have made them; a run that did not evaluate one of those rounds
@@ -11,7 +11,9 @@ round 0), one row: the seeds, the pairs, the resolution (median standard error o
 over every pair of strategies), the largest and smallest standard error, the sanity order and whether the level
 can rank methods at that end point. Seeds only some strategies finished are left out of their pairs, as the
 comparison does. The final round is evaluated on the whole split, the others on the config's subset: a cadence
-keeps that as it is.
+keeps that as it is. ``--metric macro_f1`` measures the same end points on each evaluation's macro-F1 instead of
+its accuracy (on a level where one tier alone holds a class, accuracy hardly sees that class; macro-F1 weighs it
+as much as the others).
 """
 
 from __future__ import annotations
@@ -27,14 +29,17 @@ from fedpilot.comparison.records import late_accuracy
 from fedpilot.comparison.resolution import assess, default_reference
 
 
-def finished(out: Path, strategies: list[str] | None) -> dict[str, dict[int, dict[str, Any]]]:
-    """strategy -> seed -> results.json of every finished run in a comparison folder."""
+def finished(out: Path, strategies: list[str] | None, metric: str = "accuracy") -> dict[str, dict[int, dict[str, Any]]]:
+    """strategy -> seed -> results.json of every finished run in a comparison folder (``metric``: the evaluation
+    field read as the end point, put in each round's ``accuracy``)."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for path in sorted(out.glob("*-seed*/results.json")):
         match = re.fullmatch(r"(.+)-seed(\d+)", path.parent.name)
         if not match or (strategies and match[1] not in strategies):
             continue
         results = json.loads(path.read_text())
+        if metric != "accuracy":
+            results["rounds"] = [{**r, "accuracy": r.get(metric)} for r in results["rounds"]]
         if results.get("status") == "finished":
             runs.setdefault(match[1], {})[int(match[2])] = results
     return runs
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", nargs="+", type=int, default=[1])
     parser.add_argument("--strategies", help="comma-separated; default: every strategy with a finished run")
     parser.add_argument("--exclusive-below", action="store_true", help="the level's sanity order also needs exclusive clearly below fedavg")
+    parser.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy", help="the evaluation figure the end point averages")
     parser.add_argument("--json", type=Path, help="also write every row (with each run's end point) to this file")
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.last) or any(n < 1 for n in args.every):
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| runs | cadence | end point | seeds | pairs (with 2+ seeds) | resolution (median SE) | SE min - max | sanity order | can rank |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for folder in args.folders:
-        runs = finished(folder, wanted)
+        runs = finished(folder, wanted, args.metric)
         if len(runs) < 2:
             print(f"resolution.py: error: {folder} holds finished runs of {len(runs)} strategies; a resolution needs two", file=sys.stderr)
             return 2
