@@ -193,3 +193,20 @@ def test_a_given_test_file_is_the_test_split_row_for_row(tmp_path, tiny_checkpoi
     runtime = MODELS[config.model.name].family.load_runtime()
     expected = runtime.encode(runtime.load_tokenizer(MODELS[config.model.name]), ["great film", "awful"], 16)
     assert torch.equal(data.test.features["input_ids"], expected["input_ids"])
+
+
+@pytest.mark.parametrize("all_targets", [False, True], ids=["default-targets", "all-targets"])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_both_memory_models_hold_on_every_tiny_family(model_type, all_targets, tmp_path):
+    """benchmarks/memory_families.py's check: on 8 random sets the calibrated model within 5 % of the measured
+    peak and the analytic one within 25 % (its stage terms, and DeBERTa's forward floor, included)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "memory_families.py"
+    spec = importlib.util.spec_from_file_location("memory_families", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seq = 32 if model_type not in ENCODERS else 16
+    errors = bench.check_model_type(model_type, tmp_path, sets=8, batch_size=16, seq=seq, all_targets=all_targets)
+    assert max(errors["calibrated"]) <= 0.05, errors
+    assert max(errors["analytic"]) <= 0.25, errors

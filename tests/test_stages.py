@@ -38,6 +38,10 @@ def test_a_set_pays_the_extra_of_its_lowest_layer_and_the_stage_of_its_lowest_mo
     assert [STAGED.depth(m) for m in STAGED.module] == [0, 1, 2, 3, 4, 5]
     assert STAGED.depth_activation() == (49, 44, 40, 22, 12, 11)
     assert CostModel.from_dict(STAGED.to_dict()) == STAGED
+    floored = CostModel(fixed=100, activation=(40, 10), module={"0.q": 5, "1.q": 5}, floor=120)
+    assert floored.cost(["1.q"]) == 120 and floored.cost(["0.q"]) == 145 and floored.cost([]) == 120  # max(floor, terms)
+    assert CostModel.from_dict(floored.to_dict()) == floored
+    assert solve(Problem(119, floored, {"0.q": 1.0, "1.q": 1.0})) is None  # the forward pass alone does not fit
     plain = CostModel(fixed=100, activation=(40, 10), module={"0.q": 5, "1.q": 5})
     assert plain.stages == 1 and plain.depth_activation() == (40, 10) and plain.cost(["1.q"]) == 115
     assert STAGED.without_position().cost(["1.q"]) == 105  # the additive ablation drops the stage terms too
@@ -60,9 +64,12 @@ def random_staged(seed: int) -> tuple[CostModel, dict[str, float], int]:
     activation = sorted((rng.randint(0, 60) for _ in range(layers)), reverse=rng.random() < 0.7)
     modules = {f"{l}.t{t}": rng.randint(1, 25) for l in range(layers) for t in range(rng.randint(1, 3))}
     stage = {m: rng.randrange(stages) for m in modules}
-    extra = tuple(tuple(rng.randint(0, 30) for _ in range(stages)) for _ in range(layers))
-    cm = CostModel(fixed=rng.randint(0, 20), activation=tuple(activation), module=modules, stage=stage, stage_extra=extra,
-                   rank=4, rank_bytes={m: rng.randint(0, b // 2) for m, b in modules.items()})
+    # signed extras (a later stage may store less than the layer terms) and, half the time, a forward floor
+    extra = tuple(tuple(rng.randint(-10, 30) for _ in range(stages)) for _ in range(layers))
+    fixed = rng.randint(0, 20)
+    cm = CostModel(fixed=fixed, activation=tuple(activation), module=modules, stage=stage, stage_extra=extra,
+                   rank=4, rank_bytes={m: rng.randint(0, b // 2) for m, b in modules.items()},
+                   floor=rng.choice([0, rng.randint(fixed, fixed + 120)]))
     values = {m: rng.choice([0.0, 1.0, 2.0, rng.uniform(0, 5)]) for m in modules}
     return cm, values, rng.randint(cm.fixed, cm.full() + 10)
 
@@ -112,7 +119,7 @@ def six_targets(tiny_config: Config, tiny_data: SplitData):
 def test_calibration_prices_every_probe_at_or_above_its_measured_peak(six_targets) -> None:
     model, batch, instructions, cm = six_targets
     assert target_stages(model) == {"query": 0, "key": 0, "value": 0, "attn_out": 1, "ffn_in": 2, "ffn_out": 3}
-    assert cm.stages == 4 and min(e for row in cm.stage_extra for e in row) >= 0
+    assert cm.stages == 4 and min(row[0] for row in cm.stage_extra) >= 0  # stage 0 only ever adds
     for layer in range(model.num_layers):
         whole = [f"{layer}.{t}" for t in model.settings.lora.targets]
         assert cm.cost(whole) >= measure_peak(model, whole, batch, instructions), whole
@@ -120,9 +127,11 @@ def test_calibration_prices_every_probe_at_or_above_its_measured_peak(six_target
             single = [f"{layer}.{target}"]
             measured = measure_peak(model, single, batch, instructions)
             assert cm.cost(single) >= measured, single
-            if cm.stage_extra[layer][stage] > 0:  # the stage term is what that probe measured above the layer terms
+            # a later stage's term is what its probe measured against the layer terms, either way; stage 0's when above
+            if stage > 0 or cm.stage_extra[layer][stage] > 0:
                 assert cm.cost(single) == measured, single
-    assert any(e > 0 for row in cm.stage_extra for e in row)
+    assert any(row[0] > 0 for row in cm.stage_extra)  # the top layers' small sets store more than the layer terms say
+    assert any(e < 0 for row in cm.stage_extra for e in row[1:])  # and a later stage's backward stops earlier
 
 
 def test_calibrated_stages_stay_within_5_percent_on_random_sets(six_targets) -> None:

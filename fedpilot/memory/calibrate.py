@@ -17,10 +17,13 @@ A calibration without them is cached under its own key, one with them under anot
 attention, the feed-forward projections follow): one more probe per probed layer and stage of the run's
 targets, the stage's first target alone. Near the fixed cost the whole-layer terms misprice such small
 sets (docs/memory.md, "Stages within a layer"): training 5.query alone stores the whole
-block's backward, which the layer's share of the full-LoRA probe does not cover. ``stage_extra[l][s]``
-is what the probe of (l, s) measured above the whole-layer prediction of that set, or 0 when it measured
-less: every probe is then predicted at or above its measured peak (the layer probe too, since an extra
-is never negative). Unprobed layers of a deep model interpolate the extras like the activation terms.
+block's backward, which the layer's share of the full-LoRA probe does not cover. ``stage_extra[l][0]``
+is what the probe of (l, 0) measured above the whole-layer prediction of that set, or 0 when it measured
+less (the layer probe, whose lowest stage is 0, fitted the whole-layer terms, so it stays priced at or above
+its peak); ``stage_extra[l][s]`` of a later stage is the difference either way: a set whose lowest module sits
+later in the block stops its backward earlier and may store less than the whole-layer terms say (DeBERTa's
+value beside its relative-attention query and key; BERT's ffn_out at the top layer). Every probe is then
+predicted at or above its measured peak, and a later stage's probe exactly. Unprobed layers of a deep model interpolate the extras like the activation terms.
 L + 2 + L·S probes (S stages), with checkpointing L + 1 more.
 
 A model deeper than ``MAX_LAYER_PROBES`` layers (a decoder LLM) has only that many layers probed,
@@ -49,7 +52,7 @@ from fedpilot.runtime.measure import PeakMeter, StepMemory, measure_step, optimi
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.training import batch_loss, make_optimizer, training_step
 
-CALIBRATION_VERSION = 6  # 2: per-rank module terms and explicit layers; 4: frozen modules off PEFT's path, resident-based meter; 5: a former checkpointed format (its cache files exist); 6: stages
+CALIBRATION_VERSION = 7  # 2: per-rank module terms and explicit layers; 4: frozen modules off PEFT's path, resident-based meter; 5: a former checkpointed format (its cache files exist); 6: stages; 7: signed extras of later stages
 MAX_LAYER_PROBES = 8  # deeper models: this many evenly spaced layer probes, linear in between
 
 
@@ -179,10 +182,13 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
         _fitted_terms(model, probed, checkpointed, fixed, {t: lora_param_bytes(*shapes[t], rank, optimizer) for t in targets})
         if checkpointing else (None, None)
     )
-    # each stage's probe above what the whole-layer terms predict for it (never below 0), interpolated between probed layers
+    # each stage's probe against what the whole-layer terms predict for it, interpolated between probed layers: at
+    # stage 0 only above (the layer probe, whose lowest stage is 0, fitted those terms), at a later stage either way
+    # (its backward stops earlier in the block: a discount, e.g. DeBERTa's value beside its relative-attention query)
     measured_extra = [[0] * len(stage_target) for _ in probed]
     for (l, s, m), peak in zip(singles, single_peaks):
-        measured_extra[probed.index(l)][s] = max(0, peak - (fixed + activation[l] + module[m]))
+        difference = peak - (fixed + activation[l] + module[m])
+        measured_extra[probed.index(l)][s] = max(0, difference) if s == 0 else difference
     stage_extra = tuple(zip(*(
         [int(round(e)) for e in np.interp(range(layers), probed, [row[s] for row in measured_extra])] for s in range(len(stage_target))
     )))

@@ -122,6 +122,8 @@ def solve(problem: Problem, time_limit_s: float | None = None) -> Allocation | N
     if not items:
         return None
     cm = problem.cost_model
+    if cm.floor > problem.budget_bytes:  # the forward pass alone does not fit (CostModel.floor)
+        return None
     sizes = [_bytes(m) for m in items]
     scaled, scale_num, scale_den = _exact_values(items)
     budget = problem.budget_bytes

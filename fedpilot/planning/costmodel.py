@@ -24,6 +24,12 @@ A planner sees one depth index per (layer, stage) (:meth:`CostModel.depth`, :met
 the same position-aware problem on a finer grid. Without them (analytic models, ``fedpilot solve``
 inputs) every module is at stage 0 and the extra is 0.
 
+**The forward floor** (optional, ``floor``): a step's peak is the larger of its forward pass's peak and its
+backward's; the terms above price backward (every saved activation alive). Where the forward pass holds a large
+transient of its own (DeBERTa's relative-position scores), a step that stores little peaks in forward instead:
+``cost(S) = max(floor, ...)``. A planner only checks ``floor <= budget`` first: below it nothing fits, above it the
+optimum is the additive problem's.
+
 **Activation checkpointing** (optional terms; a model without them cannot price it, and asking is an
 error): a step that recomputes the transformer blocks from the lowest trained layer up keeps only each
 block's input, and holds one block's full activations (its trained modules' saved inputs included)
@@ -81,6 +87,7 @@ class CostModel:
     module_checkpointed: Mapping[str, int] | None = None
     stage: Mapping[str, int] = field(default_factory=dict)  # module -> its stage within its layer (absent: 0)
     stage_extra: tuple[tuple[int, ...], ...] | None = None  # per layer, per stage; None: one stage, no extra
+    floor: int = 0  # the forward pass's own peak: no step costs less, whatever it trains (0: none priced apart)
 
     def __post_init__(self) -> None:
         if not self.layer:  # module ids name their layer
@@ -135,7 +142,7 @@ class CostModel:
             )
         return CostModel(
             self.fixed, self.activation_checkpointed, self.module_checkpointed, self.layer, self.rank, self.rank_bytes,
-            source=f"{self.source}, checkpointed", settings=self.settings,
+            source=f"{self.source}, checkpointed", settings=self.settings, floor=self.floor,
         )  # no stage terms: a checkpointed block is recomputed whole, priced with every target trained
 
     def module_cost(self, module: str, rank: int | None = None) -> int:
@@ -156,11 +163,11 @@ class CostModel:
             return self.checkpointed().cost(modules, ranks)
         chosen = list(modules)
         if not chosen:
-            return self.fixed
+            return max(self.floor, self.fixed)
         ranks = ranks or {}
         layer, stage = min((self.layer[m], self.stage.get(m, 0)) for m in chosen)  # the lowest (layer, stage): depth order
         extra = 0 if self.stage_extra is None else self.stage_extra[layer][stage]
-        return self.fixed + self.activation[layer] + extra + sum(self.module_cost(m, ranks.get(m)) for m in chosen)
+        return max(self.floor, self.fixed + self.activation[layer] + extra + sum(self.module_cost(m, ranks.get(m)) for m in chosen))
 
     def cheapest(self) -> tuple[str, int]:
         """The cheapest trainable set (one module; ties broken by name) and its cost."""
@@ -175,7 +182,7 @@ class CostModel:
         checkpointed = self.activation_checkpointed is not None
         return CostModel(
             self.fixed, tuple(0 for _ in self.activation), self.module, self.layer, self.rank, self.rank_bytes,
-            source=f"{self.source}, additive", settings=self.settings,  # stage terms dropped too
+            source=f"{self.source}, additive", settings=self.settings, floor=self.floor,  # stage terms dropped too
             activation_checkpointed=tuple(0 for _ in self.activation) if checkpointed else None,
             module_checkpointed=self.module_checkpointed if checkpointed else None,
         )
@@ -196,7 +203,7 @@ class CostModel:
         }) | ({} if self.stage_extra is None else {
             "stage": dict(self.stage),
             "stage_extra": [list(row) for row in self.stage_extra],
-        })
+        }) | ({"floor": self.floor} if self.floor else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> CostModel:
@@ -215,6 +222,7 @@ class CostModel:
             else {str(k): int(v) for k, v in dict(data["module_checkpointed"]).items()},
             stage={str(k): int(v) for k, v in dict(data.get("stage") or {}).items()},
             stage_extra=None if data.get("stage_extra") is None else tuple(tuple(int(e) for e in row) for row in data["stage_extra"]),
+            floor=int(data.get("floor", 0)),
         )
 
 
@@ -229,6 +237,9 @@ def analytic_layers(
     optimizer: str,
     settings: Mapping[str, object],
     layer_input: int | None = None,
+    stages: Mapping[str, int] | None = None,
+    stored: Mapping[str, int] | None = None,
+    floor: int = 0,
 ) -> CostModel:
     """The analytic cost model of a stack of ``layers`` identical layers: backpropagating to layer l
     stores ``per_layer`` bytes for each of the layers - l above it; each target t of ``shapes``
@@ -236,8 +247,19 @@ def analytic_layers(
 
     ``layer_input`` (bytes of one layer's input hidden state) prices activation checkpointing too: the
     inputs of the layers - l blocks kept, plus one block's ``per_layer`` and its modules' saved inputs
-    while it is recomputed; a checkpointed module costs :func:`lora_param_bytes`."""
+    while it is recomputed; a checkpointed module costs :func:`lora_param_bytes`.
+
+    ``stages`` (target -> its stage in the block, :attr:`ModelFamily.stages`) and ``stored`` (target -> what
+    backward stores of the lowest layer when that target is the set's lowest module there) price the stages
+    within a layer: a later stage stores less of its layer than ``per_layer``, ``stage_extra[l][s] = stored - per_layer``
+    (the targets of one stage store the same; the run's stages numbered densely as calibration numbers them)."""
     targets = list(targets)
+    staged: dict[str, object] = {}
+    if stages is not None and stored is not None:
+        used = sorted({stages.get(t, 0) for t in targets})
+        dense = {t: used.index(stages.get(t, 0)) for t in targets}
+        row = tuple(max(stored[t] for t in targets if dense[t] == s) - per_layer for s in range(len(used)))
+        staged = {"stage": {module_id(l, t): dense[t] for l in range(layers) for t in targets}, "stage_extra": (row,) * layers}
     modules = [(module_id(l, t), l, shapes[t]) for l in range(layers) for t in targets]
     checkpointed: dict[str, object] = {}
     if layer_input is not None:
@@ -257,6 +279,8 @@ def analytic_layers(
         source="analytic",
         settings=dict(settings),
         **checkpointed,
+        **staged,
+        floor=floor,
     )
 
 

@@ -82,15 +82,16 @@ class JointProblem:
     fixed_bytes: int
     activation_bytes: tuple[int, ...]
     modules: tuple[RankedModule, ...]
+    floor_bytes: int = 0  # CostModel.floor: no step costs less
 
     def cost(self, ranks: Mapping[str, int]) -> int:
         """Predicted peak bytes of a step that trains each module of ``ranks`` at its rank (rank 0: not trained)."""
         by_name = {m.name: m for m in self.modules}
         trained = {m: r for m, r in ranks.items() if r > 0}
         if not trained:
-            return self.fixed_bytes
+            return max(self.floor_bytes, self.fixed_bytes)
         lowest = min(by_name[m].layer for m in trained)
-        return self.fixed_bytes + self.activation_bytes[lowest] + sum(_option(by_name[m], r).bytes for m, r in trained.items())
+        return max(self.floor_bytes, self.fixed_bytes + self.activation_bytes[lowest] + sum(_option(by_name[m], r).bytes for m, r in trained.items()))
 
     def value(self, ranks: Mapping[str, int]) -> float:
         by_name = {m.name: m for m in self.modules}
@@ -130,7 +131,7 @@ def rank_problem(budget_bytes: int, cost_model: CostModel, values: Mapping[str, 
                         for r, v in sorted(values[m].items()) if r > 0)
         if options:
             modules.append(RankedModule(m, cost_model.depth(m), options))  # its depth index: layer and stage
-    return JointProblem(budget_bytes, cost_model.fixed, cost_model.depth_activation(), tuple(modules))
+    return JointProblem(budget_bytes, cost_model.fixed, cost_model.depth_activation(), tuple(modules), cost_model.floor)
 
 
 def solve_joint(problem: JointProblem, time_limit_s: float | None = None, delegate: bool = True) -> JointAllocation | None:
@@ -141,7 +142,7 @@ def solve_joint(problem: JointProblem, time_limit_s: float | None = None, delega
     """
     start = _clock()
     modules = [m for m in problem.modules if m.options]
-    if not modules:
+    if not modules or problem.floor_bytes > problem.budget_bytes:
         return None
     for m in modules:
         ranks = [o.rank for o in m.options]

@@ -61,6 +61,9 @@ BERT_CLASSIFIER = FAMILIES.register("bert-classifier")(
                     "ffn_out": "output.dense",
                 },
                 "head_modules": ("pooler", "classifier"),
+                # disentangled attention: query and key also meet the relative-position embeddings (c2p, p2c),
+                # so training either stores far more of the block than training value does
+                "stages": {"query": 0, "key": 0, "value": 1, "attn_out": 2, "ffn_in": 3, "ffn_out": 4},
             },
         },
     )

@@ -3,7 +3,11 @@
 The sizes come from the config of whichever model type the family covers (BERT, RoBERTa, XLM-RoBERTa,
 DistilBERT, DeBERTa-v2); what differs between them is the embeddings, whether the pooler is frozen
 (BERT) or part of the trained head (the others add a hidden x hidden dense layer), and DeBERTa-v2's
-relative-position attention (one more B·A·T·T score tensor per layer for each of c2p and p2c).
+relative-position attention (for each of c2p and p2c, per layer: a B·A·T·T int64 gather index and the
+position keys or queries repeated per batch row and head, B·A·2k·D). Its forward pass also holds the scores
+against the 2k relative positions (B·A·T·2k) for a moment; the peak of a step that trains little can be that
+forward moment rather than backward: that is the model's ``floor`` (weights, the head's state, the forward
+buffers and those two tensors per term), below which no step is priced.
 
 For planning on a machine that has never run the model. Terms, in float32 bytes, for batch B,
 sequence T, hidden H, FFN width I, A attention heads, L layers, LoRA rank r:
@@ -115,14 +119,34 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
     weights = FLOAT * (embeddings + layers * per_layer_weights + pooler + 2 * head + lora_params)
     head_training = FLOAT * head * (1 + OPTIMIZER_STATES[optimizer])
     forward_buffers = FLOAT * tokens * (2 * ffn + 3 * hidden)
+    terms = len(relative_terms(cfg))
+    # DeBERTa's forward holds each term's scores against the 2k relative positions and its int64 gather index
+    # for a moment: a floor the step cannot go below (CostModel.floor)
+    floor = weights + head_training + forward_buffers + terms * (
+        FLOAT * batch * heads * seq * 2 * relative_span(cfg) + 8 * batch * heads * seq * seq) if terms else 0
     fixed = weights + head_training + forward_buffers
 
     per_layer = FLOAT * tokens * (6 * hidden + ffn)
-    per_layer += len(relative_terms(cfg)) * FLOAT * batch * heads * seq * seq  # each disentangled score tensor
+    # each disentangled term keeps its gather index (int64, B·A·T·T) and its position keys or queries repeated per
+    # batch row and head (B·A·2k·D) for backward
+    per_layer += terms * (8 * batch * heads * seq * seq + FLOAT * batch * heads * 2 * relative_span(cfg) * (hidden // heads))
     if lora.dropout > 0:
         per_layer += tokens * sum(shapes[t][0] for t in lora.targets)
     if settings.base_dropout > 0:
         per_layer += 2 * tokens * hidden + 3 * FLOAT * batch * heads * seq * seq
     settings_record = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer}
     layer_input = FLOAT * tokens * hidden  # what a checkpointed layer keeps: its input hidden state
-    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record, layer_input)
+    # a set whose lowest module in its lowest layer sits later in the block stores less of that layer (each module's
+    # own input is its module term): from attn_out the two LayerNorm inputs and the GELU input, from ffn_in the
+    # output LayerNorm input and the GELU input, from ffn_out the output LayerNorm input; DeBERTa's value (a stage of
+    # its own there) the same as attn_out plus the attention probabilities it multiplies, without the position terms
+    masks = {t: (tokens * shapes[t][0] if lora.dropout > 0 else 0) for t in shapes}
+    after = {"query": per_layer, "key": per_layer, "value": per_layer, "attn_out": FLOAT * tokens * (2 * hidden + ffn),
+             "ffn_in": FLOAT * tokens * (hidden + ffn), "ffn_out": FLOAT * tokens * hidden}
+    stages = spec.family.stages
+    if stages.get("value", 0) > stages.get("query", 0):
+        after["value"] = after["attn_out"] + FLOAT * batch * heads * seq * seq
+    stored = {t: after[t] + (sum(masks[u] for u in lora.targets if stages.get(u, 0) >= stages.get(t, 0)) if after[t] != per_layer else 0)
+              for t in lora.targets}
+    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record, layer_input,
+                           stages=stages, stored=stored, floor=floor)

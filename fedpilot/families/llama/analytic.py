@@ -96,7 +96,7 @@ def analytic_cost_model(
     per_layer_weights = sum(d_in * d_out for d_in, d_out in shapes.values()) + 2 * hidden + attention_biases(cfg)
     lora_params = layers * sum(lora.rank * (d_in + d_out) for d_in, d_out in (shapes[t] for t in lora.targets))
     weights = elem * (embeddings + layers * per_layer_weights + hidden) + FLOAT * lora_params
-    forward_buffers = elem * tokens * (3 * ffn + 2 * hidden + 3 * attn) + elem * batch * heads * seq * seq
+    forward_buffers = elem * tokens * (2 * ffn + 2 * hidden)
     answer_logits = FLOAT * 3 * batch * logit_positions * vocab
     fixed = weights + forward_buffers + answer_logits
 
@@ -105,7 +105,16 @@ def analytic_cost_model(
         per_layer += tokens * sum(shapes[t][0] for t in lora.targets)
     if settings.base_dropout:
         per_layer += (1 + elem) * batch * heads * seq * seq
+    # a set whose lowest module in its lowest layer sits later in the block stores less of that layer: from o_proj
+    # the second RMSNorm input and the MLP, from gate/up the MLP's three I-wide tensors, from down_proj nothing
+    # (each module's own input is its module term); LoRA dropout masks of the targets from that stage on
+    masks = {t: (tokens * shapes[t][0] if lora.dropout > 0 else 0) for t in shapes}
+    after = {0: per_layer, 1: FLOAT * tokens * hidden + elem * tokens * 3 * ffn, 2: elem * tokens * 3 * ffn, 3: 0}
+    stage_of = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 2, "up_proj": 2, "down_proj": 3}
+    stored = {t: after[stage_of[t]] + (sum(masks[u] for u in lora.targets if stage_of[u] >= stage_of[t]) if stage_of[t] else 0)
+              for t in lora.targets}
     settings_record = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer,
                        "dtype": getattr(settings, "dtype", "float32")} | ({"logit_positions": logit_positions} if logit_positions != 1 else {})
     layer_input = elem * tokens * hidden  # what a checkpointed layer keeps: its input hidden state
-    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record, layer_input)
+    return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record, layer_input,
+                           stages=stage_of, stored=stored)
