@@ -275,7 +275,9 @@ def test_each_screen_variant_is_the_screen_with_only_its_knobs_changed() -> None
     screen = load_config(ROOT / "benchmarks" / "configs" / "rt-screen.yaml").model_dump(mode="json")
     low = {("federation", "budgets"): {"tiers": [{"fraction": f, "memory": m} for f, m in ((0.34, "115MiB"), (0.33, "130MiB"), (0.33, "295MiB"))]}}
     ckpt = {"strategy_options": {"checkpointing": "planned"}}
-    knobs = {"rt-screen-slr05": {("federation", "server_lr"): 0.5}, "rt-screen-ckpt": ckpt, "rt-screen-low": low, "rt-screen-low-ckpt": {**low, **ckpt}}
+    micro = {"strategy_options": {"micro_batching": "planned"}}
+    knobs = {"rt-screen-slr05": {("federation", "server_lr"): 0.5}, "rt-screen-ckpt": ckpt, "rt-screen-low": low, "rt-screen-low-ckpt": {**low, **ckpt},
+             "rt-screen-low-mb": {**low, **micro}}
     for path in sorted((ROOT / "benchmarks" / "configs" / "screens").glob("*.yaml")):
         variant = load_config(path).model_dump(mode="json")
         changed = {(section, key): value for section, fields in variant.items() if isinstance(fields, dict) and section != "strategy_options"

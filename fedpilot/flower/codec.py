@@ -55,6 +55,7 @@ def assignment_to_record(assignment: Assignment) -> ConfigRecord:
             "parts": list(assignment.parts),
             "own-tensors": assignment.tensors is not None,
             "checkpointing": bool(assignment.checkpointing),
+            "micro-batch": int(assignment.micro_batch),
         }
     )
 
@@ -68,6 +69,7 @@ def assignment_from_record(record: ConfigRecord, tensors: TensorDict | None = No
         parts=tuple(record["parts"]),
         tensors=tensors if record["own-tensors"] else None,
         checkpointing=bool(record["checkpointing"]) if "checkpointing" in record else False,  # absent before checkpointing
+        micro_batch=int(record["micro-batch"]) if "micro-batch" in record else 0,  # absent before micro-batches
     )
 
 

@@ -24,7 +24,8 @@ its peak); ``stage_extra[l][s]`` of a later stage is the difference either way: 
 later in the block stops its backward earlier and may store less than the whole-layer terms say (DeBERTa's
 value beside its relative-attention query and key; BERT's ffn_out at the top layer). Every probe is then
 predicted at or above its measured peak, and a later stage's probe exactly. Unprobed layers of a deep model interpolate the extras like the activation terms.
-L + 2 + L·S probes (S stages), with checkpointing L + 1 more.
+L + 2 + L·S probes (S stages), with checkpointing L + 1 more, and the head-only step on one row of the batch:
+the fixed cost of a micro-batch runs linearly between it and the batch's (:meth:`CostModel.at_batch`).
 
 A model deeper than ``MAX_LAYER_PROBES`` layers (a decoder LLM) has only that many layers probed,
 evenly spaced from the first to the last, and the peaks of the layers between them interpolated
@@ -52,7 +53,7 @@ from fedpilot.runtime.measure import PeakMeter, StepMemory, measure_step, optimi
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.runtime.training import batch_loss, make_optimizer, training_step
 
-CALIBRATION_VERSION = 7  # 2: per-rank module terms and explicit layers; 4: frozen modules off PEFT's path, resident-based meter; 5: a former checkpointed format (its cache files exist); 6: stages; 7: signed extras of later stages
+CALIBRATION_VERSION = 8  # 2: per-rank module terms and explicit layers; 4: frozen modules off PEFT's path, resident-based meter; 5: a former checkpointed format (its cache files exist); 6: stages; 7: signed extras of later stages; 8: the one-row probe (micro-batches)
 MAX_LAYER_PROBES = 8  # deeper models: this many evenly spaced layer probes, linear in between
 
 
@@ -159,12 +160,18 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
         probes += [(name, modules, checkpointed_probe) for name, modules in zip(names, sets)]
     singles = [(l, s, f"{l}.{t}") for l in probed for s, t in enumerate(stage_target)]
     probes += [(f"{m} alone", [m], False) for _, _, m in singles]
+    probes += [("head only, one row", [], False)]  # with the batch's head-only probe: the fixed cost per micro-batch
     bar = tqdm(probes, desc="calibrating memory model", unit="probe", leave=False, disable=not progress)
     peaks = []
     for name, modules, checkpointed_probe in bar:
         bar.set_postfix_str(name)
+        if name == "head only, one row":
+            if len(batch) > 1:
+                peaks.append(measure_peak(model, modules, batch.subset([0]), instructions))
+            continue
         peaks.append(measure_peak(model, modules, batch, instructions, checkpointed_probe))
     fixed = peaks[0]
+    one_row = peaks.pop() if len(batch) > 1 else None
     single_peaks = peaks[len(peaks) - len(singles):]
     peaks = peaks[:len(peaks) - len(singles)]
     plain, checkpointed = peaks[1:len(sets) + 1], peaks[len(sets) + 1:]
@@ -198,6 +205,8 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
         rank=rank, rank_bytes=rank_bytes, source="calibrated", settings=settings,
         activation_checkpointed=activation_checkpointed, module_checkpointed=module_checkpointed,
         stage={m: stage_of[module_target(m)] for m in model.modules}, stage_extra=stage_extra,
+        batch_rows=len(batch), fixed_one_row=fixed if one_row is None else min(fixed, one_row),
+        module_state={m: lora_param_bytes(*model.module_shapes[m], rank, optimizer) for m in model.modules},
     )
 
 

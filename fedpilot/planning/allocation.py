@@ -108,6 +108,7 @@ class Allocation:
     solve_ms: float
     optimal: bool = True  # False: a time limit stopped the search; the set fits but may not be the best
     checkpointing: bool = False  # the set is priced (and must run) with activation checkpointing (planning.checkpointing)
+    micro_batch: int = 0  # the set is priced (and must run) in micro-batches of this many rows (planning.checkpointing; 0: whole batch)
 
 
 def solve(problem: Problem, time_limit_s: float | None = None) -> Allocation | None:

@@ -45,8 +45,9 @@ checkpointed module is priced with ``rank_bytes`` too (a slight overestimate: pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fedpilot.core.errors import FedpilotError
 from fedpilot.core.keys import module_id, module_layer
@@ -88,6 +89,11 @@ class CostModel:
     stage: Mapping[str, int] = field(default_factory=dict)  # module -> its stage within its layer (absent: 0)
     stage_extra: tuple[tuple[int, ...], ...] | None = None  # per layer, per stage; None: one stage, no extra
     floor: int = 0  # the forward pass's own peak: no step costs less, whatever it trains (0: none priced apart)
+    # micro-batches (optional, from calibration): the rows the terms were fitted at, the fixed cost of a one-row step,
+    # and each module's batch-independent bytes (parameters, gradient, optimiser state); see at_batch
+    batch_rows: int | None = None
+    fixed_one_row: int | None = None
+    module_state: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.layer:  # module ids name their layer
@@ -144,6 +150,39 @@ class CostModel:
             self.fixed, self.activation_checkpointed, self.module_checkpointed, self.layer, self.rank, self.rank_bytes,
             source=f"{self.source}, checkpointed", settings=self.settings, floor=self.floor,
         )  # no stage terms: a checkpointed block is recomputed whole, priced with every target trained
+
+    @property
+    def prices_micro_batches(self) -> bool:
+        return self.batch_rows is not None and self.fixed_one_row is not None and set(self.module_state) == set(self.module)
+
+    def at_batch(self, rows: int) -> CostModel:
+        """The cost model of a step that runs its batch as micro-batches of ``rows`` rows (gradient accumulation):
+        every stored activation, saved input and forward buffer scales with the rows a forward pass holds; the
+        weights, the modules' parameters, gradients and optimiser state do not. ``fixed`` runs linearly through the
+        calibrated batch and the one-row probe; activation, stage and checkpointed terms scale by rows / batch; a
+        module keeps its state and scales the rest. An error if the model was not calibrated for it."""
+        if not self.prices_micro_batches:
+            raise FedpilotError(f"cost model ({self.source}) cannot price micro-batches (no one-row probe); recalibrate it "
+                                "with this fedpilot version, or leave micro_batching off")
+        batch = int(self.batch_rows)  # type: ignore[arg-type]
+        if not 1 <= rows <= batch:
+            raise ValueError(f"micro-batch of {rows} rows: give 1 to the calibrated batch of {batch}")
+        if rows == batch:
+            return self
+        scale = rows / batch
+        one = int(self.fixed_one_row)  # type: ignore[arg-type]
+        fixed = one if batch == 1 else int(math.ceil(one + (self.fixed - one) * (rows - 1) / (batch - 1)))
+        up = lambda b: int(math.ceil(b * scale))  # noqa: E731  (rounded up: never under the linear estimate)
+        state = self.module_state
+        return replace(
+            self, fixed=fixed, activation=tuple(up(a) for a in self.activation),
+            module={m: state[m] + up(b - state[m]) for m, b in self.module.items()},
+            stage_extra=None if self.stage_extra is None else tuple(tuple(up(e) for e in row) for row in self.stage_extra),
+            activation_checkpointed=None if self.activation_checkpointed is None else tuple(up(a) for a in self.activation_checkpointed),
+            floor=0 if not self.floor else max(fixed, up(self.floor)),
+            batch_rows=rows, fixed_one_row=one, source=f"{self.source}, micro-batch {rows}",
+            settings={**self.settings, "micro_batch": rows},
+        )
 
     def module_cost(self, module: str, rank: int | None = None) -> int:
         """What training ``module`` at ``rank`` (default: the base rank) adds to a step."""
@@ -203,7 +242,9 @@ class CostModel:
         }) | ({} if self.stage_extra is None else {
             "stage": dict(self.stage),
             "stage_extra": [list(row) for row in self.stage_extra],
-        }) | ({"floor": self.floor} if self.floor else {})
+        }) | ({"floor": self.floor} if self.floor else {}) | ({} if not self.prices_micro_batches else {
+            "batch_rows": self.batch_rows, "fixed_one_row": self.fixed_one_row, "module_state": dict(self.module_state),
+        })
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> CostModel:
@@ -223,6 +264,9 @@ class CostModel:
             stage={str(k): int(v) for k, v in dict(data.get("stage") or {}).items()},
             stage_extra=None if data.get("stage_extra") is None else tuple(tuple(int(e) for e in row) for row in data["stage_extra"]),
             floor=int(data.get("floor", 0)),
+            batch_rows=None if data.get("batch_rows") is None else int(data["batch_rows"]),
+            fixed_one_row=None if data.get("fixed_one_row") is None else int(data["fixed_one_row"]),
+            module_state={m: int(b) for m, b in (data.get("module_state") or {}).items()},
         )
 
 

@@ -60,8 +60,8 @@ class StepPeaks:
 
 
 def trainable_signature(assignment: Assignment) -> Hashable:
-    """What determines a training step's memory besides the batch: modules, their ranks, trained parts, checkpointing."""
-    return frozenset(assignment.modules), frozenset(assignment.ranks.items()), assignment.parts, assignment.checkpointing
+    """What determines a training step's memory besides the batch: modules, their ranks, trained parts, checkpointing, micro-batch."""
+    return frozenset(assignment.modules), frozenset(assignment.ranks.items()), assignment.parts, assignment.checkpointing, assignment.micro_batch
 
 
 class Client:
@@ -144,8 +144,9 @@ class Client:
         what = trainable_signature(assignment)
         offset = label_offset(self.data.labels, model.num_labels, config.logit_adjustment)
         with model.fold_frozen(assignment.modules), model.checkpointed(assignment.modules, assignment.checkpointing):
-            losses = [training_step(model, optimizer, self.data, idx, offset) for idx in batches[:-1]]
-            last = partial(training_step, model, optimizer, self.data, batches[-1], offset)
+            micro = assignment.micro_batch
+            losses = [training_step(model, optimizer, self.data, idx, offset, micro) for idx in batches[:-1]]
+            last = partial(training_step, model, optimizer, self.data, batches[-1], offset, micro)
             if self.peaks is None:
                 losses.append(last())
             else:

@@ -332,7 +332,8 @@ class Server:
             "modules": list(assignment.modules),
             "download_bytes": tensor_bytes(task.tensors),
             "budget_bytes": self.clients[task.cid].budget_bytes,
-            "predicted_bytes": cost_model.cost(assignment.modules, assignment.ranks, assignment.checkpointing),
+            "predicted_bytes": (cost_model.at_batch(assignment.micro_batch) if assignment.micro_batch else cost_model).cost(
+                assignment.modules, assignment.ranks, assignment.checkpointing),
             **planned_with(self.clients[task.cid], cost_model),
             **reply.metrics,
         }
@@ -341,6 +342,8 @@ class Server:
             record["download_bytes_full"] = tensor_bytes(assignment.tensors if assignment.tensors is not None else self.global_tensors)
         if assignment.ranks:
             record["ranks"] = dict(assignment.ranks)
+        if assignment.micro_batch:
+            record["micro_batch"] = assignment.micro_batch
         if len(assignment.parts) < 2:
             record["parts"] = list(assignment.parts)
         if assignment.checkpointing:

@@ -52,10 +52,27 @@ def batch_loss(model: LoraModel, data: TensorSplit, rows: Tensor | slice, reduct
     return model.runtime.loss(model.forward(features), labels, reduction, offset)
 
 
-def training_step(model: LoraModel, optimizer: torch.optim.Optimizer, data: TensorSplit, rows: Tensor, offset: Tensor | None = None) -> float:
-    """One forward, backward and optimiser step on ``rows`` of ``data`` (``offset``: :func:`batch_loss`); returns the loss."""
-    loss = batch_loss(model, data, rows, offset=offset)
+def training_step(
+    model: LoraModel, optimizer: torch.optim.Optimizer, data: TensorSplit, rows: Tensor, offset: Tensor | None = None,
+    micro_batch: int = 0,
+) -> float:
+    """One forward, backward and optimiser step on ``rows`` of ``data`` (``offset``: :func:`batch_loss`); returns the loss.
+
+    ``micro_batch`` > 0: the rows run as consecutive micro-batches of that many rows, each backward on its share
+    of the batch's loss (the family's summed loss over the batch's normaliser, :meth:`FamilyRuntime.normaliser`:
+    rows, or response tokens), so the accumulated gradient is the whole batch's; one optimiser step."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if micro_batch <= 0 or micro_batch >= len(rows):
+        loss = batch_loss(model, data, rows, offset=offset)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    features, _ = data.batch(rows, torch.device("cpu"))
+    total = float(model.runtime.normaliser(features))
+    loss_sum = 0.0
+    for start in range(0, len(rows), micro_batch):
+        part = batch_loss(model, data, rows[start:start + micro_batch], reduction="sum", offset=offset) / total
+        part.backward()
+        loss_sum += part.item()
     optimizer.step()
-    return loss.item()
+    return loss_sum

@@ -106,6 +106,8 @@ class Assignment:
     take part in the forward pass). The head, where the family has one, always trains.
     ``checkpointing``: the client's step recomputes the blocks from its lowest trained layer up
     instead of storing their activations (less memory, a slower step; planned by the cost model).
+    ``micro_batch``: the client runs each batch as micro-batches of this many rows and accumulates their
+    gradients before the optimiser step (the same step, less memory, slower; 0: the whole batch at once).
     """
 
     modules: tuple[str, ...]
@@ -113,6 +115,7 @@ class Assignment:
     parts: tuple[str, ...] = LORA_PARTS
     tensors: TensorDict | None = None
     checkpointing: bool = False
+    micro_batch: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modules", tuple(self.modules))
@@ -122,6 +125,8 @@ class Assignment:
             raise ValueError(f"assignment gives ranks to modules it does not train: {sorted(stray)}")
         if any(r < 1 for r in self.ranks.values()):
             raise ValueError(f"assignment ranks must be >= 1, got {dict(self.ranks)}")
+        if self.micro_batch < 0:
+            raise ValueError(f"assignment micro_batch must be >= 0 (0: the whole batch), got {self.micro_batch}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ its memory budget, and the server compensates the modules few clients trained.
   plans each client with its own (higher-variance under label skew: docs/protocol.md);
 - activation checkpointing (``checkpointing: planned``, off by default): each client's set is solved
   with and without it (fedpilot.planning.checkpointing) and runs checkpointed when that is worth more;
+- micro-batches (``micro_batching: planned``, off by default): each client's set is solved at its batch and
+  at halvings of it down to one row (the calibrated cost model scaled, CostModel.at_batch), and the client
+  accumulates the micro-batches' gradients into the same optimiser step where a smaller one is worth more;
 - stability (``keep_margin`` = mu, off by default): a client keeps its previous module set A' while
   A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
   today's scores, so that small moves of the scores do not reshuffle what a client trains;
@@ -37,7 +40,7 @@ from fedpilot.core.keys import module_layer
 from fedpilot.core.settings import StrictModel
 from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.allocation import Allocation, Problem, solve
-from fedpilot.planning.checkpointing import solve_planned
+from fedpilot.planning.checkpointing import solve_micro_batched, solve_planned
 from fedpilot.planning.costmodel import CostModel, fits_something, nothing_fits
 from fedpilot.planning.nesting import Nested, nested_allocations
 from fedpilot.planning.scoring import GlobalChange, GlobalCoverage, federation_local, ig_scores
@@ -84,6 +87,10 @@ class FedPilotOptions(StrictModel):
     checkpointing: Literal["off", "planned"] = Field(
         "off", description="planned: a client recomputes its frozen blocks' activations (slower, less memory) when that buys more value; off: never"
     )
+    micro_batching: Literal["off", "planned"] = Field(
+        "off", description="planned: a client runs its batch as micro-batches (halvings of train.batch_size down to one row) and "
+        "accumulates their gradients, the same step with less memory and more time, when that buys more value; off: never"
+    )
 
     @field_validator("nesting", mode="before")
     @classmethod
@@ -100,6 +107,8 @@ class FedPilotOptions(StrictModel):
             raise ValueError("memory_horizon belongs to stagg: memory; with stagg: momentum leave it out (or set stagg: memory)")
         if self.nesting != "off" and self.checkpointing != "off":
             raise ValueError("nesting: round plans without activation checkpointing; use one of nesting: round and checkpointing: planned")
+        if self.micro_batching != "off" and (self.checkpointing != "off" or self.nesting != "off" or self.keep_margin is not None):
+            raise ValueError("micro_batching: planned plans alone; leave checkpointing and nesting off and keep_margin unset with it")
         return self
 
 
@@ -180,6 +189,15 @@ class FedPilot(FedAvg):
         margin = self.context.memory_margin
         for client in clients:
             cost_model = self.allocation_cost_model(client)
+            if self.plans_micro_batches:
+                if not cost_model.prices_micro_batches:
+                    raise ConfigError(
+                        f"strategy_options.micro_batching: client {client.cid}'s cost model ({cost_model.source}) cannot price "
+                        "micro-batches (no one-row probe); recalibrate it, or set micro_batching: off"
+                    )
+                if fits_something(cost_model.at_batch(1), client.budget_bytes, margin):
+                    continue
+                raise nothing_fits(cost_model.at_batch(1), client.cid, client.budget_bytes, margin)
             if self.plans_checkpointing and not cost_model.prices_checkpointing:
                 raise ConfigError(
                     f"strategy_options.checkpointing: client {client.cid}'s cost model ({cost_model.source}) cannot price activation "
@@ -194,6 +212,10 @@ class FedPilot(FedAvg):
     def plans_checkpointing(self) -> bool:
         return self.options.checkpointing == "planned"
 
+    @property
+    def plans_micro_batches(self) -> bool:
+        return getattr(self.options, "micro_batching", "off") == "planned"
+
     def configure_train(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, Assignment]:
         nested = self.allocate_nested(clients) if self.options.nesting == "round" else None
         plan = {}
@@ -201,7 +223,7 @@ class FedPilot(FedAvg):
             allocation = self.allocate(client) if nested is None else nested[client.cid]
             self.allocations[client.cid] = allocation
             self.trained[client.cid] = tuple(allocation.modules)
-            plan[client.cid] = Assignment(tuple(allocation.modules), checkpointing=allocation.checkpointing)
+            plan[client.cid] = Assignment(tuple(allocation.modules), checkpointing=allocation.checkpointing, micro_batch=allocation.micro_batch)
         return plan
 
     def allocate(self, client: ClientInfo) -> Allocation:
@@ -212,7 +234,10 @@ class FedPilot(FedAvg):
             return Allocation(modules, cost_model.cost(modules), sum(values.values()), 0.0)
         usable = self.context.usable(client.budget_bytes)
         problem = Problem(usable, cost_model, values)
-        allocation = solve_planned(problem) if self.plans_checkpointing else solve(problem)
+        if self.plans_micro_batches:
+            allocation = solve_micro_batched(problem)
+        else:
+            allocation = solve_planned(problem) if self.plans_checkpointing else solve(problem)
         if allocation is None:  # check_budgets rules this out before the first round
             raise nothing_fits(cost_model, client.cid, client.budget_bytes, self.context.memory_margin)
         return self.keep_previous(client.cid, allocation, cost_model, values, usable)

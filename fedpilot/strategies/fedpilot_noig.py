@@ -18,7 +18,7 @@ class FedPilotNoIG(FedPilot):
     capabilities = Capabilities(
         memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
         options=frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature", "keep_margin",
-                           "nesting", "checkpointing"}),
+                           "nesting", "checkpointing", "micro_batching"}),
     )
 
     def module_values(self, cid: int) -> dict[str, float]:

@@ -18,7 +18,7 @@ class FedPilotNoStagg(FedPilot):
     capabilities = Capabilities(
         memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
         options=frozenset({"ig_weight", "refresh_rounds", "score_batches", "global_decay", "local_term", "global_term", "local_scope",
-                           "score_loss", "keep_margin", "nesting", "checkpointing"}),
+                           "score_loss", "keep_margin", "nesting", "checkpointing", "micro_batching"}),
     )
 
     def aggregate_modules(self, global_tensors: TensorDict, updates: Sequence[ClientUpdate]) -> TensorDict:

@@ -55,6 +55,8 @@ class FedPilotRankOptions(FedPilotOptions):
         """The joint (module, rank) solver prices no checkpointing: planning it here would be silently ignored."""
         if self.checkpointing != "off":
             raise ValueError("checkpointing: fedpilot-rank's joint rank solver does not plan activation checkpointing; leave it off")
+        if self.micro_batching != "off":
+            raise ValueError("micro_batching: fedpilot-rank's joint rank solver does not plan micro-batches; leave it off")
         return self
 
     @model_validator(mode="after")
