@@ -20,6 +20,14 @@ the earlier its stage. With ``stage[m]`` (module m's stage in its layer, 0 first
 
     cost(S) = fixed + activation[l*] + stage_extra[l*][s*] + sum of module_r[m],  (l*, s*) = min over S of (layer, stage)
 
+**Inference** (optional terms, from calibration when clients evaluate: ``train.evaluate: clients``): the peak of
+a client's evaluation pass (every module merged into a copy of its weight, no gradient), affine in the batch rows:
+
+    inference(rows) = inference_fixed + rows * inference_row
+
+A model without them (analytic models, calibrations made before them) predicts nothing (None) and a
+client is then asked to evaluate whatever its budget.
+
 A planner sees one depth index per (layer, stage) (:meth:`CostModel.depth`, :meth:`CostModel.depth_activation`):
 the same position-aware problem on a finer grid. Without them (analytic models, ``fedpilot solve``
 inputs) every module is at stage 0 and the extra is 0.
@@ -40,7 +48,7 @@ checkpointed module is priced with ``rank_bytes`` too (a slight overestimate: pa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fedpilot.core.errors import FedpilotError
 from fedpilot.core.keys import module_id, module_layer
@@ -81,6 +89,8 @@ class CostModel:
     module_checkpointed: Mapping[str, int] | None = None
     stage: Mapping[str, int] = field(default_factory=dict)  # module -> its stage within its layer (absent: 0)
     stage_extra: tuple[tuple[int, ...], ...] | None = None  # per layer, per stage; None: one stage, no extra
+    inference_fixed: int | None = None  # an evaluation pass: bytes at 0 rows (extrapolated); None: not priced
+    inference_row: int | None = None  # an evaluation pass: bytes per batch row
 
     def __post_init__(self) -> None:
         if not self.layer:  # module ids name their layer
@@ -101,6 +111,8 @@ class CostModel:
         if self.stage_extra is not None:
             if len(self.stage_extra) != len(self.activation) or len({len(row) for row in self.stage_extra}) != 1 or not self.stage_extra[0]:
                 raise ValueError(f"cost model: stage_extra needs one row per layer ({len(self.activation)}), all of one non-zero length")
+        if (self.inference_fixed is None) != (self.inference_row is None):
+            raise ValueError("cost model: inference_fixed and inference_row come together (both or neither)")
         stages = self.stages
         for m, s in self.stage.items():
             if m not in self.module or not 0 <= s < stages:
@@ -120,6 +132,23 @@ class CostModel:
         if self.stage_extra is None:
             return tuple(self.activation)
         return tuple(a + extra for a, row in zip(self.activation, self.stage_extra) for extra in row)
+
+    @property
+    def prices_inference(self) -> bool:
+        """Whether this model has the inference terms (else :meth:`inference` predicts None)."""
+        return self.inference_fixed is not None
+
+    def inference(self, rows: int) -> int | None:
+        """Predicted peak bytes of an evaluation pass in batches of ``rows`` rows (None: not priced)."""
+        if self.inference_fixed is None or self.inference_row is None:
+            return None
+        if rows < 1:
+            raise ValueError(f"an evaluation batch has at least one row, got {rows}")
+        return self.inference_fixed + rows * self.inference_row
+
+    def without_inference(self) -> CostModel:
+        """This model without the inference terms (what a run that evaluates on the server records)."""
+        return replace(self, inference_fixed=None, inference_row=None)
 
     @property
     def prices_checkpointing(self) -> bool:
@@ -196,6 +225,9 @@ class CostModel:
         }) | ({} if self.stage_extra is None else {
             "stage": dict(self.stage),
             "stage_extra": [list(row) for row in self.stage_extra],
+        }) | ({} if self.inference_fixed is None else {
+            "inference_fixed": self.inference_fixed,
+            "inference_row": self.inference_row,
         })
 
     @classmethod
@@ -215,6 +247,8 @@ class CostModel:
             else {str(k): int(v) for k, v in dict(data["module_checkpointed"]).items()},
             stage={str(k): int(v) for k, v in dict(data.get("stage") or {}).items()},
             stage_extra=None if data.get("stage_extra") is None else tuple(tuple(int(e) for e in row) for row in data["stage_extra"]),
+            inference_fixed=None if data.get("inference_fixed") is None else int(data["inference_fixed"]),
+            inference_row=None if data.get("inference_row") is None else int(data["inference_row"]),
         )
 
 
