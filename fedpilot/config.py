@@ -252,6 +252,21 @@ class TrainSettings(StrictModel):
     eval_subset: int | None = Field(
         None, ge=1, description="evaluate on a fixed, seeded, stratified subset of this many examples (the last round: the whole split); null: the whole split"
     )
+    evaluate: Literal["server", "clients", "both"] = Field(
+        "server", description="who evaluates the global adapter: server (on its central split, train.evaluate_on), "
+        "clients (each client sampled in a round evaluates on its held-out rows, data.client_test_fraction, and the "
+        "server pools their counts: the round's accuracy, macro-F1 and loss; a client whose budget cannot hold the "
+        "evaluation is skipped) or both (the server's metrics as with server, the clients' under clients_ keys); "
+        "classification only"
+    )
+    client_eval_batch_size: int | None = Field(
+        None, ge=1, description="batch size of a client's evaluation (train.evaluate: clients or both); its memory is "
+        "priced by the cost model's inference term; null: train.batch_size, the batch the cost model is calibrated at"
+    )
+
+    def client_batch_size(self) -> int:
+        """The batch size of a client's evaluation: ``client_eval_batch_size``, or ``batch_size`` when null."""
+        return self.batch_size if self.client_eval_batch_size is None else self.client_eval_batch_size
 
 
 class Config(StrictModel):
@@ -315,6 +330,22 @@ class Config(StrictModel):
             raise ValueError(
                 "train.evaluate_on: validation needs a validation split; set data.validation_fraction (e.g. 0.1) "
                 "or use evaluate_on: test"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _clients_can_evaluate(self) -> Config:
+        if self.train.evaluate == "server":
+            return self
+        if self.task != "classification":
+            raise ValueError(
+                f"train.evaluate: {self.train.evaluate} pools classification counts; task: {self.task} is evaluated by the "
+                "server only, use train.evaluate: server"
+            )
+        if self.data.client_test_fraction is None:
+            raise ValueError(
+                f"train.evaluate: {self.train.evaluate} needs held-out rows on every client; set data.client_test_fraction "
+                "(e.g. 0.2) or use train.evaluate: server"
             )
         return self
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from fedpilot.config import Config
 from fedpilot.core.errors import FedpilotError
 from fedpilot.core.sizes import mib
-from fedpilot.data.partition import partition_indices
+from fedpilot.data.partition import client_test_split, partition_indices
 from fedpilot.data.split import SplitData, TensorSplit
 from fedpilot.families.encoding import load_split
 from fedpilot.memory.calibrate import load_or_calibrate
@@ -60,12 +60,17 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
     """Load data and model, partition, calibrate the memory model, make the strategy, check budgets."""
     data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction(), config.task)
     shards = partition_indices(data.train.labels.numpy(), config.federation.num_clients, config.data.partition, config.seed)
+    splits = [client_rows(config, data.train.labels.numpy(), shard, cid) for cid, shard in enumerate(shards)]  # before the slow parts
     model = make_model(config, data)
     cost_model, cached = calibration_cost_model(config, data, model, progress)
     budgets = config.federation.client_budgets()
     peaks = StepPeaks()
-    clients = {cid: Client(cid, model, data.train.subset(shard), peaks) for cid, shard in enumerate(shards)}
-    infos = [ClientInfo(cid, client.num_samples, budget) for (cid, client), budget in zip(clients.items(), budgets)]
+    clients = {
+        cid: Client(cid, model, data.train.subset(train), peaks, None if test is None else data.train.subset(test))
+        for cid, (train, test) in enumerate(splits)
+    }
+    infos = [ClientInfo(cid, client.num_samples, budget, num_test_samples=client.num_test_samples)
+             for (cid, client), budget in zip(clients.items(), budgets)]
     server = make_server(config, model, data, infos, cost_model)
     short = {cid: c.num_samples for cid, c in clients.items() if c.num_samples < config.train.batch_size}
     if short:  # said once; each client record carries the batch rows it really used
@@ -78,12 +83,22 @@ def build_federation(config: Config, progress: bool = True) -> Federation:
     return Federation(data, model, clients, infos, cost_model, cached, server)
 
 
+def client_rows(config: Config, labels: np.ndarray, shard: np.ndarray, cid: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(rows it trains on, rows it holds out or None)`` of client ``cid``'s ``shard`` of the train split: the
+    whole shard without ``data.client_test_fraction``, else :func:`client_test_split` (the same in every driver)."""
+    fraction = config.data.client_test_fraction
+    if fraction is None:
+        return shard, None
+    return client_test_split(shard, labels, fraction, config.seed, cid)
+
+
 def calibration_cost_model(config: Config, data: SplitData, model: LoraModel, progress: bool = False) -> tuple[CostModel, bool]:
     """The cost model calibrated on the first ``train.batch_size`` rows of the train split, cached on
-    disk; ``(cost model, was cached)``. Every driver (and every Flower node, on its own device) uses it."""
+    disk; ``(cost model, was cached)``. Every driver (and every Flower node, on its own device) uses it.
+    With the inference terms when clients evaluate (``train.evaluate``: clients or both), else without."""
     calibration_batch = data.train.subset(np.arange(min(config.train.batch_size, len(data.train))))
     return load_or_calibrate(model, calibration_batch, TrainInstructions.from_settings(config.train, config.seed), progress=progress,
-                             checkpointing=plans_checkpointing(config))
+                             checkpointing=plans_checkpointing(config), inference=config.train.evaluate != "server")
 
 
 def plans_checkpointing(config: Config) -> bool:
@@ -105,7 +120,8 @@ def make_model(config: Config, data: SplitData) -> LoraModel:
 
 def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[ClientInfo], cost_model: CostModel) -> Server:
     """The strategy and the server (evaluating on ``data.test``, or ``data.validation`` with
-    ``train.evaluate_on: validation``), budgets checked before round 1."""
+    ``train.evaluate_on: validation``; with ``train.evaluate: clients`` it has no evaluator, the clients
+    evaluate), budgets checked before round 1."""
     context = FederationContext(
         modules=model.modules,
         module_keys=model.module_keys,
@@ -119,12 +135,15 @@ def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[C
         scaling=config.model.lora.alpha / config.model.lora.rank,
     )
     strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
-    evaluator = Evaluator(model, evaluation_split(config, data), config.train.eval_batch_size, config.train.eval_subset, config.seed)
+    evaluator = None if config.train.evaluate == "clients" else Evaluator(
+        model, evaluation_split(config, data), config.train.eval_batch_size, config.train.eval_subset, config.seed
+    )
     proxy = ProxyScorer(model, data.proxy) if data.proxy is not None else None
     server = Server(
         strategy, infos, model.state(), config.train, config.seed, evaluator, config.federation.update_norm_bound, proxy,
         min_replies=config.federation.min_replies, payload=config.federation.payload,
         eval_every=config.train.eval_every, final_round=config.federation.rounds, server_lr=config.federation.server_lr,
+        evaluate=config.train.evaluate, client_eval_batch_size=config.train.client_batch_size(), num_labels=len(data.label_names),
     )
     server.check_budgets()
     return server
@@ -228,8 +247,11 @@ def run_header(
         "test_samples": len(data.test),
         **({"validation_samples": len(data.validation)} if data.validation is not None else {}),
         **({"evaluated_on": config.train.evaluate_on} if config.train.evaluate_on != "test" else {}),
-        # what predicting one class scores is read from these (fedpilot compare's tables state it)
-        "evaluated_label_counts": np.bincount(evaluation_split(config, data).labels.numpy(), minlength=len(data.label_names)).tolist(),
+        **({"evaluated_by": config.train.evaluate} if config.train.evaluate != "server" else {}),
+        # what predicting one class scores is read from these (fedpilot compare's tables state it); evaluated by the
+        # clients: their held-out rows together (what a round evaluates when every client is sampled)
+        "evaluated_label_counts": held_out_label_counts(clients, len(data.label_names)) if config.train.evaluate == "clients"
+        else np.bincount(evaluation_split(config, data).labels.numpy(), minlength=len(data.label_names)).tolist(),
         "modules": model.modules,
         "memory_aware": server.strategy.capabilities.memory_aware,
         "clients": clients,
@@ -239,6 +261,29 @@ def run_header(
         "elapsed_seconds": 0.0,
         "resumed_after_rounds": [],
     }
+
+
+def held_out_label_counts(clients: list[dict[str, Any]], num_labels: int) -> list[int]:
+    """Per label, the held-out rows of all ``clients`` (their records' ``test_label_counts``) together."""
+    total = np.zeros(num_labels, dtype=np.int64)
+    for client in clients:
+        total += np.asarray(client["test_label_counts"], dtype=np.int64)
+    return total.tolist()
+
+
+def client_record_counts(client: Client, num_labels: int) -> dict[str, Any]:
+    """A client's rows in its run-header record: ``label_counts`` of the rows it trains on and, when it holds rows
+    out (``data.client_test_fraction``), ``num_test_samples`` and ``test_label_counts``."""
+    record: dict[str, Any] = {"label_counts": np.bincount(client.data.labels.numpy(), minlength=num_labels).tolist()}
+    if client.test_data is not None:
+        record["num_test_samples"] = client.num_test_samples
+        record["test_label_counts"] = np.bincount(client.test_data.labels.numpy(), minlength=num_labels).tolist()
+    return record
+
+
+def evaluated_where(config: Config) -> str:
+    """What a run's headline metrics were measured on, for its progress lines."""
+    return "clients' held-out rows" if config.train.evaluate == "clients" else config.train.evaluate_on
 
 
 def drive_rounds(
@@ -265,11 +310,17 @@ def drive_rounds(
     try:
         with sigterm_as_interrupt():
             if checkpoint is None:
-                metrics = server.evaluate()
-                recorder.record_round(0, metrics, [], seconds=0.0)
+                if server.evaluate_mode == "server":
+                    metrics = server.evaluate()
+                    recorder.record_round(0, metrics, [], seconds=0.0)
+                else:  # the clients evaluate the initial adapter too
+                    initial = server.initial_evaluation(transport)
+                    _report(initial, recorder)
+                    recorder.record_result(initial)
+                    metrics = initial.metrics
                 recorder.results["elapsed_seconds"] = elapsed()
                 save_checkpoint(out_dir, server.snapshot(0, recorder.results))
-                say(f"round 0: {config.train.evaluate_on} {describe(metrics)}")
+                say(f"round 0: {evaluated_where(config)} {describe(metrics)}")
             metrics = server.last_metrics
             rounds_bar = tqdm(
                 range(first_round, config.federation.rounds + 1), desc="rounds", unit="round", disable=not progress,
@@ -289,7 +340,7 @@ def drive_rounds(
             model.load_state(server.global_tensors)
             model.save_adapter(out_dir / "adapter")
             status = "finished"
-        say(f"final (round {config.federation.rounds}): {config.train.evaluate_on} {describe(metrics)}")
+        say(f"final (round {config.federation.rounds}): {evaluated_where(config)} {describe(metrics)}")
     finally:
         recorder.finish(status, wall_seconds=elapsed())
     return RunResult(out_dir, recorder.results)

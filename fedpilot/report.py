@@ -25,6 +25,8 @@ ROUND_COLUMNS = (
 )
 # task: instruction: generation metrics in place of the classification ones (loss: the response tokens' mean)
 INSTRUCTION_COLUMNS = ("round", "rouge_l", "exact_match", "perplexity", "loss", *ROUND_COLUMNS[4:])
+# train.evaluate: both: the clients' pooled metrics beside the server's (with clients they are the headline columns)
+BOTH_COLUMNS = (*ROUND_COLUMNS[:4], "clients_accuracy", "clients_macro_f1", "clients_loss", *ROUND_COLUMNS[4:])
 # how each task's metrics read: (key, label) pairs, the first the metric a run reports first
 METRIC_LABELS = {
     "accuracy": (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("loss", "loss")),
@@ -88,7 +90,8 @@ class RunRecorder:
             result.server_round, result.metrics, result.clients, seconds=result.seconds, scoring=result.scoring,
             extra={"selected": result.selected, "failures": result.failures, "rejected": result.rejected, "skipped": result.skipped,
                    **({"proxy": result.proxy} if result.proxy is not None else {}),
-                   **({"module_updates": result.module_updates} if result.module_updates is not None else {})},
+                   **({"module_updates": result.module_updates} if result.module_updates is not None else {}),
+                   **({"client_evaluations": result.client_evaluations} if result.client_evaluations is not None else {})},
         )
 
     def finish(self, status: str, wall_seconds: float) -> None:
@@ -100,7 +103,9 @@ class RunRecorder:
 
     def save(self) -> None:
         write_json(self.out_dir / "results.json", self.results)
-        columns = INSTRUCTION_COLUMNS if self.results.get("task") == "instruction" else ROUND_COLUMNS
+        columns = INSTRUCTION_COLUMNS if self.results.get("task") == "instruction" else (
+            BOTH_COLUMNS if self.results.get("evaluated_by") == "both" else ROUND_COLUMNS
+        )
         with open(self.out_dir / "metrics.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from fedpilot.config import Config, parse_config
 from fedpilot.core.errors import FedpilotError
-from fedpilot.federation import RunResult, build_federation, drive_rounds, prepare_out_dir, run_header
+from fedpilot.federation import RunResult, build_federation, client_record_counts, drive_rounds, prepare_out_dir, run_header
 from fedpilot.runtime.checkpoint import CHECKPOINT, load_checkpoint
 
 
@@ -46,7 +44,7 @@ def run_simulation(
             "cid": info.cid,
             "num_samples": info.num_samples,
             "budget_bytes": info.budget_bytes,
-            "label_counts": np.bincount(federation.clients[info.cid].data.labels.numpy(), minlength=len(data.label_names)).tolist(),
+            **client_record_counts(federation.clients[info.cid], len(data.label_names)),
         }
         for info in federation.infos
     ]

@@ -3,6 +3,7 @@ by label tiers (a label mix per group of clients, which none of those can expres
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -108,3 +109,36 @@ def label_tier_indices(labels: np.ndarray, num_clients: int, settings: Partition
         raise ConfigError(f"data.partition.tier_labels: client {empty[0]} gets no rows (its tier's label shares are too small for its "
                           f"{sizes[next(g for g in range(len(sizes)) if starts[g] <= empty[0] < starts[g + 1])]} clients); raise them")
     return result
+
+
+CLIENT_TEST_SALT = 0xC1E57  # the seed stream of the clients' held-out rows (data.client_test_fraction)
+
+
+def client_test_split(shard: np.ndarray, labels: np.ndarray, fraction: float, seed: int, cid: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train rows, held-out rows)`` of client ``cid``'s ``shard`` (rows of the train split; ``labels``: the
+    train split's labels), both sorted, disjoint, their union the shard: ``data.client_test_fraction``.
+
+    ``ceil(fraction * n)`` of the shard's n rows are held out (at least 1), stratified by label: each label
+    gets its proportional share rounded down and the rows left over go to the largest remainders (ties: the
+    smaller label); the rows within a label are drawn by a generator seeded by ``(seed, salt, cid)``, so a
+    client's split is the same in every driver and does not depend on the other clients. A shard left
+    without a training row (or empty) is a ConfigError naming the client and the setting.
+    """
+    shard = np.asarray(shard, dtype=np.int64)
+    n = len(shard)
+    held = math.ceil(fraction * n - 1e-9)  # no float rounding up of an exact product (0.1 x 30 = 3.0000000000000004)
+    if n < 2 or held >= n:
+        raise ConfigError(
+            f"data.client_test_fraction: {fraction:g} of client {cid}'s {n} row(s) holds out {held} and leaves {n - held} to train on; "
+            f"every client needs at least 1 of each: lower client_test_fraction or give each client more rows"
+        )
+    shard_labels = labels[shard]
+    classes, counts = np.unique(shard_labels, return_counts=True)
+    exact = counts * held / n
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: held - quota.sum()]:
+        quota[i] += 1
+    rng = np.random.default_rng([seed, CLIENT_TEST_SALT, cid])
+    chosen = np.concatenate([rng.permutation(shard[shard_labels == c])[:q] for c, q in zip(classes, quota)])
+    test = np.sort(chosen)
+    return np.setdiff1d(shard, test), test

@@ -95,6 +95,12 @@ class DataSettings(StrictModel):
         description="share of each class held out of the train split (before the proxy set and partitioning) as a "
         "validation split for choosing hyperparameters; clients never see it; null: no validation split",
     )
+    client_test_fraction: float | None = Field(
+        None, gt=0, lt=1,
+        description="share of each client's shard held out as its own test rows (ceil of the share, at least 1, drawn "
+        "stratified by label from the run seed and the client id), on which it evaluates the global adapter with "
+        "train.evaluate: clients or both; the rest is what it trains on; null: clients train on their whole shard",
+    )
     partition: PartitionSettings = Field(PartitionSettings(), description="how the train split is spread over the clients")
 
     @field_validator("dataset")

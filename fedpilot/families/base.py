@@ -136,6 +136,13 @@ class FamilyRuntime(ABC):
 
     def evaluate(self, model: Any, split: Any, batch_size: int) -> dict[str, float]:
         """Mean loss and the family's metrics of ``model`` (a LoraModel, its adapter loaded and folded) on ``split``."""
+        loss_sum, predicted = self.predict_split(model, split, batch_size)
+        return {"loss": float(loss_sum / len(split)), **self.metrics(predicted, split.labels.numpy())}
+
+    def predict_split(self, model: Any, split: Any, batch_size: int) -> tuple[float, np.ndarray]:
+        """``(summed loss, predictions)`` of ``model`` (its adapter loaded and folded) on ``split``, in batches of
+        ``batch_size`` rows: the loss summed per batch (reduction "sum"), the batch sums added in order, and
+        :meth:`predict` of every row (what :meth:`evaluate` and a client's evaluation count from)."""
         import torch
 
         losses, predictions = [], []
@@ -145,8 +152,7 @@ class FamilyRuntime(ABC):
                 output = model.forward(features)
                 losses.append(self.loss(output, labels, "sum").item())
                 predictions.append(self.predict(output).cpu())
-        predicted = torch.cat(predictions).numpy()
-        return {"loss": float(sum(losses) / len(split)), **self.metrics(predicted, split.labels.numpy())}
+        return float(sum(losses)), torch.cat(predictions).numpy()
 
     @abstractmethod
     def forward(self, model: nn.Module, features: Mapping[str, torch.Tensor]) -> torch.Tensor:

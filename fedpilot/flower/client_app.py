@@ -6,8 +6,9 @@ node loads the bundled dataset, takes partition ``partition-id`` of ``num-partit
 config's partitioner and seed (the simulator's split, exactly), builds the model and calibrates its own
 cost model on its own device (cached on disk as ``fedpilot profile`` caches it).
 
-Message types: ``query`` (who am I: partition, sample count, budget, cost model), ``train``
-(:meth:`Client.train`) and ``train.score`` (:meth:`Client.score`).
+Message types: ``query`` (who am I: partition, sample count, held-out rows, budget, cost model), ``train``
+(:meth:`Client.train`), ``train.score`` (:meth:`Client.score`) and ``evaluate`` (:meth:`Client.evaluate`: the
+global adapter on the node's held-out rows, ``data.client_test_fraction``, drawn as the simulator draws them).
 
 What a process builds it keeps (:func:`load_node`): the model, the tokenized data and its partitions in
 an LRU keyed by what they are built from (model and data settings, seed, proxy share, base deltas;
@@ -38,8 +39,10 @@ from fedpilot.config import Config, parse_config  # noqa: E402
 from fedpilot.core.sizes import parse_memory  # noqa: E402
 from fedpilot.flower.codec import (  # noqa: E402
     CONFIG,
+    decode_evaluate_task,
     decode_score_task,
     decode_train_task,
+    encode_evaluate_reply,
     encode_node_info,
     encode_score_reply,
     encode_train_reply,
@@ -93,7 +96,7 @@ class Node:
     budget_bytes: int | None
     cost_model: Any  # CostModel calibrated on this device
     calibration_cached: bool
-    label_counts: list[int]
+    label_counts: dict[str, Any]  # label_counts of its training rows (and num_test_samples, test_label_counts of its held-out rows)
     device: str
     warm: bool  # the model and data were built for an earlier run of this process
 
@@ -155,18 +158,18 @@ def load_node(config: Config, node_config: Any, run_id: int = 0) -> Node:
     if key in _NODES:
         _NODES.move_to_end(key)
         return _NODES[key]
-    import numpy as np
-
-    from fedpilot.federation import calibration_cost_model
+    from fedpilot.federation import calibration_cost_model, client_record_counts, client_rows
     from fedpilot.runtime.client import Client, StepPeaks
 
     if num_partitions != config.federation.num_clients:
         raise ValueError(f"node config num-partitions={num_partitions} but the run's federation.num_clients is {config.federation.num_clients}")
     warm = warm_state(config)
     shard = warm.shard(config, partition_id, num_partitions)
+    train_rows, test_rows = client_rows(config, warm.labels, shard, partition_id)
     cost_model, cached = calibration_cost_model(config, warm.data, warm.model)
-    client = Client(partition_id, warm.model, warm.data.train.subset(shard), StepPeaks())
-    counts = np.bincount(warm.labels[shard], minlength=len(warm.data.label_names)).tolist()
+    test_data = None if test_rows is None else warm.data.train.subset(test_rows)
+    client = Client(partition_id, warm.model, warm.data.train.subset(train_rows), StepPeaks(), test_data)
+    counts = client_record_counts(client, len(warm.data.label_names))
     node = Node(client, partition_id, num_partitions, budget_bytes, cost_model, cached, counts, warm.model.device.type, warm.runs > 0)
     warm.runs += 1
     _NODES[key] = node
@@ -191,7 +194,7 @@ def query(message: Message, context: Context) -> Message:
     """Partition, sample count, budget and this device's calibrated cost model."""
     node = node_of(message, context)
     extra = {
-        "label_counts": node.label_counts, "device": node.device, "calibration_cached": node.calibration_cached,
+        **node.label_counts, "device": node.device, "calibration_cached": node.calibration_cached,
         "process": os.getpid(), "warm": node.warm,
     }
     content = encode_node_info(node.partition_id, node.num_partitions, node.client.num_samples, node.budget_bytes, node.cost_model, extra)
@@ -212,3 +215,12 @@ def score(message: Message, context: Context) -> Message:
     modules, tensors, instructions = decode_score_task(message.content)
     scores, metrics = node.client.score(modules, tensors, instructions)
     return Message(encode_score_reply(scores, metrics), reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """The global adapter on this node's held-out rows: the counts the ServerApp pools."""
+    node = node_of(message, context)
+    tensors, instructions = decode_evaluate_task(message.content)
+    counts, metrics = node.client.evaluate(tensors, instructions)
+    return Message(encode_evaluate_reply(counts, metrics), reply_to=message)

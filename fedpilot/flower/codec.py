@@ -7,7 +7,9 @@ A RecordDict holds at most these records:
 - ``"assignment"``: a ConfigRecord (``modules``, ``rank_modules`` / ``rank_values``, ``parts``,
   ``own_tensors``: whether the assignment carries its own tensors, which then travel as ``"tensors"``,
   ``checkpointing``: absent in messages from before it, read as False);
-- ``"train"`` / ``"score"``: the instructions, one ConfigRecord field per dataclass field;
+- ``"train"`` / ``"score"`` / ``"evaluate"``: the instructions, one ConfigRecord field per dataclass field;
+- ``"counts"``: an evaluation reply's :class:`~fedpilot.runtime.client_evaluation.EvalCounts` (``rows``,
+  ``loss-sum`` as a double, the three per-label count lists);
 - ``"metrics"``: int and float metrics in a MetricRecord; ``"metrics-extra"``: the others
   (str, bool, None, lists) as JSON in a ConfigRecord, so nothing changes type on the way;
 - ``"scores"``: a MetricRecord, module -> score;
@@ -26,12 +28,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedpilot.core.tensors import TensorDict
 from fedpilot.planning.costmodel import CostModel
-from fedpilot.runtime.messages import ScoreInstructions, TrainInstructions
+from fedpilot.runtime.client_evaluation import EvalCounts
+from fedpilot.runtime.messages import EvaluateInstructions, ScoreInstructions, TrainInstructions
 from fedpilot.strategies.base import Assignment
 
 TENSORS, ASSIGNMENT, TRAIN, SCORE, METRICS, METRICS_EXTRA, SCORES, REPLY, NODE = (
     "tensors", "assignment", "train", "score", "metrics", "metrics-extra", "scores", "reply", "node",
 )
+EVALUATE, COUNTS = "evaluate", "counts"
 MODULES = "modules"  # the modules a score task asks about
 CONFIG = "config"  # the run's fedpilot config, as JSON, in a QUERY message
 
@@ -73,7 +77,7 @@ def assignment_from_record(record: ConfigRecord, tensors: TensorDict | None = No
     )
 
 
-def instructions_to_record(instructions: TrainInstructions | ScoreInstructions) -> ConfigRecord:
+def instructions_to_record(instructions: TrainInstructions | ScoreInstructions | EvaluateInstructions) -> ConfigRecord:
     return ConfigRecord(dict(asdict(instructions)))
 
 
@@ -145,6 +149,41 @@ def encode_score_reply(scores: Mapping[str, float], metrics: Mapping[str, Any]) 
 
 def decode_score_reply(content: RecordDict) -> tuple[dict[str, float], dict[str, Any]]:
     return dict(content.metric_records[SCORES]), metrics_from_records(content)
+
+
+def encode_evaluate_task(tensors: Mapping[str, np.ndarray], instructions: EvaluateInstructions) -> RecordDict:
+    return RecordDict({TENSORS: tensors_to_record(tensors), EVALUATE: instructions_to_record(instructions)})
+
+
+def decode_evaluate_task(content: RecordDict) -> tuple[TensorDict, EvaluateInstructions]:
+    record = content.config_records[EVALUATE]
+    instructions = EvaluateInstructions(**{f.name: record[f.name] for f in fields(EvaluateInstructions)})
+    return tensors_from_record(content.array_records[TENSORS]), instructions
+
+
+def encode_evaluate_reply(counts: EvalCounts, metrics: Mapping[str, Any]) -> RecordDict:
+    record = ConfigRecord(
+        {
+            "rows": int(counts.rows),
+            "loss-sum": float(counts.loss_sum),
+            "true-counts": [int(c) for c in counts.true_counts],
+            "predicted-counts": [int(c) for c in counts.predicted_counts],
+            "correct-counts": [int(c) for c in counts.correct_counts],
+        }
+    )
+    return RecordDict({COUNTS: record, **metrics_to_records(metrics)})
+
+
+def decode_evaluate_reply(content: RecordDict) -> tuple[EvalCounts, dict[str, Any]]:
+    record = content.config_records[COUNTS]
+    counts = EvalCounts(
+        rows=int(record["rows"]),
+        loss_sum=float(record["loss-sum"]),
+        true_counts=tuple(int(c) for c in record["true-counts"]),
+        predicted_counts=tuple(int(c) for c in record["predicted-counts"]),
+        correct_counts=tuple(int(c) for c in record["correct-counts"]),
+    )
+    return counts, metrics_from_records(content)
 
 
 # -- the QUERY round: what a node says about itself ----------------------------------------------------

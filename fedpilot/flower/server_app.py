@@ -4,8 +4,9 @@ tasks carried to SuperNodes by :class:`~fedpilot.flower.transport.FlowerTranspor
 Run config key ``config``: the path of a fedpilot YAML config (empty: the embedded default; a
 relative path is taken from the ServerApp process's working directory, so give an absolute one).
 The ServerApp waits for ``federation.num_clients`` nodes, asks each who it is (QUERY: partition id,
-sample count, budget, its own calibrated cost model), runs the rounds, evaluates on the test split
-itself and writes what ``fedpilot run`` writes (results.json, metrics.csv, accuracy.png, adapter/,
+sample count, held-out rows, budget, its own calibrated cost model), runs the rounds, evaluates on the test
+split itself (or has the clients evaluate on their held-out rows: ``train.evaluate``) and writes what
+``fedpilot run`` writes (results.json, metrics.csv, accuracy.png, adapter/,
 checkpoint.safetensors) to the config's ``output_dir``.
 
 Each client is planned with the cost model it calibrated on its own device (``ClientInfo.cost_model``);
@@ -121,8 +122,13 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait
     cost_model, cached = calibration_cost_model(config, data, model)
     for cid in sorted(described):
         check_node_cost_model(cid, described[cid]["cost_model"], cost_model)
+    if config.train.evaluate != "server":
+        missing = [cid for cid in sorted(described) if not described[cid].get("num_test_samples")]
+        if missing:
+            raise FedpilotError(f"nodes of partitions {missing} hold no rows to evaluate on; run the ServerApp's fedpilot and config on every node")
     infos = [
-        ClientInfo(cid, described[cid]["num_samples"], described[cid]["budget_bytes"], cost_model=described[cid]["cost_model"])
+        ClientInfo(cid, described[cid]["num_samples"], described[cid]["budget_bytes"], cost_model=described[cid]["cost_model"],
+                   num_test_samples=int(described[cid].get("num_test_samples", 0)))
         for cid in sorted(described)
     ]
     server = make_server(config, model, data, infos, cost_model)
@@ -134,6 +140,7 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait
             "num_samples": described[cid]["num_samples"],
             "budget_bytes": described[cid]["budget_bytes"],
             "label_counts": described[cid].get("label_counts"),
+            **{k: described[cid][k] for k in ("num_test_samples", "test_label_counts") if k in described[cid]},
             "device": described[cid].get("device"),
             # Planned with its own cost model (ClientInfo.cost_model); each round's client record says so too.
             "planned_with": "own",
@@ -229,5 +236,6 @@ def main(grid: Grid, context: Context) -> None:
         if keeper is not None:
             keeper.stop()
     final = result.rounds[-1]
-    key = primary_metric(final) or "accuracy"
-    _log(f"finished: round {final['round']} test {key} {final[key]:.4f}; outputs in {result.out_dir}")
+    key = primary_metric(final)
+    score = "not evaluated" if key is None else f"{'clients' if config.train.evaluate == 'clients' else 'test'} {key} {final[key]:.4f}"
+    _log(f"finished: round {final['round']} {score}; outputs in {result.out_dir}")

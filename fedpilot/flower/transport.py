@@ -12,20 +12,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from fedpilot.flower.codec import (
     CONFIG,
+    decode_evaluate_reply,
     decode_score_reply,
     decode_train_reply,
+    encode_evaluate_task,
     encode_score_task,
     encode_train_task,
 )
-from fedpilot.runtime.messages import Failure, ScoreTask, TrainTask
+from fedpilot.runtime.messages import ClientEvaluation, EvaluateTask, Failure, ScoreTask, TrainTask
 from fedpilot.strategies.base import ClientScores, ClientUpdate
 
 TRAIN_TYPE = "train"  # ClientApp @app.train()
 SCORE_TYPE = "train.score"  # ClientApp @app.train("score"): backpropagation, like training
+EVALUATE_TYPE = MessageType.EVALUATE  # ClientApp @app.evaluate(): "evaluate"
 FIRST_POLL, POLL_SECONDS = 0.05, 1.0  # wait before the first pull of replies, and the longest between two (Flower's: 3 s)
 
 
@@ -57,7 +60,7 @@ def content_bytes(content: RecordDict) -> int:
 
 
 class FlowerTransport:
-    """Carries train and score tasks to SuperNodes over a Flower Grid.
+    """Carries train, score and evaluate tasks to SuperNodes over a Flower Grid.
 
     ``nodes`` maps a client id (its partition id) to its Flower node id. ``run_config`` (the
     fedpilot config as JSON) travels in every message, since a ClientApp process lives for one
@@ -83,7 +86,7 @@ class FlowerTransport:
         self.poll = poll
         self.wire_log: list[dict[str, Any]] = []
 
-    # -- the two phases ------------------------------------------------------------------------------
+    # -- the phases ----------------------------------------------------------------------------------
     def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[ClientUpdate | Failure]:
         contents = {t.cid: encode_train_task(t.assignment, t.tensors, t.instructions) for t in tasks}
 
@@ -101,6 +104,15 @@ class FlowerTransport:
             return ClientScores(cid, scores, metrics)
 
         return self._exchange(server_round, "scoring", SCORE_TYPE, contents, decode)
+
+    def evaluate(self, server_round: int, tasks: Sequence[EvaluateTask]) -> list[ClientEvaluation | Failure]:
+        contents = {t.cid: encode_evaluate_task(t.tensors, t.instructions) for t in tasks}
+
+        def decode(cid: int, content: RecordDict) -> ClientEvaluation:
+            counts, metrics = decode_evaluate_reply(content)
+            return ClientEvaluation(cid, counts, metrics)
+
+        return self._exchange(server_round, "evaluation", EVALUATE_TYPE, contents, decode)
 
     # -- one exchange --------------------------------------------------------------------------------
     def _exchange(self, server_round: int, phase: str, message_type: str, contents: Mapping[int, RecordDict], decode) -> list:
@@ -158,4 +170,6 @@ class FlowerTransport:
         metrics = {**answer.metrics, "wire_down_bytes": down, "wire_up_bytes": up}
         if isinstance(answer, ClientUpdate):
             return ClientUpdate(answer.cid, answer.num_samples, answer.tensors, metrics)
+        if isinstance(answer, ClientEvaluation):
+            return ClientEvaluation(answer.cid, answer.counts, metrics)
         return ClientScores(answer.cid, answer.scores, metrics)

@@ -27,6 +27,15 @@ predicted at or above its measured peak, and a later stage's probe exactly. Unpr
 L + 2 + L·S probes (S stages), with checkpointing L + 1 more, and the head-only step on one row of the batch:
 the fixed cost of a micro-batch runs linearly between it and the batch's (:meth:`CostModel.at_batch`).
 
+**Inference** (asked for by a run whose clients evaluate, ``train.evaluate: clients`` or ``both``): two
+more probes, a client's evaluation pass (:func:`~fedpilot.runtime.evaluation.count_split`: every module
+merged, no gradient) on the calibration batch (B rows) and on the batch twice over (2B rows), give the
+affine ``inference_fixed + rows * inference_row``: exact at B rows (the default client evaluation batch,
+``train.batch_size``), extrapolated linearly elsewhere. A cached calibration made without them gets them
+added (the two probes alone) the first time a run asks; its other terms, and its cache key, stay as they
+were, so a calibration cached by an earlier version loads unchanged. A run that does not ask gets a model
+without them.
+
 A model deeper than ``MAX_LAYER_PROBES`` layers (a decoder LLM) has only that many layers probed,
 evenly spaced from the first to the last, and the peaks of the layers between them interpolated
 linearly: with identical layers the activation term is linear in the number of layers that
@@ -38,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -48,6 +58,7 @@ from fedpilot.core.keys import module_layer, module_target
 from fedpilot.core.paths import cache_dir
 from fedpilot.data.split import TensorSplit
 from fedpilot.planning.costmodel import CostModel, lora_module_bytes, lora_param_bytes
+from fedpilot.runtime.evaluation import count_split
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.measure import PeakMeter, StepMemory, measure_step, optimizer_tensors, release_gradients
 from fedpilot.runtime.messages import TrainInstructions
@@ -100,6 +111,30 @@ def measure_peak(
         model.load_state(saved)
 
 
+def measure_inference_peak(model: LoraModel, batch: TensorSplit, batch_size: int) -> int:
+    """Peak bytes of a client's evaluation pass over ``batch`` in batches of ``batch_size`` rows (adapter state
+    restored after), measured as a client measures its own (:meth:`Client.evaluate`): from the model's resident
+    tensors, the merged weights counted."""
+    saved = model.state()
+    try:
+        model.set_ranks({})
+        model.set_trainable([])
+        with PeakMeter(model.device, resident=model.resident_tensors()) as meter:
+            count_split(model, batch, batch_size)
+        return meter.peak_bytes
+    finally:
+        model.load_state(saved)
+
+
+def inference_terms(model: LoraModel, batch: TensorSplit) -> dict[str, int]:
+    """``inference_fixed`` and ``inference_row`` from passes over ``batch`` (B rows) and over it twice (2B rows)."""
+    rows = len(batch)
+    one = measure_inference_peak(model, batch, rows)
+    two = measure_inference_peak(model, batch.subset(np.concatenate([np.arange(rows), np.arange(rows)])), 2 * rows)
+    per_row = int(round((two - one) / rows))
+    return {"inference_fixed": one - rows * per_row, "inference_row": per_row}
+
+
 def decompose_step(model: LoraModel, modules: Sequence[str], batch: TensorSplit, instructions: TrainInstructions) -> StepMemory:
     """Peak of a steady-state step and its parts (adapter state restored after)."""
     saved = model.state()
@@ -144,9 +179,9 @@ def target_stages(model: LoraModel) -> dict[str, int]:
 
 
 def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False,
-              checkpointing: bool = False) -> CostModel:
-    """Profile the probes on ``batch`` (the checkpointed ones too with ``checkpointing``) and fit the cost
-    model (not cached; see :func:`load_or_calibrate`)."""
+              checkpointing: bool = False, inference: bool = False) -> CostModel:
+    """Profile the probes on ``batch`` (the checkpointed ones too with ``checkpointing``, the evaluation passes
+    with ``inference``) and fit the cost model (not cached; see :func:`load_or_calibrate`)."""
     layers = model.num_layers
     targets = model.settings.lora.targets
     probed = probed_layers(layers)
@@ -207,6 +242,7 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
         stage={m: stage_of[module_target(m)] for m in model.modules}, stage_extra=stage_extra,
         batch_rows=len(batch), fixed_one_row=fixed if one_row is None else min(fixed, one_row),
         module_state={m: lora_param_bytes(*model.module_shapes[m], rank, optimizer) for m in model.modules},
+        **(inference_terms(model, batch) if inference else {}),
     )
 
 
@@ -229,16 +265,27 @@ def _fitted_terms(
 
 
 def load_or_calibrate(
-    model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False, checkpointing: bool = False
+    model: LoraModel, batch: TensorSplit, instructions: TrainInstructions, progress: bool = False, checkpointing: bool = False,
+    inference: bool = False,
 ) -> tuple[CostModel, bool]:
     """The calibrated cost model for these settings (``checkpointing``: with the checkpointed terms), from the
-    disk cache when it holds one; ``(model, was_cached)``."""
+    disk cache when it holds one; ``(model, was_cached)``.
+
+    ``inference``: with the inference terms; a cached model without them gets them measured and added (the
+    file rewritten, ``was_cached`` False). Without ``inference`` the model comes without them, whatever the cache holds.
+    """
     settings = calibration_settings(model, len(batch), batch.seq_len, instructions.optimizer, checkpointing)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "memory" / f"calibration-{digest}.json"
     if path.is_file():
-        return CostModel.from_dict(json.loads(path.read_text())), True
-    cost_model = calibrate(model, batch, instructions, progress, checkpointing)
+        cached = CostModel.from_dict(json.loads(path.read_text()))
+        if not inference:
+            return cached.without_inference(), True
+        if cached.prices_inference:
+            return cached, True
+        cost_model = replace(cached, **inference_terms(model, batch))
+    else:
+        cost_model = calibrate(model, batch, instructions, progress, checkpointing, inference)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, cost_model.to_dict())
-    return cost_model, False
+    return (cost_model if inference else cost_model.without_inference()), False

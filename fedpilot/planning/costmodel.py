@@ -20,6 +20,14 @@ the earlier its stage. With ``stage[m]`` (module m's stage in its layer, 0 first
 
     cost(S) = fixed + activation[l*] + stage_extra[l*][s*] + sum of module_r[m],  (l*, s*) = min over S of (layer, stage)
 
+**Inference** (optional terms, from calibration when clients evaluate: ``train.evaluate: clients``): the peak of
+a client's evaluation pass (every module merged into a copy of its weight, no gradient), affine in the batch rows:
+
+    inference(rows) = inference_fixed + rows * inference_row
+
+A model without them (analytic models, calibrations made before them) predicts nothing (None) and a
+client is then asked to evaluate whatever its budget.
+
 A planner sees one depth index per (layer, stage) (:meth:`CostModel.depth`, :meth:`CostModel.depth_activation`):
 the same position-aware problem on a finer grid. Without them (analytic models, ``fedpilot solve``
 inputs) every module is at stage 0 and the extra is 0.
@@ -94,6 +102,8 @@ class CostModel:
     batch_rows: int | None = None
     fixed_one_row: int | None = None
     module_state: Mapping[str, int] = field(default_factory=dict)
+    inference_fixed: int | None = None  # an evaluation pass: bytes at 0 rows (extrapolated); None: not priced
+    inference_row: int | None = None  # an evaluation pass: bytes per batch row
 
     def __post_init__(self) -> None:
         if not self.layer:  # module ids name their layer
@@ -114,6 +124,8 @@ class CostModel:
         if self.stage_extra is not None:
             if len(self.stage_extra) != len(self.activation) or len({len(row) for row in self.stage_extra}) != 1 or not self.stage_extra[0]:
                 raise ValueError(f"cost model: stage_extra needs one row per layer ({len(self.activation)}), all of one non-zero length")
+        if (self.inference_fixed is None) != (self.inference_row is None):
+            raise ValueError("cost model: inference_fixed and inference_row come together (both or neither)")
         stages = self.stages
         for m, s in self.stage.items():
             if m not in self.module or not 0 <= s < stages:
@@ -133,6 +145,23 @@ class CostModel:
         if self.stage_extra is None:
             return tuple(self.activation)
         return tuple(a + extra for a, row in zip(self.activation, self.stage_extra) for extra in row)
+
+    @property
+    def prices_inference(self) -> bool:
+        """Whether this model has the inference terms (else :meth:`inference` predicts None)."""
+        return self.inference_fixed is not None
+
+    def inference(self, rows: int) -> int | None:
+        """Predicted peak bytes of an evaluation pass in batches of ``rows`` rows (None: not priced)."""
+        if self.inference_fixed is None or self.inference_row is None:
+            return None
+        if rows < 1:
+            raise ValueError(f"an evaluation batch has at least one row, got {rows}")
+        return self.inference_fixed + rows * self.inference_row
+
+    def without_inference(self) -> CostModel:
+        """This model without the inference terms (what a run that evaluates on the server records)."""
+        return replace(self, inference_fixed=None, inference_row=None)
 
     @property
     def prices_checkpointing(self) -> bool:
@@ -244,6 +273,9 @@ class CostModel:
             "stage_extra": [list(row) for row in self.stage_extra],
         }) | ({"floor": self.floor} if self.floor else {}) | ({} if not self.prices_micro_batches else {
             "batch_rows": self.batch_rows, "fixed_one_row": self.fixed_one_row, "module_state": dict(self.module_state),
+        }) | ({} if self.inference_fixed is None else {
+            "inference_fixed": self.inference_fixed,
+            "inference_row": self.inference_row,
         })
 
     @classmethod
@@ -267,6 +299,8 @@ class CostModel:
             batch_rows=None if data.get("batch_rows") is None else int(data["batch_rows"]),
             fixed_one_row=None if data.get("fixed_one_row") is None else int(data["fixed_one_row"]),
             module_state={m: int(b) for m, b in (data.get("module_state") or {}).items()},
+            inference_fixed=None if data.get("inference_fixed") is None else int(data["inference_fixed"]),
+            inference_row=None if data.get("inference_row") is None else int(data["inference_row"]),
         )
 
 

@@ -1,4 +1,5 @@
-"""What one client does in a round: train its assignment, or score modules, on its own shard.
+"""What one client does in a round: train its assignment, or score modules, on its own shard, or evaluate
+the global adapter on its held-out rows.
 
 Transport-free: the in-process transport calls :meth:`Client.train` directly; a Flower ClientApp
 calls the same method with tensors unpacked from its message.
@@ -19,8 +20,10 @@ from fedpilot.core.keys import HEAD, module_of
 from fedpilot.core.tensors import TensorDict, tensor_bytes
 from fedpilot.data.split import TensorSplit
 from fedpilot.runtime.lora import LoraModel
+from fedpilot.runtime.client_evaluation import EvalCounts
+from fedpilot.runtime.evaluation import count_split
 from fedpilot.runtime.measure import PeakMeter, optimizer_tensors, release_gradients
-from fedpilot.runtime.messages import ScoreInstructions, TrainInstructions
+from fedpilot.runtime.messages import EvaluateInstructions, ScoreInstructions, TrainInstructions
 from fedpilot.runtime.training import batch_indices, batch_loss, label_offset, make_optimizer, training_step
 from fedpilot.strategies.base import Assignment
 
@@ -64,18 +67,30 @@ def trainable_signature(assignment: Assignment) -> Hashable:
     return frozenset(assignment.modules), frozenset(assignment.ranks.items()), assignment.parts, assignment.checkpointing, assignment.micro_batch
 
 
-class Client:
-    """A federation member: its shard of the train split, and a handle on the (shared) model."""
+EVALUATION_STEP = "merged"  # StepPeaks' "what" of an evaluation pass: every module merged, nothing trains
 
-    def __init__(self, cid: int, model: LoraModel, data: TensorSplit, peaks: StepPeaks | None = None) -> None:
+
+class Client:
+    """A federation member: its shard of the train split (``data``: the rows it trains on; ``test_data``: the
+    rows it holds out to evaluate on, ``data.client_test_fraction``, or None), and a handle on the (shared) model."""
+
+    def __init__(
+        self, cid: int, model: LoraModel, data: TensorSplit, peaks: StepPeaks | None = None, test_data: TensorSplit | None = None
+    ) -> None:
         self.cid = cid
         self.model = model
         self.data = data
         self.peaks = peaks
+        self.test_data = test_data
 
     @property
     def num_samples(self) -> int:
         return len(self.data)
+
+    @property
+    def num_test_samples(self) -> int:
+        """Held-out rows it evaluates on (0: none)."""
+        return 0 if self.test_data is None else len(self.test_data)
 
     def receive(self, tensors: TensorDict, ranks: dict[str, int] | None = None, payload: str = "full") -> None:
         """Set the modules' ranks and load the received adapter.
@@ -207,3 +222,32 @@ class Client:
         if self.peaks is not None:
             metrics["peak_bytes"] = self.peaks.get("score", what, len(batches[-1]))
         return scores, metrics
+
+    def evaluate(self, tensors: TensorDict, config: EvaluateInstructions) -> tuple[EvalCounts, dict[str, float | int]]:
+        """Evaluate the received global adapter on this client's held-out rows: the counts the server pools
+        (:class:`EvalCounts`, its rows included) and the pass's figures (batch rows, seconds, ``peak_bytes``).
+
+        The adapter must be whole (every module takes part in the evaluated function, whatever
+        ``federation.payload``); the pass is the server's (:func:`count_split`: every module merged, eval mode).
+        With ``peaks`` set the pass is measured at the allocator, from the model's resident tensors, unless a
+        pass of the same batch rows already was; the merged weights count. A client without held-out rows refuses.
+        """
+        if self.test_data is None or not len(self.test_data):
+            raise ValueError(f"client {self.cid} holds no rows to evaluate on; set data.client_test_fraction")
+        start = time.perf_counter()
+        model = self.model
+        self.receive(tensors, payload="full")
+        model.set_trainable([])
+        rows = min(config.batch_size, len(self.test_data))
+        step = partial(count_split, model, self.test_data, config.batch_size)
+        if self.peaks is None:
+            counts = step()
+        else:
+            counts = self.peaks.run("evaluate", EVALUATION_STEP, rows, model.device, step, model.resident_tensors)
+        metrics: dict[str, float | int] = {
+            "batch_rows": rows,
+            "seconds": time.perf_counter() - start,
+        }
+        if self.peaks is not None:
+            metrics["peak_bytes"] = self.peaks.get("evaluate", EVALUATION_STEP, rows)
+        return counts, metrics

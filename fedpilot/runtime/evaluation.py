@@ -7,6 +7,7 @@ import torch
 
 from fedpilot.core.tensors import TensorDict
 from fedpilot.data.split import TensorSplit
+from fedpilot.runtime.client_evaluation import EvalCounts
 from fedpilot.runtime.lora import LoraModel
 
 
@@ -24,6 +25,20 @@ def evaluate(model: LoraModel, tensors: TensorDict, split: TensorSplit, batch_si
     model.peft.eval()
     with model.fold_frozen([], merge=True):
         return model.runtime.evaluate(model, split, batch_size)
+
+
+@torch.no_grad()
+def count_split(model: LoraModel, split: TensorSplit, batch_size: int) -> EvalCounts:
+    """The :class:`EvalCounts` of the model's loaded adapter on ``split``: the pass :func:`evaluate` makes
+    (every LoRA module merged into a copy of its weight, eval mode, batches of ``batch_size`` rows), counted
+    instead of averaged, so that evaluations of several splits pool exactly (a client's evaluation).
+    Classification only: a family whose predictions are not labels is refused."""
+    if model.task != "classification":
+        raise ValueError(f"a client evaluates classifiers only; this model's task is {model.task}")
+    model.peft.eval()
+    with model.fold_frozen([], merge=True):
+        loss_sum, predicted = model.runtime.predict_split(model, split, batch_size)
+    return EvalCounts.from_predictions(predicted, split.labels.numpy(), loss_sum, model.num_labels)
 
 
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:

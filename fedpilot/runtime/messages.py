@@ -1,7 +1,7 @@
 """What travels from the server to clients: plain dataclasses of scalars and named numpy tensors,
 so any transport (in-process calls, Flower messages) can carry them. What comes back is the
-strategies' own :class:`~fedpilot.strategies.base.ClientUpdate` / :class:`~fedpilot.strategies.base.ClientScores`
-(or a :class:`Failure`)."""
+strategies' own :class:`~fedpilot.strategies.base.ClientUpdate` / :class:`~fedpilot.strategies.base.ClientScores`,
+a :class:`ClientEvaluation` (or a :class:`Failure`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fedpilot.core.tensors import TensorDict
+from fedpilot.runtime.client_evaluation import EvalCounts
 from fedpilot.strategies.base import Assignment
 
 
@@ -55,6 +56,13 @@ class ScoreInstructions:
 
 
 @dataclass(frozen=True)
+class EvaluateInstructions:
+    """How a client evaluates the global adapter on its held-out rows (train.evaluate: clients or both)."""
+
+    batch_size: int  # train.client_eval_batch_size (null: train.batch_size)
+
+
+@dataclass(frozen=True)
 class TrainTask:
     cid: int
     assignment: Assignment
@@ -68,6 +76,23 @@ class ScoreTask:
     modules: list[str]
     tensors: TensorDict
     instructions: ScoreInstructions
+
+
+@dataclass(frozen=True)
+class EvaluateTask:
+    cid: int
+    tensors: TensorDict  # the whole global adapter: every module takes part in the evaluated function
+    instructions: EvaluateInstructions
+
+
+@dataclass(frozen=True)
+class ClientEvaluation:
+    """A client's evaluation of the global adapter on its held-out rows: the counts the server pools, and
+    the pass's own figures (seconds, ``peak_bytes`` when measured, the batch rows)."""
+
+    cid: int
+    counts: EvalCounts
+    metrics: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 ``Server.run_round(round, transport)``: the strategy samples clients, an optional scoring phase
 runs, the strategy assigns each client its work, the transport carries the tasks, every reply is
 validated against its assignment (rejected ones are recorded and left out), the strategy
-aggregates, and the evaluator scores the new global adapter.
+aggregates, and the new global adapter is evaluated: by the server's evaluator on its central split
+(``train.evaluate: server``), by the round's sampled clients on their held-out rows (``clients``, their
+counts pooled: :meth:`Server.evaluate_clients`), or both.
 """
 
 from __future__ import annotations
@@ -16,9 +18,20 @@ from typing import Any
 import numpy as np
 
 from fedpilot.core.keys import HEAD, module_of
+from fedpilot.core.sizes import mib
 from fedpilot.core.tensors import TensorDict, tensor_bytes
+from fedpilot.planning.costmodel import usable
 from fedpilot.runtime.checkpoint import Checkpoint
-from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreTask, TrainInstructions, TrainTask
+from fedpilot.runtime.client_evaluation import CLIENTS_PREFIX, EVALUATE_MODES, pooled_metrics
+from fedpilot.runtime.messages import (
+    EvaluateInstructions,
+    EvaluateTask,
+    Failure,
+    ScoreInstructions,
+    ScoreTask,
+    TrainInstructions,
+    TrainTask,
+)
 from fedpilot.runtime.transport import Transport
 from fedpilot.runtime.validation import outliers, update_problem, update_rms
 from fedpilot.strategies.base import Assignment, ClientInfo, ClientUpdate, Strategy, derived_seed
@@ -69,6 +82,19 @@ class RoundResult:
     # per module (and "head"): how many accepted updates trained it, how far the round moved its effective weight
     # and that weight's norm after the round (Frobenius norms, :func:`module_changes`); None when the model did not change
     module_updates: dict[str, dict[str, float]] | None = None
+    # train.evaluate: clients / both, on a round evaluation was due: one record per client asked or skipped
+    client_evaluations: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class ClientEvaluationPhase:
+    """What the clients' evaluation of a round gave: the pooled metrics (empty when no client's counts arrived),
+    a record per client (evaluated, or ``skipped`` with the reason), failures and budget violations."""
+
+    metrics: dict[str, float]
+    records: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    violations: list[dict[str, Any]]
 
 
 class Server:
@@ -89,6 +115,9 @@ class Server:
         eval_every: int = 1,
         final_round: int | None = None,
         server_lr: float = 1.0,
+        evaluate: str = "server",
+        client_eval_batch_size: int | None = None,
+        num_labels: int | None = None,
     ) -> None:
         """``train_settings`` is the config's ``train`` section (local steps, batch size, optimiser);
         ``update_norm_bound``: reject an update whose RMS change exceeds this multiple of the round's median;
@@ -97,7 +126,10 @@ class Server:
         ``payload``: ``"full"`` (every task carries the whole global adapter) or ``"assigned"`` (only the
         tensors of the modules the task is about, and the head: :meth:`payload_for`);
         ``eval_every``, ``final_round``: the evaluation cadence (:meth:`evaluation_due`);
-        ``server_lr``: the global state moves this share of the way to each aggregate (:func:`server_step`)."""
+        ``server_lr``: the global state moves this share of the way to each aggregate (:func:`server_step`);
+        ``evaluate`` (``train.evaluate``): ``"server"`` (the evaluator), ``"clients"`` (the round's sampled clients on
+        their held-out rows, in batches of ``client_eval_batch_size`` rows, their counts of ``num_labels`` labels
+        pooled: :meth:`evaluate_clients`) or ``"both"``."""
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         if min_replies < 1:
@@ -106,6 +138,10 @@ class Server:
             raise ValueError(f"server_lr must be in (0, 1], got {server_lr}")
         if payload not in PAYLOADS:
             raise ValueError(f"payload must be one of {PAYLOADS}, got {payload!r}")
+        if evaluate not in EVALUATE_MODES:
+            raise ValueError(f"evaluate must be one of {EVALUATE_MODES}, got {evaluate!r}")
+        if evaluate != "server" and (client_eval_batch_size is None or client_eval_batch_size < 1):
+            raise ValueError(f"evaluate={evaluate!r} needs the clients' evaluation batch size, got {client_eval_batch_size!r}")
         ids = [c.cid for c in clients]
         if len(set(ids)) != len(ids):
             raise ValueError(f"client ids must be unique, got {ids}")
@@ -126,6 +162,7 @@ class Server:
         self.payload = payload
         self.server_lr = server_lr
         self.eval_every, self.final_round = eval_every, final_round
+        self.evaluate_mode, self.client_eval_batch_size, self.num_labels = evaluate, client_eval_batch_size, num_labels
         self.last_metrics: dict[str, float] = {}
         self._last_on_subset: bool | None = None  # what last_metrics was measured on (None: unknown, after a restore)
 
@@ -169,11 +206,110 @@ class Server:
 
     def _round_metrics(self, server_round: int, changed: bool) -> dict[str, float]:
         due, subset = self.evaluation_due(server_round)
-        if not due:
+        if not due or self.evaluate_mode == "clients":
             return {}
         if changed or self._last_on_subset is not subset or not self.last_metrics:
             return self.evaluate(subset)
         return dict(self.last_metrics)  # the global model did not change: the same model on the same split
+
+    # -- evaluation on the clients -------------------------------------------------------------------
+    def evaluate_clients(self, server_round: int, clients: Sequence[ClientInfo], transport: Transport) -> ClientEvaluationPhase:
+        """``clients`` evaluate the global adapter on their held-out rows; the server pools their counts.
+
+        A client is asked unless its cost model predicts an evaluation pass (batches of
+        ``client_eval_batch_size`` rows, at most its held-out rows) above its usable budget (after
+        ``memory_margin``, as planners use it): then it is recorded as ``skipped`` with the reason and
+        counts in no aggregate. A client whose cost model has no inference terms is asked whatever its
+        budget (``predicted_bytes`` None). Every task carries the whole global adapter. A failed reply,
+        or counts that cannot be an evaluation of its held-out rows, is a failure of phase ``evaluation``;
+        a measured peak above the budget is a budget violation. The pooled metrics are those of the union
+        of the evaluated rows (:func:`pooled_metrics`): accuracy and macro-F1 from the summed counts, the
+        loss weighted by rows."""
+        batch_size = self.client_eval_batch_size
+        if batch_size is None:
+            raise ValueError("this server has no client evaluation batch size (evaluate='server')")
+        records: dict[int, dict[str, Any]] = {}
+        tasks: list[EvaluateTask] = []
+        for client in clients:
+            if client.num_test_samples < 1:
+                records[client.cid] = {"cid": client.cid, "skipped": "holds no rows to evaluate on", "budget_bytes": client.budget_bytes}
+                continue
+            cost_model = self.context.cost_model_for(client)
+            predicted = cost_model.inference(min(batch_size, client.num_test_samples))
+            budget = client.budget_bytes
+            record = {"cid": client.cid, "budget_bytes": budget, "predicted_bytes": predicted, **planned_with(client, cost_model)}
+            if predicted is not None and budget is not None and predicted > usable(budget, self.context.memory_margin):
+                record["skipped"] = (
+                    f"predicted evaluation peak {mib(predicted):.1f} MiB exceeds the usable budget "
+                    f"{mib(usable(budget, self.context.memory_margin)):.1f} MiB"
+                )
+                records[client.cid] = record
+                continue
+            records[client.cid] = record
+            tasks.append(EvaluateTask(client.cid, self.global_tensors, EvaluateInstructions(batch_size=batch_size)))
+        failures, counts, answered = [], [], set()
+        for reply in transport.evaluate(server_round, tasks) if tasks else []:
+            if isinstance(reply, Failure):
+                failures.append({"cid": reply.cid, "phase": "evaluation", "reason": reply.reason})
+                records.pop(reply.cid, None)
+                continue
+            if reply.cid in answered or reply.cid not in records or "skipped" in records[reply.cid]:
+                failures.append({"cid": reply.cid, "phase": "evaluation", "reason": "evaluation reply from a client that had no evaluation task"})
+                continue
+            answered.add(reply.cid)
+            problem = reply.counts.problem(self.num_labels)
+            if problem is None and reply.counts.rows != self.clients[reply.cid].num_test_samples:
+                problem = f"it evaluated {reply.counts.rows} rows and holds {self.clients[reply.cid].num_test_samples}"
+            if problem is not None:
+                failures.append({"cid": reply.cid, "phase": "evaluation", "reason": f"evaluation rejected: {problem}"})
+                records.pop(reply.cid)
+                continue
+            counts.append(reply.counts)
+            records[reply.cid].update(
+                {"rows": reply.counts.rows, **reply.counts.metrics(), "download_bytes": tensor_bytes(self.global_tensors),
+                 **reply.metrics, "counts": reply.counts.to_dict()}
+            )
+        for task in tasks:  # a transport that returned nothing for a task: that client failed, never silently dropped
+            if task.cid not in answered and not any(f["cid"] == task.cid and f["phase"] == "evaluation" for f in failures):
+                failures.append({"cid": task.cid, "phase": "evaluation", "reason": "no evaluation reply"})
+                records.pop(task.cid, None)
+        ordered = [records[c.cid] for c in clients if c.cid in records]
+        violations = [
+            {"round": server_round, "phase": "evaluation", "cid": r["cid"], "modules": [], "peak_bytes": r["peak_bytes"], "budget_bytes": r["budget_bytes"]}
+            for r in ordered
+            if "skipped" not in r and self._over_budget(r)
+        ]
+        return ClientEvaluationPhase(pooled_metrics(counts), ordered, failures, violations)
+
+    def _evaluate(self, server_round: int, changed: bool, clients: Sequence[ClientInfo], transport: Transport) -> tuple[dict[str, float], ClientEvaluationPhase | None]:
+        """The round's metrics: the server's (:meth:`_round_metrics`), the clients' pooled ones (``clients``), or the
+        server's with the clients' under ``clients_`` keys (``both``); and the clients' phase, when they evaluated."""
+        metrics = self._round_metrics(server_round, changed)
+        if self.evaluate_mode == "server" or not self.evaluation_due(server_round)[0]:
+            return metrics, None
+        phase = self.evaluate_clients(server_round, clients, transport)
+        if self.evaluate_mode == "clients":
+            self.last_metrics, self._last_on_subset = dict(phase.metrics), None
+            return dict(phase.metrics), phase
+        return {**metrics, **{f"{CLIENTS_PREFIX}{k}": v for k, v in phase.metrics.items()}}, phase
+
+    def initial_evaluation(self, transport: Transport) -> RoundResult:
+        """Round 0: the initial global adapter evaluated by the server, and with ``clients`` or ``both`` by
+        every client (there is no sampling before round 1)."""
+        start = time.perf_counter()
+        metrics = self.evaluate() if self.evaluate_mode != "clients" else {}
+        phase = None
+        if self.evaluate_mode != "server":
+            phase = self.evaluate_clients(0, list(self.clients.values()), transport)
+            if self.evaluate_mode == "clients":
+                metrics = self.last_metrics = dict(phase.metrics)
+            else:
+                metrics = {**metrics, **{f"{CLIENTS_PREFIX}{k}": v for k, v in phase.metrics.items()}}
+        return RoundResult(
+            server_round=0, metrics=metrics, clients=[], scoring=[], selected=sorted(self.clients) if phase else [],
+            failures=phase.failures if phase else [], rejected=[], violations=phase.violations if phase else [], skipped=None,
+            seconds=time.perf_counter() - start, client_evaluations=phase.records if phase else None,
+        )
 
     # -- planning ------------------------------------------------------------------------------------
     def plan_round(self, server_round: int, transport: Transport) -> RoundPlan:
@@ -285,23 +421,26 @@ class Server:
         skipped, module_updates = None, None
         if updates and len(updates) < self.min_replies:
             skipped = f"{len(updates)} valid update(s), fewer than federation.min_replies={self.min_replies}"
-            metrics = self._round_metrics(server_round, changed=False)
+            metrics, evaluation = self._evaluate(server_round, False, plan.selected, transport)
         elif updates:
             before = self.global_tensors
             self._apply(self.strategy.aggregate_train(server_round, self.global_tensors, updates))
             module_updates = self._module_updates(before, records)
-            metrics = self._round_metrics(server_round, changed=True)
+            metrics, evaluation = self._evaluate(server_round, True, plan.selected, transport)
         else:
             skipped = "no client was sampled" if not plan.selected else (
                 "no sampled client was assigned work" if not tasks else "no valid update arrived"
             )
-            metrics = self._round_metrics(server_round, changed=False)
+            metrics, evaluation = self._evaluate(server_round, False, plan.selected, transport)
         violations = [
             {"round": server_round, "phase": phase, "cid": r["cid"], "modules": r["modules"], "peak_bytes": r["peak_bytes"], "budget_bytes": r["budget_bytes"]}
             for phase, group in (("scoring", plan.scoring), ("training", records))
             for r in group
             if self._over_budget(r)
         ]
+        if evaluation is not None:
+            failures += evaluation.failures
+            violations += evaluation.violations
         return RoundResult(
             server_round=server_round,
             metrics=metrics,
@@ -315,6 +454,7 @@ class Server:
             seconds=time.perf_counter() - start,
             proxy=plan.proxy,
             module_updates=module_updates,
+            client_evaluations=None if evaluation is None else evaluation.records,
         )
 
     def _module_updates(self, before: TensorDict, records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:

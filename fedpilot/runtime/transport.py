@@ -8,16 +8,19 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from fedpilot.runtime.messages import Failure, ScoreTask, TrainTask
+from fedpilot.runtime.messages import ClientEvaluation, EvaluateTask, Failure, ScoreTask, TrainTask
 from fedpilot.strategies.base import ClientScores, ClientUpdate
 
 
 class Transport(Protocol):
-    """Runs tasks on clients and returns, per task, a reply or a failure (a client that did not answer)."""
+    """Runs tasks on clients and returns, per task, a reply or a failure (a client that did not answer):
+    training, scoring, and evaluation of the global adapter on the clients' held-out rows."""
 
     def train(self, server_round: int, tasks: Sequence[TrainTask]) -> list[ClientUpdate | Failure]: ...
 
     def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ClientScores | Failure]: ...
+
+    def evaluate(self, server_round: int, tasks: Sequence[EvaluateTask]) -> list[ClientEvaluation | Failure]: ...
 
 
 class InProcessTransport:
@@ -52,4 +55,15 @@ class InProcessTransport:
                 continue
             scores, metrics = client.score(task.modules, task.tensors, task.instructions)
             replies.append(ClientScores(task.cid, scores, metrics))
+        return replies
+
+    def evaluate(self, server_round: int, tasks: Sequence[EvaluateTask]) -> list[ClientEvaluation | Failure]:
+        replies: list[ClientEvaluation | Failure] = []
+        for task in tasks:
+            client = self.clients.get(task.cid)
+            if client is None:
+                replies.append(Failure(task.cid, "no such client"))
+                continue
+            counts, metrics = client.evaluate(task.tensors, task.instructions)
+            replies.append(ClientEvaluation(task.cid, counts, metrics))
         return replies

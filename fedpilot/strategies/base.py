@@ -88,12 +88,15 @@ class ClientInfo:
 
     ``cost_model``: the memory cost model the client calibrated on its own device (a Flower node
     reports it); None: the federation's shared one plans it (the simulator, one machine).
+    ``num_test_samples``: the rows it holds out to evaluate the global adapter on (``data.client_test_fraction``;
+    0: none); ``num_samples`` counts the rows it trains on only.
     """
 
     cid: int
     num_samples: int
     budget_bytes: int | None = None
     cost_model: CostModel | None = None
+    num_test_samples: int = 0
 
 
 @dataclass(frozen=True)
