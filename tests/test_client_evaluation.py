@@ -147,6 +147,10 @@ def test_evaluate_settings_are_checked_with_one_line() -> None:
         parse_config({"data": {"client_test_fraction": 1.0}})
     with pytest.raises(ConfigError, match="train.evaluate"):
         parse_config({"train": {"evaluate": "nobody"}})
+    instruction = {"task": "instruction", "model": {"name": "smollm2-135m-instruct"}, "data": {"dataset": "bbc-headlines", "client_test_fraction": 0.2}}
+    assert parse_config(instruction).train.evaluate == "server"
+    with pytest.raises(ConfigError, match="train.evaluate: clients pools classification counts; task: instruction is evaluated by the server only"):
+        parse_config({**instruction, "train": {"evaluate": "clients"}})
 
 
 def test_the_cli_refuses_evaluate_clients_without_held_out_rows_and_a_fraction_no_shard_can_take(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from torch import Tensor
 from fedpilot.core.keys import HEAD, module_of
 from fedpilot.core.tensors import TensorDict, tensor_bytes
 from fedpilot.data.split import TensorSplit
-from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.client_evaluation import EvalCounts
 from fedpilot.runtime.evaluation import count_split
+from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.measure import PeakMeter, optimizer_tensors, release_gradients
 from fedpilot.runtime.messages import EvaluateInstructions, ScoreInstructions, TrainInstructions
 from fedpilot.runtime.training import batch_indices, batch_loss, label_offset, make_optimizer, training_step
