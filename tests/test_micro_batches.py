@@ -156,3 +156,15 @@ def test_micro_batches_are_refused_where_they_would_be_ignored(strategy, options
 
     with pytest.raises(ConfigError, match=message):
         parse_config({"strategy": strategy, "strategy_options": options})
+
+
+def test_plan_prices_each_client_at_its_micro_batch(tmp_path, capsys):
+    from conftest import FAST
+
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump({**FAST, "strategy": "fedpilot", "strategy_options": {"micro_batching": "planned"}}))
+    assert main(["plan", "--config", str(tmp_path / "micro.yaml"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    micro = [c for c in plan["clients"] if c["micro_batch"]]
+    assert micro and all(c["predicted_bytes"] <= c["budget_bytes"] for c in plan["clients"])
+    assert main(["plan", "--config", str(tmp_path / "micro.yaml")]) == 0
+    assert "\nmicro " in capsys.readouterr().out

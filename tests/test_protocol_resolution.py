@@ -277,7 +277,9 @@ def test_each_screen_variant_is_the_screen_with_only_its_knobs_changed() -> None
     ckpt = {"strategy_options": {"checkpointing": "planned"}}
     micro = {"strategy_options": {"micro_batching": "planned"}}
     knobs = {"rt-screen-slr05": {("federation", "server_lr"): 0.5}, "rt-screen-ckpt": ckpt, "rt-screen-low": low, "rt-screen-low-ckpt": {**low, **ckpt},
-             "rt-screen-low-mb": {**low, **micro}}
+             "rt-screen-low-mb": {**low, **micro},
+             "rt-screen-floor": {("federation", "budgets"): {"tiers": [{"fraction": f, "memory": m} for f, m in
+                                                                      ((0.34, "95MiB"), (0.33, "100MiB"), (0.33, "295MiB"))]}, **micro}}
     for path in sorted((ROOT / "benchmarks" / "configs" / "screens").glob("*.yaml")):
         variant = load_config(path).model_dump(mode="json")
         changed = {(section, key): value for section, fields in variant.items() if isinstance(fields, dict) and section != "strategy_options"

@@ -36,9 +36,11 @@ def make_plan(config: Config, progress: bool = True) -> dict[str, Any]:
                 "modules": list(plan.assignments[info.cid].modules) if info.cid in plan.assignments else [],
                 "ranks": dict(plan.assignments[info.cid].ranks) if info.cid in plan.assignments else {},
                 "checkpointing": info.cid in plan.assignments and plan.assignments[info.cid].checkpointing,
+                "micro_batch": plan.assignments[info.cid].micro_batch if info.cid in plan.assignments else 0,
                 "predicted_bytes": (
-                    cost_model.cost(plan.assignments[info.cid].modules, plan.assignments[info.cid].ranks,
-                                    checkpointing=plan.assignments[info.cid].checkpointing)
+                    _priced(cost_model, plan.assignments[info.cid]).cost(
+                        plan.assignments[info.cid].modules, plan.assignments[info.cid].ranks,
+                        checkpointing=plan.assignments[info.cid].checkpointing)
                     if info.cid in plan.assignments else None
                 ),
                 "value": server.strategy.allocation_value(info.cid),
@@ -46,6 +48,11 @@ def make_plan(config: Config, progress: bool = True) -> dict[str, Any]:
             for info in plan.selected
         ],
     }
+
+
+def _priced(cost_model: Any, assignment: Any) -> Any:
+    """The cost model an assignment runs under: scaled to its micro-batch where it has one."""
+    return cost_model.at_batch(assignment.micro_batch) if assignment.micro_batch else cost_model
 
 
 def render_plan(plan: dict[str, Any]) -> str:
@@ -82,9 +89,12 @@ def render_plan(plan: dict[str, Any]) -> str:
     checkpointed = any(c.get("checkpointing") for c in clients)
     if checkpointed:
         lines.append(row("ckpt", ["yes" if c.get("checkpointing") else "no" for c in clients]))
+    micro = any(c.get("micro_batch") for c in clients)
+    if micro:
+        lines.append(row("micro", [str(c["micro_batch"]) if c.get("micro_batch") else "-" for c in clients]))
     lines.append("(MiB; 'needs' is the predicted peak of a training step" + (
         ", checkpointed where ckpt says yes (activations recomputed in backward)" if checkpointed else ""
-    ) + "; value is the allocation's IG-score sum)")
+    ) + (", in micro-batches of the rows micro says ('-': the whole batch)" if micro else "") + "; value is the allocation's IG-score sum)")
     return "\n".join(lines)
 
 
