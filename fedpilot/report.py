@@ -99,7 +99,8 @@ class RunRecorder:
         self.results["wall_seconds"] = wall_seconds
         self.save()
         if self.rounds:
-            plot_accuracy(self.rounds, self.out_dir / "accuracy.png", self.results.get("title", ""))
+            plot_accuracy(self.rounds, self.out_dir / "accuracy.png", self.results.get("title", ""),
+                          split=self.results.get("evaluated_on", "test"), by_clients=self.results.get("evaluated_by") == "clients")
 
     def save(self) -> None:
         write_json(self.out_dir / "results.json", self.results)
@@ -114,7 +115,7 @@ class RunRecorder:
                 writer.writerow({k: (len(row["clients"]) if k == "clients" else row.get(k)) for k in columns})
 
 
-def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str, split: str = "test", by_clients: bool = False) -> None:
     """Test accuracy and macro-F1 (left) and test loss (right) against the round; for instruction tuning
     ROUGE-L and exact match (left) and perplexity (right)."""
     import matplotlib
@@ -125,17 +126,18 @@ def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     key = next((primary_metric(r) for r in rounds if primary_metric(r) is not None), "accuracy")
     (first, first_label), (second, second_label), (right_key, right_label) = METRIC_LABELS[key]
     if key == "accuracy":
-        right_key, right_label = "loss", "test cross-entropy"
+        right_key, right_label = "loss", "cross-entropy"
     rounds = [r for r in rounds if r.get(key) is not None]  # evaluated rounds only (train.eval_every)
     x = [r["round"] for r in rounds]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(x, [r[first] for r in rounds], marker="o", label=first_label)
     left.plot(x, [r[second] for r in rounds], marker="s", linestyle="--", label=second_label)
-    left.set(xlabel="round", ylabel="test score", ylim=(0, 1.02), title="Global model on the test split")
+    where = "the clients' held-out rows" if by_clients else f"the {split} split"
+    left.set(xlabel="round", ylabel=f"{'held-out' if by_clients else split} score", ylim=(0, 1.02), title=f"Global model on {where}")
     left.grid(alpha=0.3)
     left.legend(loc="lower right")
     right.plot(x, [r[right_key] for r in rounds], marker="o", color="tab:red")
-    right.set(xlabel="round", ylabel=right_label, title="Test loss" if key == "accuracy" else "Test perplexity")
+    right.set(xlabel="round", ylabel=right_label, title=("Loss" if key == "accuracy" else "Perplexity") + f" on {where}")
     right.grid(alpha=0.3)
     for axis in (left, right):
         axis.set_xticks(x)
