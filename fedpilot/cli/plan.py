@@ -37,22 +37,12 @@ def make_plan(config: Config, progress: bool = True) -> dict[str, Any]:
                 "ranks": dict(plan.assignments[info.cid].ranks) if info.cid in plan.assignments else {},
                 "checkpointing": info.cid in plan.assignments and plan.assignments[info.cid].checkpointing,
                 "micro_batch": plan.assignments[info.cid].micro_batch if info.cid in plan.assignments else 0,
-                "predicted_bytes": (
-                    _priced(cost_model, plan.assignments[info.cid]).cost(
-                        plan.assignments[info.cid].modules, plan.assignments[info.cid].ranks,
-                        checkpointing=plan.assignments[info.cid].checkpointing)
-                    if info.cid in plan.assignments else None
-                ),
+                "predicted_bytes": plan.assignments[info.cid].predicted_bytes(cost_model) if info.cid in plan.assignments else None,
                 "value": server.strategy.allocation_value(info.cid),
             }
             for info in plan.selected
         ],
     }
-
-
-def _priced(cost_model: Any, assignment: Any) -> Any:
-    """The cost model an assignment runs under: scaled to its micro-batch where it has one."""
-    return cost_model.at_batch(assignment.micro_batch) if assignment.micro_batch else cost_model
 
 
 def render_plan(plan: dict[str, Any]) -> str:

@@ -130,9 +130,9 @@ class FamilyRuntime(ABC):
         classification family encodes its texts for its label names (``max_response_length`` is for instruction data)."""
         return self.encode_task(tokenizer, corpus.texts, corpus.label_names, max_length)
 
-    def normaliser(self, features: Mapping[str, torch.Tensor]) -> float:
-        """What the ``mean`` loss of a batch divides its ``sum`` by (its rows; a token-mean loss: its tokens)."""
-        return float(len(next(iter(features.values()))))
+    def normaliser(self, split: Any, rows: torch.Tensor) -> float:
+        """What the ``mean`` loss of ``rows`` of ``split`` divides its ``sum`` by (its rows; a token-mean loss: its tokens)."""
+        return float(len(rows))
 
     def evaluate(self, model: Any, split: Any, batch_size: int) -> dict[str, float]:
         """Mean loss and the family's metrics of ``model`` (a LoraModel, its adapter loaded and folded) on ``split``."""

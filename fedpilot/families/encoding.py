@@ -60,8 +60,8 @@ def encode_corpus(
     if dataset not in DATASETS:  # own files: the labels and the class list are part of what is cached
         name = f"file-{_short(dataset)}"
         digest = hashlib.sha256(f"{digest}\x00{corpus.labels}\x00{corpus.label_names}".encode()).hexdigest()[:16]
+    response_length = data.max_response_length if data is not None else DataSettings.model_fields["max_response_length"].default
     if corpus.responses is not None:  # instruction data: the responses and their token budget too
-        response_length = data.max_response_length if data is not None else DataSettings.model_fields["max_response_length"].default
         digest = hashlib.sha256(f"{digest}\x00{chr(0).join(corpus.responses)}\x00{response_length}".encode()).hexdigest()[:16]
         name = f"{name}-instruction"
     path = cache_dir() / f"tokens-v{ENCODING_VERSION}-{name}-{model_key(spec)}-{max_length}-{digest}.pt"
@@ -69,7 +69,6 @@ def encode_corpus(
         cached = torch.load(path)
         return TensorSplit(cached["features"], cached["labels"]), corpus.label_names
     runtime = spec.family.load_runtime(task)
-    response_length = data.max_response_length if data is not None else DataSettings.model_fields["max_response_length"].default
     try:
         features = runtime.encode_corpus(runtime.load_tokenizer(spec), corpus, max_length, response_length)
     except ValueError as err:  # the task cannot be posed to this model (label answers, prompt length): a data setting

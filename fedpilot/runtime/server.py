@@ -472,8 +472,7 @@ class Server:
             "modules": list(assignment.modules),
             "download_bytes": tensor_bytes(task.tensors),
             "budget_bytes": self.clients[task.cid].budget_bytes,
-            "predicted_bytes": (cost_model.at_batch(assignment.micro_batch) if assignment.micro_batch else cost_model).cost(
-                assignment.modules, assignment.ranks, assignment.checkpointing),
+            "predicted_bytes": assignment.predicted_bytes(cost_model),
             **planned_with(self.clients[task.cid], cost_model),
             **reply.metrics,
         }

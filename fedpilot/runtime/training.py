@@ -67,8 +67,7 @@ def training_step(
         loss.backward()
         optimizer.step()
         return loss.item()
-    features, _ = data.batch(rows, torch.device("cpu"))
-    total = float(model.runtime.normaliser(features))
+    total = model.runtime.normaliser(data, rows)  # the batch's, read from its own rows (no copy of its features)
     loss_sum = 0.0
     for start in range(0, len(rows), micro_batch):
         part = batch_loss(model, data, rows[start:start + micro_batch], reduction="sum", offset=offset) / total

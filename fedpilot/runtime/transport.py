@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -47,23 +47,15 @@ class InProcessTransport:
         return replies
 
     def score(self, server_round: int, tasks: Sequence[ScoreTask]) -> list[ClientScores | Failure]:
-        replies: list[ClientScores | Failure] = []
-        for task in tasks:
-            client = self.clients.get(task.cid)
-            if client is None:
-                replies.append(Failure(task.cid, "no such client"))
-                continue
-            scores, metrics = client.score(task.modules, task.tensors, task.instructions)
-            replies.append(ClientScores(task.cid, scores, metrics))
-        return replies
+        return self._each(tasks, lambda client, t: ClientScores(t.cid, *client.score(t.modules, t.tensors, t.instructions)))
 
     def evaluate(self, server_round: int, tasks: Sequence[EvaluateTask]) -> list[ClientEvaluation | Failure]:
-        replies: list[ClientEvaluation | Failure] = []
+        return self._each(tasks, lambda client, t: ClientEvaluation(t.cid, *client.evaluate(t.tensors, t.instructions)))
+
+    def _each(self, tasks: Sequence[Any], reply: Callable[[Any, Any], Any]) -> list[Any]:
+        """``reply(client, task)`` for each task in order; a task for a client this process does not hold is a Failure."""
+        replies = []
         for task in tasks:
             client = self.clients.get(task.cid)
-            if client is None:
-                replies.append(Failure(task.cid, "no such client"))
-                continue
-            counts, metrics = client.evaluate(task.tensors, task.instructions)
-            replies.append(ClientEvaluation(task.cid, counts, metrics))
+            replies.append(Failure(task.cid, "no such client") if client is None else reply(client, task))
         return replies

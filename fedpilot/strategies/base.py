@@ -131,6 +131,12 @@ class Assignment:
         if self.micro_batch < 0:
             raise ValueError(f"assignment micro_batch must be >= 0 (0: the whole batch), got {self.micro_batch}")
 
+    def predicted_bytes(self, cost_model: CostModel) -> int:
+        """What ``cost_model`` predicts this assignment's step peaks at: its modules at their ranks, checkpointed or
+        in micro-batches as it says (:meth:`CostModel.at_batch`)."""
+        priced = cost_model.at_batch(self.micro_batch) if self.micro_batch else cost_model
+        return priced.cost(self.modules, self.ranks, self.checkpointing)
+
 
 @dataclass(frozen=True)
 class ClientUpdate:

@@ -146,7 +146,7 @@ def analytic_cost_model(spec: Any, settings: Any, num_labels: int, batch: int, s
     stages = spec.family.stages
     if stages.get("value", 0) > stages.get("query", 0):
         after["value"] = after["attn_out"] + FLOAT * batch * heads * seq * seq
-    stored = {t: after[t] + (sum(masks[u] for u in lora.targets if stages.get(u, 0) >= stages.get(t, 0)) if after[t] != per_layer else 0)
+    stored = {t: after[t] + (sum(masks[u] for u in lora.targets if stages.get(u, 0) >= stages.get(t, 0)) if stages.get(t, 0) else 0)
               for t in lora.targets}
     return analytic_layers(fixed, per_layer, layers, shapes, lora.targets, lora.rank, tokens, optimizer, settings_record, layer_input,
                            stages=stages, stored=stored, floor=floor)

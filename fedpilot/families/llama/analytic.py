@@ -110,7 +110,7 @@ def analytic_cost_model(
     # (each module's own input is its module term); LoRA dropout masks of the targets from that stage on
     masks = {t: (tokens * shapes[t][0] if lora.dropout > 0 else 0) for t in shapes}
     after = {0: per_layer, 1: FLOAT * tokens * hidden + elem * tokens * 3 * ffn, 2: elem * tokens * 3 * ffn, 3: 0}
-    stage_of = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 2, "up_proj": 2, "down_proj": 3}
+    stage_of = spec.family.stages  # q/k/v 0, o_proj 1, gate/up 2, down_proj 3
     stored = {t: after[stage_of[t]] + (sum(masks[u] for u in lora.targets if stage_of[u] >= stage_of[t]) if stage_of[t] else 0)
               for t in lora.targets}
     settings_record = {"model": settings.name, "batch_size": batch, "seq_len": seq, "optimizer": optimizer,

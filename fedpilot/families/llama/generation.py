@@ -145,8 +145,8 @@ class LlamaGeneration(LlamaInstruct):
             return nll.sum()
         return nll / count.clamp(min=1)
 
-    def normaliser(self, features: Mapping[str, torch.Tensor]) -> float:
-        return float((features["targets"] != IGNORE).sum().clamp(min=1))
+    def normaliser(self, split: Any, rows: torch.Tensor) -> float:
+        return float((split.features["targets"][rows] != IGNORE).sum().clamp(min=1))
 
     def predict(self, output: torch.Tensor) -> torch.Tensor:
         return output
