@@ -259,10 +259,25 @@ class TrainSettings(StrictModel):
         "evaluation is skipped) or both (the server's metrics as with server, the clients' under clients_ keys); "
         "classification only"
     )
+    micro_batch: int = Field(
+        0, ge=0, description="every client runs each batch as micro-batches of this many rows and accumulates their "
+        "gradients into the same optimiser step (the same update, less memory, a slower step), and every memory-aware "
+        "strategy plans with the cost model of that micro-batch: gradient accumulation as any method can use it, for "
+        "comparing baselines on the same lever fedpilot's micro_batching: planned chooses per client; 0: the whole batch"
+    )
     client_eval_batch_size: int | None = Field(
         None, ge=1, description="batch size of a client's evaluation (train.evaluate: clients or both); its memory is "
         "priced by the cost model's inference term; null: train.batch_size, the batch the cost model is calibrated at"
     )
+
+    @model_validator(mode="after")
+    def _micro_batch_within_the_batch(self) -> TrainSettings:
+        if self.micro_batch >= self.batch_size:
+            raise ValueError(
+                f"train.micro_batch ({self.micro_batch}) must be below train.batch_size ({self.batch_size}): a micro-batch "
+                "splits the batch; use 1 to train.batch_size - 1, or 0 for the whole batch"
+            )
+        return self
 
     def client_batch_size(self) -> int:
         """The batch size of a client's evaluation: ``client_eval_batch_size``, or ``batch_size`` when null."""
@@ -331,6 +346,17 @@ class Config(StrictModel):
                 "train.evaluate_on: validation needs a validation split; set data.validation_fraction (e.g. 0.1) "
                 "or use evaluate_on: test"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_micro_batch_rule(self) -> Config:
+        if self.train.micro_batch and getattr(self.strategy_settings(), "micro_batching", "off") != "off":
+            raise ValueError(
+                "train.micro_batch fixes every client's micro-batch, strategy_options.micro_batching: planned chooses one "
+                "per client; set one of them (train.micro_batch: 0, or micro_batching: off)"
+            )
+        if self.train.micro_batch and self.task != "classification":
+            raise ValueError(f"train.micro_batch accumulates classification batches; task: {self.task} needs train.micro_batch: 0")
         return self
 
     @model_validator(mode="after")

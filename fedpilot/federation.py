@@ -133,6 +133,7 @@ def make_server(config: Config, model: LoraModel, data: SplitData, infos: list[C
         clients_per_round=config.federation.clients_per_round,
         seed=config.seed,
         scaling=config.model.lora.alpha / config.model.lora.rank,
+        micro_batch=config.train.micro_batch,
     )
     strategy = STRATEGIES.get_or_fail(config.strategy)(context, config.strategy_settings())
     evaluator = None if config.train.evaluate == "clients" else Evaluator(

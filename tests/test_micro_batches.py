@@ -168,3 +168,36 @@ def test_plan_prices_each_client_at_its_micro_batch(tmp_path, capsys):
     assert micro and all(c["predicted_bytes"] <= c["budget_bytes"] for c in plan["clients"])
     assert main(["plan", "--config", str(tmp_path / "micro.yaml")]) == 0
     assert "\nmicro " in capsys.readouterr().out
+
+
+def test_a_fixed_micro_batch_lets_a_baseline_train_more_within_the_budgets(tmp_path):
+    """train.micro_batch: every client accumulates micro-batches of that size, and a memory-aware baseline (here
+    fedra) plans with the cost model at that micro-batch: more modules, every measured peak within its budget."""
+    from conftest import FAST
+
+    outcomes = {}
+    for name, micro in (("plain", 0), ("micro", 2)):
+        config = {**FAST, "strategy": "fedra", "train": {**FAST["train"], "micro_batch": micro}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        assert main(["run", "--config", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name), "--quiet"]) == 0
+        outcomes[name] = json.loads((tmp_path / name / "results.json").read_text())
+    records = {name: [c for r in res["rounds"] for c in r["clients"]] for name, res in outcomes.items()}
+    for name, results in outcomes.items():
+        assert results["budget_violations"] == []
+        assert all(c["peak_bytes"] <= c["budget_bytes"] for c in records[name])
+    assert all(c.get("micro_batch", 0) == 0 for c in records["plain"])
+    assert all(c["micro_batch"] == 2 for c in records["micro"])
+    trained = {name: sum(len(c["modules"]) for c in recs) for name, recs in records.items()}
+    assert trained["micro"] > trained["plain"], trained
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"train": {"micro_batch": 16, "batch_size": 16}}, "must be below train.batch_size"),
+    ({"train": {"micro_batch": 2}, "strategy": "fedpilot", "strategy_options": {"micro_batching": "planned"}}, "set one of them"),
+])
+def test_a_fixed_micro_batch_is_refused_where_it_cannot_hold(settings, message):
+    from fedpilot.config import parse_config
+    from fedpilot.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(settings)

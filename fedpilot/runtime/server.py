@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -325,6 +325,8 @@ class Server:
         stray = sorted(set(assignments) - chosen)
         if stray:
             raise ValueError(f"{type(self.strategy).__name__}.configure_train assigned clients it did not sample: {stray}")
+        if self.context.micro_batch:  # train.micro_batch: what the strategy planned with, and what the client runs
+            assignments = {cid: a if a.micro_batch else replace(a, micro_batch=self.context.micro_batch) for cid, a in assignments.items()}
         for cid, assignment in assignments.items():
             unknown_modules = set(assignment.modules) - set(self.context.modules)
             if unknown_modules:

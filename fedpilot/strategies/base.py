@@ -173,6 +173,7 @@ class FederationContext:
     clients_per_round: int | None = None
     seed: int = 0
     scaling: float = 1.0  # LoRA's alpha / rank: a module's update is scaling * B @ A
+    micro_batch: int = 0  # train.micro_batch: every client's step runs in micro-batches of this many rows (0: whole batch)
 
     @property
     def head_keys(self) -> list[str]:
@@ -181,9 +182,12 @@ class FederationContext:
     def cost_model_for(self, client: ClientInfo) -> CostModel:
         """The cost model that plans and checks ``client``: its own (calibrated on its device), else the federation's.
 
-        Every memory-aware strategy prices a client's work with this, never with ``cost_model`` directly.
+        Every memory-aware strategy prices a client's work with this, never with ``cost_model`` directly. With
+        ``micro_batch`` set (train.micro_batch) it is that model at the micro-batch (:meth:`CostModel.at_batch`),
+        since every client's step then runs so.
         """
-        return client.cost_model if client.cost_model is not None else self.cost_model
+        model = client.cost_model if client.cost_model is not None else self.cost_model
+        return model.at_batch(self.micro_batch) if self.micro_batch else model
 
     def usable(self, budget: int) -> int:
         """The part of ``budget`` planners may fill (the margin absorbs the cost model's error)."""
