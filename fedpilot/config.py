@@ -262,8 +262,9 @@ class TrainSettings(StrictModel):
     micro_batch: int = Field(
         0, ge=0, description="every client runs each batch as micro-batches of this many rows and accumulates their "
         "gradients into the same optimiser step (the same update, less memory, a slower step), and every memory-aware "
-        "strategy plans with the cost model of that micro-batch: gradient accumulation as any method can use it, for "
-        "comparing baselines on the same lever fedpilot's micro_batching: planned chooses per client; 0: the whole batch"
+        "strategy plans with the cost model of that micro-batch: gradient accumulation as any method can use it; a "
+        "strategy that plans micro-batches itself (fedpilot's micro_batching: planned) chooses one per client between "
+        "the whole batch and this; 0: the whole batch (and planned micro-batches go down to one row)"
     )
     client_eval_batch_size: int | None = Field(
         None, ge=1, description="batch size of a client's evaluation (train.evaluate: clients or both); its memory is "
@@ -349,12 +350,7 @@ class Config(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _one_micro_batch_rule(self) -> Config:
-        if self.train.micro_batch and getattr(self.strategy_settings(), "micro_batching", "off") != "off":
-            raise ValueError(
-                "train.micro_batch fixes every client's micro-batch, strategy_options.micro_batching: planned chooses one "
-                "per client; set one of them (train.micro_batch: 0, or micro_batching: off)"
-            )
+    def _micro_batches_classify(self) -> Config:
         if self.train.micro_batch and self.task != "classification":
             raise ValueError(f"train.micro_batch accumulates classification batches; task: {self.task} needs train.micro_batch: 0")
         return self

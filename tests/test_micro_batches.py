@@ -193,7 +193,8 @@ def test_a_fixed_micro_batch_lets_a_baseline_train_more_within_the_budgets(tmp_p
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"train": {"micro_batch": 16, "batch_size": 16}}, "must be below train.batch_size"),
-    ({"train": {"micro_batch": 2}, "strategy": "fedpilot", "strategy_options": {"micro_batching": "planned"}}, "set one of them"),
+    ({"train": {"micro_batch": 2}, "task": "instruction", "model": {"name": "smollm2-135m-instruct"}, "data": {"dataset": "bbc-headlines"}},
+     "accumulates classification batches"),
 ])
 def test_a_fixed_micro_batch_is_refused_where_it_cannot_hold(settings, message):
     from fedpilot.config import parse_config
@@ -201,3 +202,29 @@ def test_a_fixed_micro_batch_is_refused_where_it_cannot_hold(settings, message):
 
     with pytest.raises(ConfigError, match=message):
         parse_config(settings)
+
+
+@pytest.mark.parametrize(("batch", "smallest", "sizes"), [(16, 1, [16, 8, 4, 2, 1]), (16, 4, [16, 8, 4]), (16, 3, [16, 8, 4, 3]), (5, 1, [5, 2, 1]), (16, 16, [16])])
+def test_the_planner_tries_halvings_down_to_the_smallest_micro_batch(batch, smallest, sizes):
+    from fedpilot.planning.checkpointing import micro_batch_sizes
+
+    assert micro_batch_sizes(batch, smallest) == sizes
+
+
+def test_planned_micro_batches_stay_at_or_above_the_runs_micro_batch(tmp_path, capsys):
+    """With train.micro_batch set, fedpilot's planned micro-batches choose between the whole batch and it: never
+    smaller, and a client that keeps the whole batch says so with the batch's rows (not 0, the run's micro-batch)."""
+    from conftest import FAST
+
+    plans = {}
+    for name, micro in (("free", 0), ("floored", 4)):
+        config = {**FAST, "strategy": "fedpilot", "strategy_options": {"micro_batching": "planned"}, "train": {**FAST["train"], "micro_batch": micro}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        assert main(["plan", "--config", str(tmp_path / f"{name}.yaml"), "--json"]) == 0
+        plans[name] = {c["cid"]: c for c in json.loads(capsys.readouterr().out)["clients"]}
+    batch = FAST["train"]["batch_size"]
+    assert any(0 < c["micro_batch"] < 4 for c in plans["free"].values())  # the budgets push some client below 4 rows
+    for cid, client in plans["floored"].items():
+        assert 4 <= client["micro_batch"] <= batch and client["predicted_bytes"] <= client["budget_bytes"]
+        if plans["free"][cid]["micro_batch"] in (0, batch):
+            assert client["micro_batch"] == batch and client["modules"] == plans["free"][cid]["modules"]

@@ -35,17 +35,23 @@ def solve_planned(problem: Problem, time_limit_s: float | None = None) -> Alloca
     return replace(best, optimal=optimal, solve_ms=solve_ms)
 
 
-def micro_batch_sizes(batch_rows: int) -> list[int]:
-    """The micro-batches a planner tries for a batch of ``batch_rows``: the batch, then halvings down to one row."""
+def micro_batch_sizes(batch_rows: int, smallest: int = 1) -> list[int]:
+    """The micro-batches a planner tries for a batch of ``batch_rows``: the batch, then its halvings down to
+    ``smallest`` rows (``smallest`` itself last when no halving lands on it)."""
+    if not 1 <= smallest <= batch_rows:
+        raise ValueError(f"smallest micro-batch {smallest}: give 1 to the batch of {batch_rows}")
     sizes = [batch_rows]
-    while sizes[-1] > 1:
+    while sizes[-1] // 2 >= smallest:
         sizes.append(sizes[-1] // 2)
+    if sizes[-1] != smallest:
+        sizes.append(smallest)
     return sizes
 
 
-def solve_micro_batched(problem: Problem, time_limit_s: float | None = None) -> Allocation | None:
+def solve_micro_batched(problem: Problem, time_limit_s: float | None = None, smallest: int = 1) -> Allocation | None:
     """The most valuable allocation over module sets x micro-batch sizes (:func:`micro_batch_sizes` of the cost
-    model's calibrated batch; :meth:`CostModel.at_batch` prices each); None when nothing fits at any size.
+    model's calibrated batch, down to ``smallest`` rows; :meth:`CostModel.at_batch` prices each); None when
+    nothing fits at any size.
 
     A smaller micro-batch stores less and runs slower (the same optimiser step: the gradients of its micro-batches
     accumulate), so it is chosen only when it buys strictly more value: ties keep the larger (``micro_batch`` 0
@@ -56,7 +62,7 @@ def solve_micro_batched(problem: Problem, time_limit_s: float | None = None) -> 
         cost_model.at_batch(1)  # the error
     best: Allocation | None = None
     optimal, solve_ms = True, 0.0
-    for rows in micro_batch_sizes(int(cost_model.batch_rows)):  # type: ignore[arg-type]
+    for rows in micro_batch_sizes(int(cost_model.batch_rows), smallest):  # type: ignore[arg-type]
         answer = solve(Problem(problem.budget_bytes, cost_model.at_batch(rows), problem.values), time_limit_s)
         if answer is None:
             continue

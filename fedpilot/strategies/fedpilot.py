@@ -11,8 +11,9 @@ its memory budget, and the server compensates the modules few clients trained.
 - activation checkpointing (``checkpointing: planned``, off by default): each client's set is solved
   with and without it (fedpilot.planning.checkpointing) and runs checkpointed when that is worth more;
 - micro-batches (``micro_batching: planned``, off by default): each client's set is solved at its batch and
-  at halvings of it down to one row (the calibrated cost model scaled, CostModel.at_batch), and the client
-  accumulates the micro-batches' gradients into the same optimiser step where a smaller one is worth more;
+  at halvings of it down to one row, or to train.micro_batch where the run sets one (the calibrated cost model
+  scaled, CostModel.at_batch), and the client accumulates the micro-batches' gradients into the same optimiser
+  step where a smaller one is worth more;
 - stability (``keep_margin`` = mu, off by default): a client keeps its previous module set A' while
   A' still fits and the new optimum A* is not worth more than (1 + mu) * IG(A'), both valued with
   today's scores, so that small moves of the scores do not reshuffle what a client trains;
@@ -145,8 +146,17 @@ class FedPilot(FedAvg):
 
     # -- what allocation plans with (the ablations override these) --------------------------------
     def allocation_cost_model(self, client: ClientInfo) -> CostModel:
-        """The cost model that plans ``client``: its own, else the federation's (:meth:`cost_model_for`)."""
+        """The cost model that plans ``client``: its own, else the federation's (:meth:`cost_model_for`); at the whole
+        batch when this strategy plans micro-batches itself (it scales the model to each size it tries)."""
+        if self.plans_micro_batches:
+            return client.cost_model if client.cost_model is not None else self.context.cost_model
         return self.cost_model_for(client)
+
+    @property
+    def smallest_micro_batch(self) -> int:
+        """The smallest micro-batch the planner may choose: train.micro_batch where set (the run's floor on step
+        time), else one row."""
+        return self.context.micro_batch or 1
 
     def module_values(self, cid: int) -> dict[str, float]:
         modules, opts = self.context.modules, self.options
@@ -195,9 +205,10 @@ class FedPilot(FedAvg):
                         f"strategy_options.micro_batching: client {client.cid}'s cost model ({cost_model.source}) cannot price "
                         "micro-batches (no one-row probe); recalibrate it, or set micro_batching: off"
                     )
-                if fits_something(cost_model.at_batch(1), client.budget_bytes, margin):
+                smallest = cost_model.at_batch(self.smallest_micro_batch)
+                if fits_something(smallest, client.budget_bytes, margin):
                     continue
-                raise nothing_fits(cost_model.at_batch(1), client.cid, client.budget_bytes, margin)
+                raise nothing_fits(smallest, client.cid, client.budget_bytes, margin)
             if self.plans_checkpointing and not cost_model.prices_checkpointing:
                 raise ConfigError(
                     f"strategy_options.checkpointing: client {client.cid}'s cost model ({cost_model.source}) cannot price activation "
@@ -223,8 +234,15 @@ class FedPilot(FedAvg):
             allocation = self.allocate(client) if nested is None else nested[client.cid]
             self.allocations[client.cid] = allocation
             self.trained[client.cid] = tuple(allocation.modules)
-            plan[client.cid] = Assignment(tuple(allocation.modules), checkpointing=allocation.checkpointing, micro_batch=allocation.micro_batch)
+            plan[client.cid] = Assignment(tuple(allocation.modules), checkpointing=allocation.checkpointing, micro_batch=self.micro_batch_of(allocation))
         return plan
+
+    def micro_batch_of(self, allocation: Allocation) -> int:
+        """The assignment's micro-batch: the planned one; where the planner kept the whole batch under a run-wide
+        train.micro_batch, the batch's rows, said explicitly (0 would be read as the run's micro-batch)."""
+        if allocation.micro_batch or not (self.plans_micro_batches and self.context.micro_batch):
+            return allocation.micro_batch
+        return int(self.context.cost_model.batch_rows or 0)
 
     def allocate(self, client: ClientInfo) -> Allocation:
         """The most valuable module set that fits the client's usable budget under the planning cost model."""
@@ -235,7 +253,7 @@ class FedPilot(FedAvg):
         usable = self.context.usable(client.budget_bytes)
         problem = Problem(usable, cost_model, values)
         if self.plans_micro_batches:
-            allocation = solve_micro_batched(problem)
+            allocation = solve_micro_batched(problem, smallest=self.smallest_micro_batch)
         else:
             allocation = solve_planned(problem) if self.plans_checkpointing else solve(problem)
         if allocation is None:  # check_budgets rules this out before the first round
