@@ -350,12 +350,6 @@ class Config(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _micro_batches_classify(self) -> Config:
-        if self.train.micro_batch and self.task != "classification":
-            raise ValueError(f"train.micro_batch accumulates classification batches; task: {self.task} needs train.micro_batch: 0")
-        return self
-
-    @model_validator(mode="after")
     def _clients_can_evaluate(self) -> Config:
         if self.train.evaluate == "server":
             return self

@@ -148,6 +148,34 @@ def test_the_loss_is_the_causal_lm_loss_on_the_response_tokens_only(tiny_instruc
     assert float((rows * counts).sum() / counts.sum()) == pytest.approx(float(ours), rel=1e-5)
 
 
+def test_a_micro_batched_instruction_step_is_the_whole_batch_step(tiny_instruction):
+    """Rows hold different numbers of response tokens: each micro-batch's summed token loss over the batch's token
+    count (FamilyRuntime.normaliser) accumulates to the whole batch's token-mean gradient (SGD shows any misweighting)."""
+    from dataclasses import replace
+
+    from fedpilot.runtime.client import Client
+    from fedpilot.runtime.messages import TrainInstructions
+    from fedpilot.strategies.base import Assignment
+
+    config, data, model = tiny_instruction
+    train = data.train.subset(np.arange(len(data.train)))  # a copy: responses of 1, 2 and 3 tokens
+    for row in range(len(train)):
+        kept = torch.nonzero(train.features["targets"][row] != -100).squeeze(1)
+        train.features["targets"][row, kept[: row % 3]] = -100
+    tokens = (train.features["targets"] != -100).sum(1)
+    assert len(set(tokens.tolist())) == 3  # the weighting matters
+    client = Client(0, model, train)
+    tensors = model.state()
+    sgd = replace(TrainInstructions.from_settings(config.train, seed=1), optimizer="sgd", lr=0.5)
+    modules = tuple(model.modules[-3:])
+    whole, whole_metrics = client.train(Assignment(modules), tensors, sgd)
+    for rows in (3, 1):
+        micro, metrics = client.train(Assignment(modules, micro_batch=rows), tensors, sgd)
+        for key in whole:
+            torch.testing.assert_close(torch.as_tensor(micro[key]), torch.as_tensor(whole[key]), atol=1e-6, rtol=1e-5)
+        assert metrics["train_loss"] == pytest.approx(whole_metrics["train_loss"], rel=1e-5)
+
+
 def test_the_calibrated_model_prices_the_instruction_step_within_5_percent(tiny_instruction):
     from fedpilot.memory.calibrate import calibrate, calibration_settings
     from fedpilot.memory.validate import compare_predictions, random_module_sets
