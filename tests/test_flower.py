@@ -554,12 +554,13 @@ def assert_ends_as_simulated(results: dict, simulated: dict, budgets: list[int])
             # trained exactly what the plan gave it: validation accepted exactly the assigned tensors, and the
             # plan is the simulator's plan for the same budgets
             assert record["modules"] == by_cid[record["cid"]]["modules"]
+            assert record.get("micro_batch", 0) == by_cid[record["cid"]].get("micro_batch", 0)  # and at its micro-batch
             assert record["peak_bytes"] <= record["budget_bytes"], record
             assert record["predicted_bytes"] <= record["budget_bytes"]
             assert (record["cost_model"], record["cost_model_device"]) == ("own", "cpu"), record
             assert by_cid[record["cid"]]["cost_model"] == "federation"  # the simulator shares one
-            planned_sets.add(tuple(record["modules"]))
-    assert len(planned_sets) >= 2, "three budgets should buy different module sets"
+            planned_sets.add((tuple(record["modules"]), record.get("micro_batch", 0)))
+    assert len(planned_sets) >= 2, "three budgets should buy different plans (module sets or micro-batches)"
     assert not results["budget_violations"]
     assert [(r.get("accuracy"), r.get("loss")) for r in results["rounds"]] == [(r.get("accuracy"), r.get("loss")) for r in simulated["rounds"]]
 

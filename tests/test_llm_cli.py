@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -80,17 +81,23 @@ def test_tiny_llama_profile_is_calibrated_and_cached(budgets_config, capsys):
     assert code == 0 and "estimated from the model config" in out and "q_proj" in out
 
 
-def test_tiny_llama_plan_fits_each_budget(budgets_config, capsys):
+def test_tiny_llama_plan_fits_each_budget(budgets_config, capsys, tmp_path):
     path, _ = budgets_config
-    code, out, _ = run_cli(capsys, "plan", "--config", path, "--json", "--device", "cpu")
-    assert code == 0
-    plan = json.loads(out)
-    assert plan["num_layers"] == 2 and plan["targets"] == ["q_proj", "v_proj"]
-    small, big = plan["clients"]
-    assert 0 < len(small["modules"]) < len(big["modules"]) == 4
-    assert all(m.startswith("1.") for m in small["modules"])  # the lower layer's activations do not fit
-    for client in plan["clients"]:
-        assert client["predicted_bytes"] <= 0.99 * client["budget_bytes"]
+    whole_batch = yaml.safe_load(Path(path).read_text()) | {"strategy_options": {"micro_batching": "off"}}
+    for config, micro in ((write_config(tmp_path, whole_batch), False), (path, True)):
+        code, out, _ = run_cli(capsys, "plan", "--config", config, "--json", "--device", "cpu")
+        assert code == 0
+        plan = json.loads(out)
+        assert plan["num_layers"] == 2 and plan["targets"] == ["q_proj", "v_proj"]
+        small, big = plan["clients"]
+        if micro:  # the default plans micro-batches: the small client affords more of the model one micro-batch at a time
+            assert small["micro_batch"] > 0 and len(small["modules"]) > len(plan_off["clients"][0]["modules"]) and len(big["modules"]) == 4
+        else:
+            assert 0 < len(small["modules"]) < len(big["modules"]) == 4 and small["micro_batch"] == 0
+            assert all(m.startswith("1.") for m in small["modules"])  # the lower layer's activations do not fit
+            plan_off = plan
+        for client in plan["clients"]:
+            assert client["predicted_bytes"] <= 0.99 * client["budget_bytes"]
     code, out, _ = run_cli(capsys, "plan", "--config", path)
     assert code == 0 and "q=q_proj" in out
 

@@ -28,6 +28,7 @@ def test_the_offset_is_tau_log_the_smoothed_prior() -> None:
 def test_the_adjusted_loss_is_cross_entropy_of_the_shifted_logits(shared_model: LoraModel, tiny_data: SplitData) -> None:
     rows = torch.arange(8)
     offset = torch.tensor([0.5, -1.0, 0.0, 2.0, -0.3])
+    shared_model.peft.eval()  # dropout off: the three losses below are of one deterministic forward
     with torch.no_grad():
         features, labels = tiny_data.train.batch(rows, shared_model.device)
         logits = shared_model.forward(features).double().numpy() + offset.double().numpy()

@@ -61,14 +61,20 @@ def test_memory_aware_strategies_keep_every_client_within_budget(runs: dict[str,
 
 
 def test_fedpilot_lets_every_client_train_what_fits(runs: dict[str, RunResult], fast_cost_model: CostModel) -> None:
+    """At the whole batch (fedpilot-nomicro) the poorest client affords the top layer only; fedpilot's planned
+    micro-batches buy it more of the model, within the same budget."""
     budgets = tiered_budgets(fast_cost_model)
     top = layers(fast_cost_model) - 1
-    for record in runs["fedpilot"].rounds[1]["clients"]:
-        assert record["predicted_bytes"] <= budgets[record["cid"]]
-    trained = {c["cid"]: set(c["modules"]) for c in runs["fedpilot"].rounds[1]["clients"]}
-    assert set(trained) == {0, 1, 2}
-    assert trained[0] == {f"{top}.query", f"{top}.value"} and len(trained[2]) == len(fast_cost_model.module)
-    assert runs["fedpilot"].rounds[1]["scoring"], "round 1 scores modules before allocating"
+    trained = {}
+    for name in ("fedpilot-nomicro", "fedpilot"):
+        for record in runs[name].rounds[1]["clients"]:
+            assert record["predicted_bytes"] <= budgets[record["cid"]]
+        trained[name] = {c["cid"]: (set(c["modules"]), c.get("micro_batch", 0)) for c in runs[name].rounds[1]["clients"]}
+        assert set(trained[name]) == {0, 1, 2} and len(trained[name][2][0]) == len(fast_cost_model.module)
+        assert runs[name].rounds[1]["scoring"], "round 1 scores modules before allocating"
+    assert trained["fedpilot-nomicro"][0] == ({f"{top}.query", f"{top}.value"}, 0)
+    modules, micro = trained["fedpilot"][0]
+    assert micro > 0 and modules > {f"{top}.query", f"{top}.value"}
 
 
 def test_each_round_records_who_trained_each_module_and_how_far_it_moved(runs: dict[str, RunResult]) -> None:
@@ -101,7 +107,8 @@ def test_plan_shows_each_clients_allocation_before_training(tiny_config: Config,
     from tests.conftest import TINY
 
     budgets = [b >> 20 for b in tiered_budgets(tiny_cost_model)]
-    config = {**TINY, "federation": {**TINY["federation"], "budgets": [f"{b + 1}MiB" for b in budgets]}}
+    config = {**TINY, "federation": {**TINY["federation"], "budgets": [f"{b + 1}MiB" for b in budgets]},
+              "strategy_options": {"micro_batching": "off"}}  # at the whole batch: the budgets are sized for it
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["plan", "--config", str(tmp_path / "c.yaml"), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -131,6 +138,7 @@ INERT_CHANGES = [  # every option a strategy accepts but does not read, set to a
                        "local_term": "per-module", "global_term": "coverage", "local_scope": "client", "score_loss": "trained"}),
     ("fedpilot-nostagg", {"compensation": 0.9, "history_decay": 0.1, "staleness_horizon": 1, "dwa_temperature": 0.1}),
     ("fedpilot-nostagg", {"stagg": "memory", "memory_horizon": 1}),
+    ("fedpilot-nomicro", {"micro_batching": "planned"}),
 ]
 
 
@@ -160,6 +168,7 @@ def inert_runs(fast_config: Config, fast_cost_model: CostModel, tmp_path_factory
     made: dict[tuple[str, str], tuple[list, list]] = {}
 
     def run(name: str, options: dict) -> tuple[list, list]:
+        options = {"micro_batching": "off", **options}  # the budgets decide values at the whole batch
         key = (name, repr(sorted(options.items())))
         if key not in made:
             config = fast_config.model_copy(update={"strategy": name, "federation": federation, "train": train, "strategy_options": options})

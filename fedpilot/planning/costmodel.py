@@ -253,6 +253,7 @@ class CostModel:
             source=f"{self.source}, additive", settings=self.settings, floor=self.floor,  # stage terms dropped too
             activation_checkpointed=tuple(0 for _ in self.activation) if checkpointed else None,
             module_checkpointed=self.module_checkpointed if checkpointed else None,
+            batch_rows=self.batch_rows, fixed_one_row=self.fixed_one_row, module_state=self.module_state,  # still priced at a micro-batch
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -170,6 +170,7 @@ class Client:
                 losses.append(self.peaks.run("train", what, rows, model.device, last, resident))
         trained = model.state(model.keys_for(assignment.modules, assignment.parts))
         model.set_trainable([])
+        model.peft.eval()  # the shared model leaves training as it came: dropout off for whoever uses it next
         metrics: dict[str, float | int] = {
             "train_loss": float(np.mean(losses)),
             "num_samples": self.num_samples,

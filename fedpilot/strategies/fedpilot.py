@@ -10,7 +10,7 @@ its memory budget, and the server compensates the modules few clients trained.
   plans each client with its own (higher-variance under label skew: docs/protocol.md);
 - activation checkpointing (``checkpointing: planned``, off by default): each client's set is solved
   with and without it (fedpilot.planning.checkpointing) and runs checkpointed when that is worth more;
-- micro-batches (``micro_batching: planned``, off by default): each client's set is solved at its batch and
+- micro-batches (``micro_batching: planned``, the default, chosen on validation: docs/protocol.md): each client's set is solved at its batch and
   at halvings of it down to one row, or to train.micro_batch where the run sets one (the calibrated cost model
   scaled, CostModel.at_batch), and the client accumulates the micro-batches' gradients into the same optimiser
   step where a smaller one is worth more;
@@ -89,9 +89,21 @@ class FedPilotOptions(StrictModel):
         "off", description="planned: a client recomputes its frozen blocks' activations (slower, less memory) when that buys more value; off: never"
     )
     micro_batching: Literal["off", "planned"] = Field(
-        "off", description="planned: a client runs its batch as micro-batches (halvings of train.batch_size down to one row) and "
-        "accumulates their gradients, the same step with less memory and more time, when that buys more value; off: never"
+        "planned", description="planned: a client runs its batch as micro-batches (halvings of train.batch_size down to one row, "
+        "or to train.micro_batch) and accumulates their gradients, the same step with less memory and more time, when that "
+        "buys more value; off: never (the default when checkpointing, nesting or keep_margin is set, which plan without it)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_batch_planners(cls, data: Any) -> Any:
+        """Checkpointing, nesting and the stability rule plan at the whole batch: set, they turn the default
+        micro_batching off (set explicitly, micro_batching: planned with them is an error)."""
+        if not isinstance(data, dict) or "micro_batching" in data:
+            return data
+        if data.get("checkpointing", "off") != "off" or data.get("nesting", "off") not in ("off", False) or data.get("keep_margin") is not None:
+            return {**data, "micro_batching": "off"}
+        return data
 
     @field_validator("nesting", mode="before")
     @classmethod
@@ -109,7 +121,8 @@ class FedPilotOptions(StrictModel):
         if self.nesting != "off" and self.checkpointing != "off":
             raise ValueError("nesting: round plans without activation checkpointing; use one of nesting: round and checkpointing: planned")
         if self.micro_batching != "off" and (self.checkpointing != "off" or self.nesting != "off" or self.keep_margin is not None):
-            raise ValueError("micro_batching: planned plans alone; leave checkpointing and nesting off and keep_margin unset with it")
+            raise ValueError("micro_batching: planned plans alone; leave checkpointing and nesting off and keep_margin unset with it "
+                             "(or set micro_batching: off)")
         return self
 
 
@@ -148,9 +161,21 @@ class FedPilot(FedAvg):
     def allocation_cost_model(self, client: ClientInfo) -> CostModel:
         """The cost model that plans ``client``: its own, else the federation's (:meth:`cost_model_for`); at the whole
         batch when this strategy plans micro-batches itself (it scales the model to each size it tries)."""
-        if self.plans_micro_batches:
-            return client.cost_model if client.cost_model is not None else self.context.cost_model
+        if self.micro_batched(client):
+            return self.own_cost_model(client)
         return self.cost_model_for(client)
+
+    def own_cost_model(self, client: ClientInfo) -> CostModel:
+        """The client's cost model at its whole batch: its own, else the federation's."""
+        return client.cost_model if client.cost_model is not None else self.context.cost_model
+
+    def micro_batched(self, client: ClientInfo) -> bool:
+        """Whether ``client`` is planned over micro-batches: micro_batching planned and its cost model prices them. A
+        model that cannot (calibrated before the one-row probe, or built by hand) plans the whole batch under the
+        default, and is an error (check_budgets) where the config asked for micro_batching: planned explicitly."""
+        if not self.plans_micro_batches:
+            return False
+        return self.own_cost_model(client).prices_micro_batches or "micro_batching" in self.options.model_fields_set
 
     @property
     def smallest_micro_batch(self) -> int:
@@ -199,7 +224,7 @@ class FedPilot(FedAvg):
         margin = self.context.memory_margin
         for client in clients:
             cost_model = self.allocation_cost_model(client)
-            if self.plans_micro_batches:
+            if self.micro_batched(client):
                 if not cost_model.prices_micro_batches:
                     raise ConfigError(
                         f"strategy_options.micro_batching: client {client.cid}'s cost model ({cost_model.source}) cannot price "
@@ -234,15 +259,15 @@ class FedPilot(FedAvg):
             allocation = self.allocate(client) if nested is None else nested[client.cid]
             self.allocations[client.cid] = allocation
             self.trained[client.cid] = tuple(allocation.modules)
-            plan[client.cid] = Assignment(tuple(allocation.modules), checkpointing=allocation.checkpointing, micro_batch=self.micro_batch_of(allocation))
+            plan[client.cid] = Assignment(tuple(allocation.modules), checkpointing=allocation.checkpointing, micro_batch=self.micro_batch_of(client, allocation))
         return plan
 
-    def micro_batch_of(self, allocation: Allocation) -> int:
+    def micro_batch_of(self, client: ClientInfo, allocation: Allocation) -> int:
         """The assignment's micro-batch: the planned one; where the planner kept the whole batch under a run-wide
         train.micro_batch, the batch's rows, said explicitly (0 would be read as the run's micro-batch)."""
-        if allocation.micro_batch or not (self.plans_micro_batches and self.context.micro_batch):
+        if allocation.micro_batch or not (self.context.micro_batch and self.micro_batched(client)):
             return allocation.micro_batch
-        return int(self.context.cost_model.batch_rows or 0)
+        return int(self.own_cost_model(client).batch_rows or 0)
 
     def allocate(self, client: ClientInfo) -> Allocation:
         """The most valuable module set that fits the client's usable budget under the planning cost model."""
@@ -252,7 +277,7 @@ class FedPilot(FedAvg):
             return Allocation(modules, cost_model.cost(modules), sum(values.values()), 0.0)
         usable = self.context.usable(client.budget_bytes)
         problem = Problem(usable, cost_model, values)
-        if self.plans_micro_batches:
+        if self.micro_batched(client):
             allocation = solve_micro_batched(problem, smallest=self.smallest_micro_batch)
         else:
             allocation = solve_planned(problem) if self.plans_checkpointing else solve(problem)

@@ -16,4 +16,4 @@ class FedPilotAdditive(FedPilot):
     capabilities = Capabilities(memory_aware=False, per_client_assignment=True, rank_heterogeneous=False)
 
     def allocation_cost_model(self, client: ClientInfo) -> CostModel:
-        return self.cost_model_for(client).without_position()
+        return super().allocation_cost_model(client).without_position()

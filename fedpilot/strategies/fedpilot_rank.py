@@ -19,7 +19,7 @@ components it did not train are left to those that did, with stagg's coverage we
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -37,6 +37,7 @@ from fedpilot.strategies.rank_utils import truncate_adapter
 
 
 class FedPilotRankOptions(FedPilotOptions):
+    micro_batching: Literal["off", "planned"] = Field("off", description="off: the joint rank solver plans the whole batch only")
     rank_options: list[int] | None = Field(
         None, description="the LoRA ranks a module may train at (0: not trained; each <= model.lora.rank); None: 0, the global rank and its halvings down to 1"
     )
