@@ -188,23 +188,21 @@ def calibrate(model: LoraModel, batch: TensorSplit, instructions: TrainInstructi
     stage_of = target_stages(model)
     stage_target = [next(t for t in targets if stage_of[t] == s) for s in range(max(stage_of.values()) + 1)]
     sets = [[f"{l}.{t}" for t in targets] for l in probed] + [list(model.modules)]
-    probes: list[tuple[str, list[str], bool]] = [("head only", [], False)]
+    # (name, modules, checkpointed, rows: None for the whole batch)
+    probes: list[tuple[str, list[str], bool, int | None]] = [("head only", [], False, None)]
     for checkpointed_probe in (False, True) if checkpointing else (False,):
         suffix = ", checkpointed" if checkpointed_probe else ""
         names = [f"layer {l}{suffix}" for l in probed] + [f"full LoRA{suffix}"]
-        probes += [(name, modules, checkpointed_probe) for name, modules in zip(names, sets)]
+        probes += [(name, modules, checkpointed_probe, None) for name, modules in zip(names, sets)]
     singles = [(l, s, f"{l}.{t}") for l in probed for s, t in enumerate(stage_target)]
-    probes += [(f"{m} alone", [m], False) for _, _, m in singles]
-    probes += [("head only, one row", [], False)]  # with the batch's head-only probe: the fixed cost per micro-batch
+    probes += [(f"{m} alone", [m], False, None) for _, _, m in singles]
+    if len(batch) > 1:  # with the batch's head-only probe: the fixed cost per micro-batch (last, popped below)
+        probes += [("head only, one row", [], False, 1)]
     bar = tqdm(probes, desc="calibrating memory model", unit="probe", leave=False, disable=not progress)
     peaks = []
-    for name, modules, checkpointed_probe in bar:
+    for name, modules, checkpointed_probe, rows in bar:
         bar.set_postfix_str(name)
-        if name == "head only, one row":
-            if len(batch) > 1:
-                peaks.append(measure_peak(model, modules, batch.subset([0]), instructions))
-            continue
-        peaks.append(measure_peak(model, modules, batch, instructions, checkpointed_probe))
+        peaks.append(measure_peak(model, modules, batch if rows is None else batch.subset(list(range(rows))), instructions, checkpointed_probe))
     fixed = peaks[0]
     one_row = peaks.pop() if len(batch) > 1 else None
     single_peaks = peaks[len(peaks) - len(singles):]
