@@ -61,6 +61,22 @@ def test_micro_batches_take_the_whole_batch_step(six_target_model, tiny_config, 
         assert np.abs(np.asarray(micro[key]) - np.asarray(whole[key])).max() <= 0.02 * moved, key
 
 
+def test_micro_batched_scores_are_the_whole_batch_scores_and_travel_through_flower(six_target_model, tiny_data):
+    """Scoring accumulates each batch's gradient over micro-batches before squaring it: the same Fisher terms."""
+    from fedpilot.flower.codec import instructions_to_record, score_instructions_from_record
+    from fedpilot.runtime.messages import ScoreInstructions
+
+    model = six_target_model
+    client = Client(0, model, tiny_data.train.subset(np.arange(40)))
+    modules = ["3.query", "4.ffn_in", "5.value"]
+    whole, _ = client.score(modules, model.state(), ScoreInstructions(batches=2, batch_size=8, seed=4))
+    for rows in (3, 1):
+        instructions = ScoreInstructions(batches=2, batch_size=8, seed=4, micro_batch=rows)
+        assert score_instructions_from_record(instructions_to_record(instructions)) == instructions
+        micro, _ = client.score(modules, model.state(), instructions)
+        assert micro.keys() == whole.keys() and all(micro[m] == pytest.approx(whole[m], rel=1e-5) for m in modules)
+
+
 def test_the_scaled_cost_model_prices_micro_batched_steps_within_5_percent(six_target_model, tiny_config, tiny_data):
     model = six_target_model
     batch = tiny_data.train.subset(np.arange(tiny_config.train.batch_size))
@@ -227,3 +243,13 @@ def test_planned_micro_batches_stay_at_or_above_the_runs_micro_batch(tmp_path, c
         assert 4 <= client["micro_batch"] <= batch and client["predicted_bytes"] <= client["budget_bytes"]
         if plans["free"][cid]["micro_batch"] in (0, batch):
             assert client["micro_batch"] == batch and client["modules"] == plans["free"][cid]["modules"]
+    # and a run trains so: every client at its planned micro-batch, its record priced at it, every peak within budget
+    assert main(["run", "--config", str(tmp_path / "floored.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["budget_violations"] == []
+    for record in (c for r in results["rounds"] for c in r["clients"]):
+        assert 4 <= record["micro_batch"] <= batch and record["predicted_bytes"] <= record["budget_bytes"]
+        assert record["peak_bytes"] <= record["budget_bytes"]
+    scoring = [c for r in results["rounds"] for c in r["scoring"]]  # scored at micro-batches of 4: within budget too
+    assert {c["cid"] for c in scoring} == {c["cid"] for c in results["clients"]}
+    assert all(c["peak_bytes"] <= c["budget_bytes"] for c in scoring)

@@ -86,7 +86,7 @@ def train_instructions_from_record(record: ConfigRecord) -> TrainInstructions:
 
 
 def score_instructions_from_record(record: ConfigRecord) -> ScoreInstructions:
-    return ScoreInstructions(**{f.name: record[f.name] for f in fields(ScoreInstructions)})
+    return ScoreInstructions(**{f.name: record[f.name] for f in fields(ScoreInstructions) if f.name in record})  # absent: its default (older senders)
 
 
 # -- metrics -------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from fedpilot.runtime.evaluation import count_split
 from fedpilot.runtime.lora import LoraModel
 from fedpilot.runtime.measure import PeakMeter, optimizer_tensors, release_gradients
 from fedpilot.runtime.messages import EvaluateInstructions, ScoreInstructions, TrainInstructions
-from fedpilot.runtime.training import batch_indices, batch_loss, label_offset, make_optimizer, training_step
+from fedpilot.runtime.training import accumulate_gradients, batch_indices, label_offset, make_optimizer, training_step
 from fedpilot.strategies.base import Assignment
 
 T = TypeVar("T")
@@ -202,7 +202,7 @@ class Client:
         offset = label_offset(self.data.labels, model.num_labels, config.logit_adjustment)
 
         def backward(idx: Tensor) -> None:
-            batch_loss(model, self.data, idx, offset=offset).backward()
+            accumulate_gradients(model, self.data, idx, offset, config.micro_batch)
 
         what = frozenset(modules)
         batches = list(batch_indices(self.num_samples, config.batch_size, config.batches, generator))

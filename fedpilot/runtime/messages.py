@@ -53,6 +53,7 @@ class ScoreInstructions:
     seed: int
     payload: str = "full"  # federation.payload: what the task's tensors hold (Client.receive)
     logit_adjustment: float = 0.0  # tau of the loss differentiated (0: the plain loss; Client.score)
+    micro_batch: int = 0  # each batch's gradient accumulated over micro-batches of this many rows (0: whole batch; Strategy.score_micro_batch)
 
 
 @dataclass(frozen=True)

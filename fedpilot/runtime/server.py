@@ -362,6 +362,7 @@ class Server:
                     seed=derived_seed(self.seed, server_round, client.cid, 1),
                     payload=self.payload,
                     logit_adjustment=self.train_settings.logit_adjustment if self.strategy.score_trained_loss else 0.0,
+                    micro_batch=self.strategy.score_micro_batch(client),
                 ),
             )
             for client in selected
@@ -468,7 +469,7 @@ class Server:
 
     def _client_record(self, task: TrainTask, reply: ClientUpdate) -> dict[str, Any]:
         assignment = task.assignment
-        cost_model = self.context.cost_model_for(self.clients[task.cid])
+        cost_model = self.context.whole_batch_cost_model(self.clients[task.cid])  # the assignment says its micro-batch
         record: dict[str, Any] = {
             "cid": task.cid,
             "modules": list(assignment.modules),

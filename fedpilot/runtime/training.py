@@ -52,20 +52,16 @@ def batch_loss(model: LoraModel, data: TensorSplit, rows: Tensor | slice, reduct
     return model.runtime.loss(model.forward(features), labels, reduction, offset)
 
 
-def training_step(
-    model: LoraModel, optimizer: torch.optim.Optimizer, data: TensorSplit, rows: Tensor, offset: Tensor | None = None,
-    micro_batch: int = 0,
+def accumulate_gradients(
+    model: LoraModel, data: TensorSplit, rows: Tensor, offset: Tensor | None = None, micro_batch: int = 0,
 ) -> float:
-    """One forward, backward and optimiser step on ``rows`` of ``data`` (``offset``: :func:`batch_loss`); returns the loss.
-
-    ``micro_batch`` > 0: the rows run as consecutive micro-batches of that many rows, each backward on its share
-    of the batch's loss (the family's summed loss over the batch's normaliser, :meth:`FamilyRuntime.normaliser`:
-    rows, or response tokens), so the accumulated gradient is the whole batch's; one optimiser step."""
-    optimizer.zero_grad(set_to_none=True)
+    """Backward of the family's mean loss on ``rows`` of ``data`` into the trainable parameters' gradients (added to
+    what they hold); returns the loss. ``micro_batch`` > 0: the rows run as consecutive micro-batches of that many
+    rows, each backward on its share of the batch's loss (the family's summed loss over the batch's normaliser,
+    :meth:`FamilyRuntime.normaliser`: rows, or response tokens), so the accumulated gradient is the whole batch's."""
     if micro_batch <= 0 or micro_batch >= len(rows):
         loss = batch_loss(model, data, rows, offset=offset)
         loss.backward()
-        optimizer.step()
         return loss.item()
     total = model.runtime.normaliser(data, rows)  # the batch's, read from its own rows (no copy of its features)
     loss_sum = 0.0
@@ -73,5 +69,16 @@ def training_step(
         part = batch_loss(model, data, rows[start:start + micro_batch], reduction="sum", offset=offset) / total
         part.backward()
         loss_sum += part.item()
-    optimizer.step()
     return loss_sum
+
+
+def training_step(
+    model: LoraModel, optimizer: torch.optim.Optimizer, data: TensorSplit, rows: Tensor, offset: Tensor | None = None,
+    micro_batch: int = 0,
+) -> float:
+    """One forward, backward and optimiser step on ``rows`` of ``data`` (``offset``: :func:`batch_loss`), the rows in
+    micro-batches of ``micro_batch`` rows when > 0 (:func:`accumulate_gradients`); returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = accumulate_gradients(model, data, rows, offset, micro_batch)
+    optimizer.step()
+    return loss

@@ -186,8 +186,13 @@ class FederationContext:
         ``micro_batch`` set (train.micro_batch) it is that model at the micro-batch (:meth:`CostModel.at_batch`),
         since every client's step then runs so.
         """
-        model = client.cost_model if client.cost_model is not None else self.cost_model
+        model = self.whole_batch_cost_model(client)
         return model.at_batch(self.micro_batch) if self.micro_batch else model
+
+    def whole_batch_cost_model(self, client: ClientInfo) -> CostModel:
+        """The client's cost model at its whole batch, whatever ``micro_batch``: its own, else the federation's
+        (what :meth:`Assignment.predicted_bytes` scales to the assignment's micro-batch)."""
+        return client.cost_model if client.cost_model is not None else self.cost_model
 
     def usable(self, budget: int) -> int:
         """The part of ``budget`` planners may fill (the margin absorbs the cost model's error)."""
@@ -274,6 +279,11 @@ class Strategy(ABC):
     def configure_score(self, server_round: int, clients: Sequence[ClientInfo], global_tensors: TensorDict) -> dict[int, list[str]]:
         """The modules each client should score before training this round (none by default)."""
         return {}
+
+    def score_micro_batch(self, client: ClientInfo) -> int:
+        """The micro-batch ``client`` scores in (the gradient of each scored batch accumulated over micro-batches of
+        this many rows; what its score request must be priced at): train.micro_batch (0: the whole batch)."""
+        return self.context.micro_batch
 
     def aggregate_score(self, server_round: int, scores: Sequence[ClientScores]) -> None:
         """Take in the clients' scores (ignored by default)."""

@@ -167,7 +167,7 @@ class FedPilot(FedAvg):
 
     def own_cost_model(self, client: ClientInfo) -> CostModel:
         """The client's cost model at its whole batch: its own, else the federation's."""
-        return client.cost_model if client.cost_model is not None else self.context.cost_model
+        return self.context.whole_batch_cost_model(client)
 
     def micro_batched(self, client: ClientInfo) -> bool:
         """Whether ``client`` is planned over micro-batches: micro_batching planned and its cost model prices them. A
@@ -203,13 +203,20 @@ class FedPilot(FedAvg):
         for result in scores:
             self.local_scores[result.cid] = dict(result.scores)
 
+    def score_micro_batch(self, client: ClientInfo) -> int:
+        """A client planned over micro-batches scores at the smallest it may train at (so the poorest clients, which
+        train one row at a time, score too); otherwise as it trains (train.micro_batch, or the whole batch)."""
+        return self.smallest_micro_batch if self.micro_batched(client) else self.context.micro_batch
+
     def affordable_modules(self, client: ClientInfo) -> list[str]:
         """The modules a client can backpropagate into at once: from the top layer down while they fit
-        (priced with the client's cost model)."""
+        (priced with the client's cost model at its scoring micro-batch, :meth:`score_micro_batch`)."""
         budget = client.budget_bytes
         if budget is None:
             return list(self.context.modules)
-        cost_model = self.cost_model_for(client)
+        micro = self.score_micro_batch(client)
+        whole = self.context.whole_batch_cost_model(client)
+        cost_model = whole.at_batch(micro) if micro else whole
         chosen: list[str] = []
         for module in sorted(self.context.modules, key=module_layer, reverse=True):
             if cost_model.cost([*chosen, module]) > self.context.usable(budget):
