@@ -1,4 +1,4 @@
-"""Wall time of a Flower loopback deployment against the in-process simulator, on the same config.
+"""Wall time of a Flower loopback deployment, and of Flower's simulation engine, against the in-process simulator, on the same config.
 
 Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--cold]
 
@@ -8,9 +8,12 @@ process, then on a loopback federation on this machine: a SuperLink and one Supe
 (``--isolation process``, budgets from the config's tiers through each node's ``memory-budget``), each
 with its warm ClientApp executor (``python -m fedpilot.flower.warm``), and ``flwr run`` twice: the first
 run on nodes that have only imported torch and fedpilot, the second on nodes whose model, data and
-partitions the first run loaded. ``--cold`` adds a run on Flower's default SuperNodes (a ClientApp
-process per message). Times are from start to finished results; starting the federation is not counted
-(it is long-lived), loading the model and data on the nodes is (first run); the memory model is
+partitions the first run loaded. Then the config on Flower's simulation engine (``flwr run <app>
+local-simulation``, :mod:`fedpilot.flower.simulation`: one virtual SuperNode per client, Ray actors, budgets
+from the config), timed from ``flwr run`` to finished results with the start of its local SuperLink, Ray and the
+actors' model loads counted (it starts afresh for each run). ``--cold`` adds a run on Flower's default
+SuperNodes (a ClientApp process per message). Times are from start to finished results; starting the loopback
+federation is not counted (it is long-lived), loading the model and data on the nodes is (first run); the memory model is
 calibrated (``fedpilot profile``, cached on disk) before anything is timed. Prints one JSON line: the
 seconds, the ratios to the simulator, and whether every round's accuracy and loss equal the simulator's.
 Run it on idle cores: the loopback federation shares them with the simulator's one process.
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from fedpilot.flower.simulation import run_local_simulation
 from fedpilot.flower.stage import stage_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +185,14 @@ def main() -> int:
         out |= {"flower_first_run_s": round(first, 1), "flower_warm_run_s": round(second, 1),
                 "first_run_ratio": round(first / sim, 2), "warm_run_ratio": round(second / sim, 2),
                 "equal_to_simulator": rounds(work / "first") == expected and rounds(work / "second") == expected}
+        start = time.perf_counter()
+        engine = run_local_simulation(config_for("engine"), work / "engine-home")
+        engine_s = time.perf_counter() - start
+        (work / "engine.log").write_text(engine.stdout + engine.stderr)
+        if engine.returncode:
+            raise RuntimeError(f"flwr run local-simulation exited {engine.returncode}:\n{(engine.stdout + engine.stderr)[-3000:]}")
+        out |= {"flower_simulation_engine_s": round(engine_s, 1), "simulation_engine_ratio": round(engine_s / sim, 2),
+                "simulation_engine_equal_to_simulator": rounds(work / "engine") == expected}
         if args.cold:
             federation = Federation(work / "cold", budgets, warm=False)
             try:

@@ -482,13 +482,19 @@ def loopback(tmp_path: Path):
 
 
 def three_budgets(cost_model: CostModel, margin: float) -> list[int]:
-    """Three budgets that buy different module sets: a quarter, half and all of the way from the cheapest
-    trainable set to full LoRA (plus the planner's margin)."""
+    """Three budgets that buy different module sets: all, half and a quarter of the way from the cheapest
+    trainable set to full LoRA (plus the planner's margin). The smallest goes to client 2, which holds out the
+    most rows when the clients evaluate (30 of FAST's shards at :data:`CLIENT_TEST_FRACTION`): in one batch of
+    them (:data:`CLIENT_EVAL_BATCH_SIZE`) an evaluation pass outgrows its budget while a training step fits."""
     cheapest, full = cost_model.cheapest()[1], cost_model.full()
-    return [int(np.ceil((cheapest + f * (full - cheapest)) / (1 - margin))) + 1 for f in (0.25, 0.5, 1.0)]
+    return [int(np.ceil((cheapest + f * (full - cheapest)) / (1 - margin))) + 1 for f in (1.0, 0.5, 0.25)]
 
 
-def fast_config_settings_with(budgets: list[int], out_dir: Path, **federation) -> dict:
+CLIENT_TEST_FRACTION = 0.25  # the held-out share of each shard when the clients evaluate (train.evaluate: clients or both)
+CLIENT_EVAL_BATCH_SIZE = 32  # their evaluation batch: client 2's 30 held-out rows in one pass, more than its budget holds
+
+
+def fast_config_settings_with(budgets: list[int], out_dir: Path, evaluate: str = "server", **federation) -> dict:
     from conftest import FAST
 
     settings = json.loads(json.dumps(FAST))
@@ -497,18 +503,23 @@ def fast_config_settings_with(budgets: list[int], out_dir: Path, **federation) -
     settings["federation"].update(federation)
     settings["strategy"] = "fedpilot"
     settings["output_dir"] = str(out_dir)
+    if evaluate != "server":
+        settings["train"]["evaluate"] = evaluate
+        settings["data"]["client_test_fraction"] = CLIENT_TEST_FRACTION
+        settings["train"]["client_eval_batch_size"] = CLIENT_EVAL_BATCH_SIZE
     return settings
 
 
-def fast_flower_config(cost_model: CostModel, folder: Path, **federation) -> tuple[list[int], dict, Path]:
+def fast_flower_config(cost_model: CostModel, folder: Path, evaluate: str = "server", **federation) -> tuple[list[int], dict, Path]:
     """conftest's FAST federation (the tiny random BERT) with the fedpilot strategy, three budgets bought
-    from ``cost_model`` (FAST's), ``federation`` settings changed and outputs in ``folder / "flower-run"``."""
+    from ``cost_model`` (FAST's), ``federation`` settings changed, evaluated by ``evaluate`` (``clients`` or
+    ``both``: on :data:`CLIENT_TEST_FRACTION` of each shard) and outputs in ``folder / "flower-run"``."""
     from conftest import FAST
 
     from fedpilot.config import parse_config
 
     budgets = three_budgets(cost_model, parse_config(FAST).federation.memory_margin)
-    settings = fast_config_settings_with(budgets, folder / "flower-run", **federation)
+    settings = fast_config_settings_with(budgets, folder / "flower-run", evaluate, **federation)
     config_path = folder / "fast.yaml"
     config_path.write_text(yaml.safe_dump(settings))
     return budgets, settings, config_path
@@ -519,13 +530,13 @@ NEEDS_FLOWER = pytest.mark.skipif(shutil.which("flower-superlink", path=str(Path
 
 @pytest.fixture(scope="module")
 def simulated(fast_cost_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, float]:
-    """The in-process simulator's results for the loopback config (run once for the plain and the TLS
-    rehearsal), and its wall seconds."""
+    """The in-process simulator's results for the loopback config (evaluated by the server and by the clients:
+    ``train.evaluate: both``), and its wall seconds."""
     from fedpilot.config import parse_config
     from fedpilot.simulation import run_simulation
 
     folder = tmp_path_factory.mktemp("simulated")
-    _, settings, _ = fast_flower_config(fast_cost_model, folder)
+    _, settings, _ = fast_flower_config(fast_cost_model, folder, evaluate="both")
     start = time.perf_counter()
     results = run_simulation(parse_config(settings), folder / "sim-run", progress=False).results
     return results, time.perf_counter() - start
@@ -565,6 +576,42 @@ def assert_ends_as_simulated(results: dict, simulated: dict, budgets: list[int])
     assert [(r.get("accuracy"), r.get("loss")) for r in results["rounds"]] == [(r.get("accuracy"), r.get("loss")) for r in simulated["rounds"]]
 
 
+# what a client's evaluation record may differ in: time, measured peak, which cost model planned it, Flower's wire bytes
+EVALUATION_NOISE = ("seconds", "peak_bytes", "over_budget", "cost_model", "cost_model_source", "wire_down_bytes", "wire_up_bytes")
+
+
+def assert_client_evaluations_as_simulated(results: dict, simulated: dict) -> dict[int, list[tuple[int, str]]]:
+    """Every round's evaluation by the clients equals the simulator's: the pooled figures (``clients_*`` with
+    ``evaluate: both``, the headline with ``clients``) and each client's record (its rows, accuracy, macro-F1,
+    loss, counts, budget, predicted peak, or the reason it was skipped), all exactly; only the seconds, the
+    measured peak (within the budget), which cost model planned it (the node's own, or the federation's) and the
+    bytes Flower's messages took on the wire may differ. Returns each round's skipped clients: ``[(cid, reason)]``."""
+    prefix = "clients_" if results["evaluated_by"] == "both" else ""
+    assert results["evaluated_by"] == simulated["evaluated_by"] != "server"
+    assert [(c["num_test_samples"], c["test_label_counts"]) for c in results["clients"]] == \
+        [(c["num_test_samples"], c["test_label_counts"]) for c in simulated["clients"]]
+    for got, expected in zip(results["rounds"], simulated["rounds"], strict=True):
+        if "client_evaluations" not in expected:
+            assert "client_evaluations" not in got, got["round"]
+            continue
+        pooled = [f"{prefix}{k}" for k in ("accuracy", "macro_f1", "loss", "eval_samples", "eval_clients")]
+        assert {k: got.get(k) for k in pooled} == {k: expected.get(k) for k in pooled}, got["round"]
+        assert not [f for f in got.get("failures", []) if f["phase"] == "evaluation"], got["failures"]
+        strip = lambda records: [{k: v for k, v in e.items() if k not in EVALUATION_NOISE} for e in records]  # noqa: E731
+        assert strip(got["client_evaluations"]) == strip(expected["client_evaluations"]), got["round"]
+        for record in got["client_evaluations"]:
+            assert "skipped" in record or record["peak_bytes"] <= record["budget_bytes"], record
+    return {r["round"]: [(e["cid"], e["skipped"]) for e in r["client_evaluations"] if "skipped" in e] for r in results["rounds"] if "client_evaluations" in r}
+
+
+def assert_client_2_cannot_evaluate(skipped: dict[int, list[tuple[int, str]]], rounds: int) -> None:
+    """Client 2 (the smallest budget, the most held-out rows) is skipped from every evaluation, round 0 included,
+    with the reason; the others are asked (what :func:`three_budgets` arranges on this device's cost model)."""
+    assert sorted(skipped) == list(range(rounds + 1)), skipped
+    for reasons in skipped.values():
+        assert [cid for cid, _ in reasons] == [2] and reasons[0][1].startswith("predicted evaluation peak"), reasons
+
+
 def wait_for_round(results_path: Path, number: int, run: subprocess.Popen, seconds: float = 300) -> None:
     """Until ``results.json`` records round ``number`` (checked every 0.05 s: the next round is under way)."""
     deadline, seen = time.monotonic() + seconds, None
@@ -588,7 +635,8 @@ def test_a_tls_federation_of_warm_nodes_runs_two_configs_as_the_simulator_and_su
     SuperNode registered and authenticated by its key, a node whose key was not registered refused, and each
     SuperNode served by one warm ClientApp executor process.
 
-    Run 1 (the FAST fedpilot federation) ends as the simulator. Run 2 is another config (``payload: assigned``,
+    Run 1 (the FAST fedpilot federation, evaluated by the server and, through EVALUATE messages, by the clients on
+    their held-out rows: ``train.evaluate: both``) ends as the simulator, every client's evaluation record too. Run 2 is another config (``payload: assigned``,
     another learning rate) through the same executor processes, their model and data already loaded; node 2
     goes down once round 1 is recorded (its executor killed, its SuperNode stopped): round 2 records it as failed
     and aggregates the others, and every round equals the same federation in process with client 2 dropping out of round 2. So
@@ -600,7 +648,7 @@ def test_a_tls_federation_of_warm_nodes_runs_two_configs_as_the_simulator_and_su
     from fedpilot.runtime.messages import Failure
 
     tls = Certificates(tmp_path / "certificates")
-    budgets, settings, config_path = fast_flower_config(fast_cost_model, tmp_path)
+    budgets, settings, config_path = fast_flower_config(fast_cost_model, tmp_path, evaluate="both")
     loopback.start_federation(budgets, tls=tls)
     stranger = loopback.start(
         "supernode-unregistered",
@@ -616,6 +664,9 @@ def test_a_tls_federation_of_warm_nodes_runs_two_configs_as_the_simulator_and_su
     results = finished_flower_run(loopback, tmp_path / "flower-run")
     simulated, sim_seconds = simulated
     assert_ends_as_simulated(results, simulated, budgets)
+    assert_client_2_cannot_evaluate(assert_client_evaluations_as_simulated(results, simulated), rounds=2)  # EVALUATE through the warm SuperNodes
+    evaluations = [e for r in results["rounds"] for e in r["client_evaluations"] if "skipped" not in e]
+    assert [w["phase"] for w in results["wire"]].count("evaluation") == len(evaluations) > 0
     assert stranger.wait(timeout=120) != 0, loopback.logs()
     assert "Failed to activate SuperNode" in (tmp_path / "supernode-unregistered.log").read_text()
     listed = loopback.flwr("supernode", "list", "loop", "--format", "json")

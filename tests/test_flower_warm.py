@@ -102,6 +102,11 @@ def test_the_lru_keeps_as_many_models_as_it_is_given(fresh_process, monkeypatch)
     a, other = parse_config(settings()), parse_config(settings(seed=1))
     assert client_app.warm_key(a) != client_app.warm_key(other)
     assert client_app.warm_key(a) == client_app.warm_key(parse_config(settings(**{"train.lr": 0.1, "federation.rounds": 9})))
+    # nor the partition (shards are kept per partitioner) or the held-out share (drawn per node): the same model and data
+    held_out = settings(**{"data.client_test_fraction": 0.25, "train.evaluate": "both"})
+    held_out["data"]["partition"] = {"kind": "iid"}
+    assert client_app.warm_key(a) == client_app.warm_key(parse_config(held_out))
+    assert client_app.warm_key(a) != client_app.warm_key(parse_config(settings(**{"data.max_length": 24})))
     first = client_app.load_node(a, NODE, run_id=1).client.model
     client_app.load_node(other, NODE, run_id=2)
     assert len(client_app._WARM) == 1 and all(n.client.model is not first for n in client_app._NODES.values())

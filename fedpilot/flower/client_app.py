@@ -1,7 +1,10 @@
 """The ClientApp a SuperNode runs: one fedpilot :class:`~fedpilot.runtime.client.Client` on this node's shard.
 
 A SuperNode declares itself with ``--node-config "partition-id=0 num-partitions=3 memory-budget='150MiB'"``
-(``memory-budget`` absent: unlimited). Every message carries the run's fedpilot config (as JSON); the
+(``memory-budget`` absent: the budget the run's config gives that partition, ``federation.budgets``, as the
+simulator assigns it; unlimited where the config gives none; ``"unlimited"``: no budget whatever the config says).
+Flower's simulation engine gives each virtual SuperNode only ``partition-id`` and ``num-partitions``, so there
+the budgets always come from the config. Every message carries the run's fedpilot config (as JSON); the
 node loads the bundled dataset, takes partition ``partition-id`` of ``num-partitions`` with the
 config's partitioner and seed (the simulator's split, exactly), builds the model and calibrates its own
 cost model on its own device (cached on disk as ``fedpilot profile`` caches it).
@@ -53,17 +56,22 @@ WARM_MODELS_ENV = "FEDPILOT_WARM_MODELS"  # models (with their data) a process k
 MAX_NODES = 4  # nodes (runs) a process keeps: cheap, they share the warm model
 
 
-def node_settings(node_config: Any) -> tuple[int, int, int | None]:
-    """``(partition id, number of partitions, budget bytes or None)`` from a SuperNode's node config."""
+def node_settings(node_config: Any, config: Config | None = None) -> tuple[int, int, int | None, str]:
+    """``(partition id, number of partitions, budget bytes or None, where the budget came from)`` from a
+    SuperNode's node config: its ``memory-budget`` (``"node-config"``), or without one the budget ``config``
+    gives this partition (``"config"``: ``federation.budgets``, the simulator's assignment; None without a config)."""
     missing = [k for k in (PARTITION_ID, NUM_PARTITIONS) if k not in node_config]
     if missing:
         raise ValueError(f"the SuperNode's --node-config lacks {', '.join(missing)}; give partition-id=<i> num-partitions=<n>")
     partition_id, num_partitions = int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"node config: partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    if config is not None and num_partitions != config.federation.num_clients:
+        raise ValueError(f"node config num-partitions={num_partitions} but the run's federation.num_clients is {config.federation.num_clients}")
     budget = node_config.get(MEMORY_BUDGET)
-    budget_bytes = None if budget in (None, "", "unlimited") else parse_memory(budget)
-    return partition_id, num_partitions, budget_bytes
+    if budget is None:
+        return partition_id, num_partitions, None if config is None else config.federation.client_budgets()[partition_id], "config"
+    return partition_id, num_partitions, None if budget in ("", "unlimited") else parse_memory(budget), "node-config"
 
 
 @dataclass
@@ -94,6 +102,7 @@ class Node:
     partition_id: int
     num_partitions: int
     budget_bytes: int | None
+    budget_from: str  # "node-config" (its memory-budget) or "config" (federation.budgets for its partition)
     cost_model: Any  # CostModel calibrated on this device
     calibration_cached: bool
     label_counts: dict[str, Any]  # label_counts of its training rows (and num_test_samples, test_label_counts of its held-out rows)
@@ -110,13 +119,15 @@ def _digest(value: Any) -> str:
 
 
 def warm_key(config: Config) -> str:
-    """What the model and the data are built from (the arguments of ``load_split`` and ``make_model``)."""
+    """What the model and the data are built from (the arguments of ``load_split`` and ``make_model``): not the
+    partition (the shards are kept per partitioner, :meth:`Warm.shard`) nor the held-out share of each shard
+    (``data.client_test_fraction``, drawn per node), so runs that differ only in those share one warm model."""
     from fedpilot.strategies import STRATEGIES
 
     return _digest(
         {
             "model": config.model.model_dump(mode="json"),
-            "data": config.data.model_dump(mode="json"),
+            "data": config.data.model_dump(mode="json", exclude={"partition", "client_test_fraction"}),
             "seed": config.seed,
             "proxy_fraction": config.proxy_fraction(),
             "base_deltas": STRATEGIES.get_or_fail(config.strategy).capabilities.base_deltas,
@@ -153,7 +164,7 @@ def warm_state(config: Config) -> Warm:
 
 def load_node(config: Config, node_config: Any, run_id: int = 0) -> Node:
     """This node's client for run ``run_id``: cached for the run, built on the warm model and data."""
-    partition_id, num_partitions, budget_bytes = node_settings(node_config)
+    partition_id, num_partitions, budget_bytes, budget_from = node_settings(node_config, config)
     key = (run_id, hashlib.sha256(config.model_dump_json().encode()).hexdigest(), partition_id, num_partitions)
     if key in _NODES:
         _NODES.move_to_end(key)
@@ -161,8 +172,6 @@ def load_node(config: Config, node_config: Any, run_id: int = 0) -> Node:
     from fedpilot.federation import calibration_cost_model, client_record_counts, client_rows
     from fedpilot.runtime.client import Client, StepPeaks
 
-    if num_partitions != config.federation.num_clients:
-        raise ValueError(f"node config num-partitions={num_partitions} but the run's federation.num_clients is {config.federation.num_clients}")
     warm = warm_state(config)
     shard = warm.shard(config, partition_id, num_partitions)
     train_rows, test_rows = client_rows(config, warm.labels, shard, partition_id)
@@ -170,7 +179,7 @@ def load_node(config: Config, node_config: Any, run_id: int = 0) -> Node:
     test_data = None if test_rows is None else warm.data.train.subset(test_rows)
     client = Client(partition_id, warm.model, warm.data.train.subset(train_rows), StepPeaks(), test_data)
     counts = client_record_counts(client, len(warm.data.label_names))
-    node = Node(client, partition_id, num_partitions, budget_bytes, cost_model, cached, counts, warm.model.device.type, warm.runs > 0)
+    node = Node(client, partition_id, num_partitions, budget_bytes, budget_from, cost_model, cached, counts, warm.model.device.type, warm.runs > 0)
     warm.runs += 1
     _NODES[key] = node
     while len(_NODES) > MAX_NODES:
@@ -195,7 +204,7 @@ def query(message: Message, context: Context) -> Message:
     node = node_of(message, context)
     extra = {
         **node.label_counts, "device": node.device, "calibration_cached": node.calibration_cached,
-        "process": os.getpid(), "warm": node.warm,
+        "process": os.getpid(), "warm": node.warm, "budget_from": node.budget_from,
     }
     content = encode_node_info(node.partition_id, node.num_partitions, node.client.num_samples, node.budget_bytes, node.cost_model, extra)
     return Message(content, reply_to=message)

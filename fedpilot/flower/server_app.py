@@ -42,8 +42,26 @@ def _log(line: str) -> None:
     print(f"[fedpilot] {line}", file=sys.stderr, flush=True)
 
 
+def simulated(grid: Any) -> bool:
+    """Whether ``grid`` is Flower's simulation engine's (every virtual SuperNode is there from the start)."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # noqa: PLC0415
+
+    return isinstance(grid, InMemoryGrid)
+
+
 def wait_for_nodes(grid: Any, count: int, wait: float) -> list[int]:
-    """The ids of the connected nodes once ``count`` are there (or all there are after ``wait`` seconds)."""
+    """The ids of the connected nodes once ``count`` are there (or all there are after ``wait`` seconds).
+
+    In Flower's simulation engine the virtual SuperNodes are all there at once: another number than ``count``
+    stops the run at once with one line (waiting would not bring more, and their partitions would not match)."""
+    if simulated(grid):
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) != count:
+            raise FedpilotError(
+                f"the simulation engine runs {len(nodes)} virtual SuperNodes but federation.num_clients is {count}; "
+                f"run it with --federation-config 'num-supernodes={count}'"
+            )
+        return nodes
     deadline = time.monotonic() + wait
     while True:
         nodes = sorted(grid.get_node_ids())
@@ -139,6 +157,7 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait
             "node_id": described[cid]["node_id"],
             "num_samples": described[cid]["num_samples"],
             "budget_bytes": described[cid]["budget_bytes"],
+            "budget_from": described[cid].get("budget_from"),  # the node's memory-budget, or the config's budget for its partition
             "label_counts": described[cid].get("label_counts"),
             **{k: described[cid][k] for k in ("num_test_samples", "test_label_counts") if k in described[cid]},
             "device": described[cid].get("device"),
