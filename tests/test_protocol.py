@@ -418,3 +418,22 @@ def test_pack_records_keeps_finished_runs_and_never_drops_archived_ones(tmp_path
     (tmp_path.parent / "elsewhere").mkdir(exist_ok=True)
     assert pack_records.main([str(tmp_path.parent / "elsewhere"), "--records", "records"]) == 2
     assert "outside the working directory" in capsys.readouterr().err
+
+
+def test_the_compact_levels_differ_only_in_their_partition_and_the_few_rich_tiers() -> None:
+    """benchmarks/configs/compact: five levels of one protocol (9 clients, all every round, the floor tiers, baselines at
+    micro-batch 1), differing in data.partition, rt-few-rich's tier fractions and rt-iid's logit adjustment (and where they write)."""
+    folder = ROOT / "benchmarks" / "configs" / "compact"
+    paths = sorted(folder.glob("*.yaml"))
+    assert {p.stem for p in paths} == {"rt-iid", "rt-mild", "rt-strong", "rt-tier-skew", "rt-few-rich"}
+    dumps = {p.stem: load_config(p).model_dump(mode="json", exclude={"output_dir"}) for p in paths}
+    for name, dump in dumps.items():
+        config = load_config(folder / f"{name}.yaml")
+        assert config.federation.num_clients == 9 and config.federation.clients_per_round is None and config.train.micro_batch == 1
+        assert config.train.evaluate_on == "test" and config.strategy == "fedpilot" and config.strategy_options == {}
+        budgets = sorted(Counter(config.federation.client_budgets()).items())
+        assert [count for _, count in budgets] == ([4, 4, 1] if name == "rt-few-rich" else [3, 3, 3]), name
+        dump["data"].pop("partition")
+        dump["federation"].pop("budgets")
+        assert dump["train"].pop("logit_adjustment") == (0.0 if name == "rt-iid" else 1.0), name
+    assert all(dump == dumps["rt-tier-skew"] for dump in dumps.values())

@@ -280,6 +280,11 @@ def test_each_screen_variant_is_the_screen_with_only_its_knobs_changed() -> None
              "rt-screen-low-mb": {**low, **micro},
              "rt-screen-floor": {("federation", "budgets"): {"tiers": [{"fraction": f, "memory": m} for f, m in
                                                                       ((0.34, "95MiB"), (0.33, "100MiB"), (0.33, "295MiB"))]}, **micro}}
+    # the compact protocol's shape screens: every client every round, the floor tiers, baselines at micro-batch 1 (fedpilot
+    # plans micro-batches by default now), and 12 clients x 4 steps or 9 clients x 8 steps
+    compact = {("federation", "clients_per_round"): None, ("federation", "budgets"): knobs["rt-screen-floor"][("federation", "budgets")],
+               ("train", "micro_batch"): 1}
+    knobs |= {"compact-12x4": {**compact, ("train", "local_steps"): 4}, "compact-9x8": {**compact, ("federation", "num_clients"): 9}}
     for path in sorted((ROOT / "benchmarks" / "configs" / "screens").glob("*.yaml")):
         variant = load_config(path).model_dump(mode="json")
         changed = {(section, key): value for section, fields in variant.items() if isinstance(fields, dict) and section != "strategy_options"
