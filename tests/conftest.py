@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -29,6 +30,26 @@ TINY = {
 FAST_MODEL = fast_bert(cache_dir() / "test-models")
 FAST = {**TINY, "model": {"name": str(FAST_MODEL)}, "federation": {**TINY["federation"], "budgets": ["4443KiB", "4687KiB", "5176KiB"]}}
 
+
+
+@contextlib.contextmanager
+def interrupted_at_round(monkeypatch: pytest.MonkeyPatch, number: int):
+    """Inside: ``Server.run_round`` raises KeyboardInterrupt (a Ctrl-C) when it reaches round ``number``; the real
+    one again on leaving, so a test can then resume the run it stopped."""
+    from fedpilot.runtime.server import Server
+
+    original = Server.run_round
+
+    def stop(self, server_round, transport):
+        if server_round == number:
+            raise KeyboardInterrupt
+        return original(self, server_round, transport)
+
+    monkeypatch.setattr(Server, "run_round", stop)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Server, "run_round", original)
 
 
 def default_sigint() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from conftest import FAST
+from conftest import FAST, interrupted_at_round
 from fedpilot.config import TrainSettings, parse_config
 from fedpilot.core.errors import ConfigError, FedpilotError
 from fedpilot.data.partition import client_test_split
@@ -349,17 +349,8 @@ def test_resuming_a_run_evaluated_by_its_clients_ends_as_the_uninterrupted_one(
     """Checkpoints need nothing new: a run interrupted in round 2 and resumed records the uninterrupted rounds."""
     from fedpilot.simulation import run_simulation
 
-    original = Server.run_round
-
-    def stop_at_round_2(self, server_round, transport):
-        if server_round == 2:
-            raise KeyboardInterrupt
-        return original(self, server_round, transport)
-
-    monkeypatch.setattr(Server, "run_round", stop_at_round_2)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_round(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         run_simulation(parse_config(clients_settings()), tmp_path / "part", progress=False)
-    monkeypatch.setattr(Server, "run_round", original)
     resumed = run_simulation(None, tmp_path / "part", progress=False, resume=True).results
     assert resumed["status"] == "finished" and resumed["resumed_after_rounds"] == [1]
     keys = ("accuracy", "macro_f1", "loss", "eval_samples", "client_evaluations")

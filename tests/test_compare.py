@@ -15,7 +15,7 @@ from fedpilot.cli import main
 from fedpilot.comparison import PRESETS
 from fedpilot.config import load_config, parse_config
 from fedpilot.core.errors import FedpilotError
-from tests.conftest import FAST, TINY
+from tests.conftest import FAST, TINY, interrupted_at_round
 
 STRATEGIES = ["fedpilot", "fedavg"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,18 +135,9 @@ def test_an_interrupted_run_continues_from_its_checkpoint_to_the_same_end(
         comparison: Path, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run stopped after round 1 continues there when the comparison runs again (no round is redone)
     and ends exactly as the uninterrupted run of the module's comparison."""
-    from fedpilot.runtime.server import Server
-
-    out, original = tmp_path / "out", Server.run_round
-
-    def stop_at_round_2(self, server_round, transport):
-        if server_round == 2:
-            raise KeyboardInterrupt
-        return original(self, server_round, transport)
-
-    monkeypatch.setattr(Server, "run_round", stop_at_round_2)
-    assert main(["compare", "--config", str(config_file), "--strategies", "fedpilot", "--seeds", "0", "--out", str(out), "--quiet"]) == 130
-    monkeypatch.setattr(Server, "run_round", original)
+    out = tmp_path / "out"
+    with interrupted_at_round(monkeypatch, 2):
+        assert main(["compare", "--config", str(config_file), "--strategies", "fedpilot", "--seeds", "0", "--out", str(out), "--quiet"]) == 130
     part = json.loads((out / "fedpilot-seed0" / "results.json").read_text())
     assert part["status"] == "interrupted" and len(part["rounds"]) == 2
     first_round_at = part["rounds"][1]["finished_at"]

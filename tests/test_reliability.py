@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import interrupted_at_round
 from fedpilot.config import Config, TrainSettings
 from fedpilot.core.errors import FedpilotError
 from fedpilot.core.files import write_atomic
@@ -181,17 +182,8 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path: Path) -> None:
 def test_an_interrupted_run_resumes_to_the_same_end(fast_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = fast_config.model_copy(update={"federation": fast_config.federation.model_copy(update={"rounds": 3})})
     full = run_simulation(config, tmp_path / "full", progress=False)
-    original = Server.run_round
-
-    def stop_at_round_3(self, server_round, transport):
-        if server_round == 3:
-            raise KeyboardInterrupt
-        return original(self, server_round, transport)
-
-    monkeypatch.setattr(Server, "run_round", stop_at_round_3)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_round(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         run_simulation(config, tmp_path / "part", progress=False)
-    monkeypatch.setattr(Server, "run_round", original)
     interrupted = json.loads((tmp_path / "part" / "results.json").read_text())
     assert interrupted["status"] == "interrupted" and len(interrupted["rounds"]) == 3
     with pytest.raises(FedpilotError, match="differs from the config of the run"):
