@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -37,6 +37,7 @@ TENSORS, ASSIGNMENT, TRAIN, SCORE, METRICS, METRICS_EXTRA, SCORES, REPLY, NODE =
 )
 EVALUATE, COUNTS = "evaluate", "counts"
 MODULES = "modules"  # the modules a score task asks about
+T = TypeVar("T", TrainInstructions, ScoreInstructions, EvaluateInstructions)
 CONFIG = "config"  # the run's fedpilot config, as JSON, in a QUERY message
 
 
@@ -81,12 +82,18 @@ def instructions_to_record(instructions: TrainInstructions | ScoreInstructions |
     return ConfigRecord(dict(asdict(instructions)))
 
 
+def instructions_from_record(kind: type[T], record: ConfigRecord, added: tuple[str, ...] = ()) -> T:
+    """The ``kind`` instructions a record holds, one field per dataclass field; a field named in ``added`` (one
+    added since older senders) may be absent and takes its default; any other absent field is an error."""
+    return kind(**{f.name: record[f.name] for f in fields(kind) if f.name in record or f.name not in added})
+
+
 def train_instructions_from_record(record: ConfigRecord) -> TrainInstructions:
-    return TrainInstructions(**{f.name: record[f.name] for f in fields(TrainInstructions)})
+    return instructions_from_record(TrainInstructions, record)
 
 
 def score_instructions_from_record(record: ConfigRecord) -> ScoreInstructions:
-    return ScoreInstructions(**{f.name: record[f.name] for f in fields(ScoreInstructions) if f.name in record})  # absent: its default (older senders)
+    return instructions_from_record(ScoreInstructions, record, added=("micro_batch",))
 
 
 # -- metrics -------------------------------------------------------------------------------------------
@@ -156,8 +163,7 @@ def encode_evaluate_task(tensors: Mapping[str, np.ndarray], instructions: Evalua
 
 
 def decode_evaluate_task(content: RecordDict) -> tuple[TensorDict, EvaluateInstructions]:
-    record = content.config_records[EVALUATE]
-    instructions = EvaluateInstructions(**{f.name: record[f.name] for f in fields(EvaluateInstructions)})
+    instructions = instructions_from_record(EvaluateInstructions, content.config_records[EVALUATE])
     return tensors_from_record(content.array_records[TENSORS]), instructions
 
 
