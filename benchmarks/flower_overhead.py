@@ -34,17 +34,11 @@ from pathlib import Path
 
 import yaml
 
-from fedpilot.flower.simulation import run_local_simulation
+from fedpilot.flower.simulation import free_port, run_local_simulation
 from fedpilot.flower.stage import stage_app
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 300) -> None:

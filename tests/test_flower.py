@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from fedpilot.flower import codec
+from fedpilot.flower.simulation import free_port
 from fedpilot.flower.stage import stage_app
 from fedpilot.flower.transport import SCORE_TYPE, TRAIN_TYPE, FlowerTransport
 from fedpilot.planning.costmodel import CostModel
@@ -265,12 +266,6 @@ def test_the_server_round_loop_runs_over_the_flower_transport(tiny_config, tiny_
 
 
 # -- a real loopback federation: one SuperLink, three SuperNodes, `flwr run` ---------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Certificates:
     """What a TLS deployment needs, made here with ``cryptography`` (a dependency of flwr): a CA, a server
     certificate for 127.0.0.1 and localhost signed by it, and SuperNode key pairs (ECDSA P-384, OpenSSH format,

@@ -50,6 +50,7 @@ def write_connection(flwr_home: Path) -> Path:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the loopback rehearsals and benchmarks take theirs here)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
