@@ -162,12 +162,8 @@ class FedPilot(FedAvg):
         """The cost model that plans ``client``: its own, else the federation's (:meth:`cost_model_for`); at the whole
         batch when this strategy plans micro-batches itself (it scales the model to each size it tries)."""
         if self.micro_batched(client):
-            return self.own_cost_model(client)
+            return self.context.whole_batch_cost_model(client)
         return self.cost_model_for(client)
-
-    def own_cost_model(self, client: ClientInfo) -> CostModel:
-        """The client's cost model at its whole batch: its own, else the federation's."""
-        return self.context.whole_batch_cost_model(client)
 
     def micro_batched(self, client: ClientInfo) -> bool:
         """Whether ``client`` is planned over micro-batches: micro_batching planned and its cost model prices them. A
@@ -175,7 +171,7 @@ class FedPilot(FedAvg):
         default, and is an error (check_budgets) where the config asked for micro_batching: planned explicitly."""
         if not self.plans_micro_batches:
             return False
-        return self.own_cost_model(client).prices_micro_batches or "micro_batching" in self.options.model_fields_set
+        return self.context.whole_batch_cost_model(client).prices_micro_batches or "micro_batching" in self.options.model_fields_set
 
     @property
     def smallest_micro_batch(self) -> int:
@@ -274,7 +270,7 @@ class FedPilot(FedAvg):
         train.micro_batch, the batch's rows, said explicitly (0 would be read as the run's micro-batch)."""
         if allocation.micro_batch or not (self.context.micro_batch and self.micro_batched(client)):
             return allocation.micro_batch
-        return int(self.own_cost_model(client).batch_rows or 0)
+        return int(self.context.whole_batch_cost_model(client).batch_rows or 0)
 
     def allocate(self, client: ClientInfo) -> Allocation:
         """The most valuable module set that fits the client's usable budget under the planning cost model."""
