@@ -1,12 +1,14 @@
 """Wall time of a Flower loopback deployment, and of Flower's simulation engine, against the in-process simulator, on the same config.
 
-Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--cold]
+Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--slots N] [--no-engine] [--cold]
 
 Runs the config (default: the embedded default, 8 clients, 5 rounds; ``--small``: the default cut to
 3 clients, 3 rounds, 600 samples of 32 tokens, 4 local steps, for busy cores) with ``fedpilot run`` in a fresh
 process, then on a loopback federation on this machine: a SuperLink and one SuperNode per client
 (``--isolation process``, budgets from the config's tiers through each node's ``memory-budget``), each
-with its warm ClientApp executor (``python -m fedpilot.flower.warm``), and ``flwr run`` twice: the first
+with its warm ClientApp executor (``python -m fedpilot.flower.warm``; ``--slots N``, default 1: N executors
+compute at a time, each with cores / N torch threads, so that eight nodes do not oversubscribe two cores;
+0: all at once with every core), and ``flwr run`` twice: the first
 run on nodes that have only imported torch and fedpilot, the second on nodes whose model, data and
 partitions the first run loaded. Then the config on Flower's simulation engine (``flwr run <app>
 local-simulation``, :mod:`fedpilot.flower.simulation`: one virtual SuperNode per client, Ray actors, budgets
@@ -57,7 +59,7 @@ class Federation:
     """A SuperLink and one SuperNode per budget on 127.0.0.1 (warm: with their executors); every process
     in a session of its own, each group stopped by :meth:`stop`."""
 
-    def __init__(self, folder: Path, budgets: list[int | None], warm: bool) -> None:
+    def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None) -> None:
         self.folder, self.procs = folder, []
         folder.mkdir(parents=True)
         self.env = {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
@@ -77,7 +79,7 @@ class Federation:
                                                    *(["--isolation", "process"] if warm else []), "--node-config", declared])
             if warm:
                 self.start(f"warm-{cid}", [sys.executable, "-m", "fedpilot.flower.warm", "--runtime-api-address", f"127.0.0.1:{ports[-1]}",
-                                           "--insecure", "--watch-pid", node.pid])
+                                           "--insecure", "--watch-pid", node.pid, *self.sharing(slots)])
         for port, (_, node) in zip(ports, [p for p in self.procs if p[0].startswith("supernode-")]):
             wait_for_port(port, node)
         if warm:  # every executor has imported torch and fedpilot and serves its node
@@ -86,6 +88,12 @@ class Federation:
                     if proc.poll() is not None:
                         raise RuntimeError(f"{name} exited; see {folder / name}.log")
                     time.sleep(0.2)
+
+    def sharing(self, slots: int | None) -> list:
+        """The executors' share of this machine's cores: ``slots`` ClientApps at a time, each with cores / slots threads."""
+        if not slots:
+            return []
+        return ["--cpu-slots", slots, "--slot-dir", self.folder / "cpu-slots", "--torch-threads", max(1, (os.cpu_count() or 1) // slots)]
 
     def start(self, name: str, args: list) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -136,6 +144,9 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a fedpilot YAML (default: the embedded default)")
     parser.add_argument("--small", action="store_true", help="the default config cut down (see above) instead of --config")
     parser.add_argument("--rounds", type=int, help="federation.rounds instead of the config's")
+    parser.add_argument("--slots", type=int, default=1, help="ClientApps the warm nodes run at a time, each with cores / slots torch threads "
+                        "(default 1; 0: every node computes at once with every core)")
+    parser.add_argument("--no-engine", action="store_true", help="skip the run on Flower's simulation engine")
     parser.add_argument("--cold", action="store_true", help="also run on Flower's default SuperNodes (a ClientApp process per message)")
     args = parser.parse_args()
     from fedpilot.config import load_config
@@ -169,8 +180,8 @@ def main() -> int:
         sim = time.perf_counter() - start
         expected = rounds(work / "sim")
         out: dict[str, object] = {"config": "small" if args.small else str(args.config or "default"), "clients": len(budgets),
-                                  "rounds": settings["federation"]["rounds"], "simulator_s": round(sim, 1)}
-        federation = Federation(work / "warm", budgets, warm=True)
+                                  "rounds": settings["federation"]["rounds"], "slots": args.slots, "simulator_s": round(sim, 1)}
+        federation = Federation(work / "warm", budgets, warm=True, slots=args.slots)
         try:
             first = federation.run(config_for("first"))
             second = federation.run(config_for("second"))
@@ -179,14 +190,15 @@ def main() -> int:
         out |= {"flower_first_run_s": round(first, 1), "flower_warm_run_s": round(second, 1),
                 "first_run_ratio": round(first / sim, 2), "warm_run_ratio": round(second / sim, 2),
                 "equal_to_simulator": rounds(work / "first") == expected and rounds(work / "second") == expected}
-        start = time.perf_counter()
-        engine = run_local_simulation(config_for("engine"), work / "engine-home")
-        engine_s = time.perf_counter() - start
-        (work / "engine.log").write_text(engine.stdout + engine.stderr)
-        if engine.returncode:
-            raise RuntimeError(f"flwr run local-simulation exited {engine.returncode}:\n{(engine.stdout + engine.stderr)[-3000:]}")
-        out |= {"flower_simulation_engine_s": round(engine_s, 1), "simulation_engine_ratio": round(engine_s / sim, 2),
-                "simulation_engine_equal_to_simulator": rounds(work / "engine") == expected}
+        if not args.no_engine:
+            start = time.perf_counter()
+            engine = run_local_simulation(config_for("engine"), work / "engine-home")
+            engine_s = time.perf_counter() - start
+            (work / "engine.log").write_text(engine.stdout + engine.stderr)
+            if engine.returncode:
+                raise RuntimeError(f"flwr run local-simulation exited {engine.returncode}:\n{(engine.stdout + engine.stderr)[-3000:]}")
+            out |= {"flower_simulation_engine_s": round(engine_s, 1), "simulation_engine_ratio": round(engine_s / sim, 2),
+                    "simulation_engine_equal_to_simulator": rounds(work / "engine") == expected}
         if args.cold:
             federation = Federation(work / "cold", budgets, warm=False)
             try:

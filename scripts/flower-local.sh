@@ -10,6 +10,9 @@
 # Each SuperNode runs with --isolation process next to a warm ClientApp executor of its own
 # (python -m fedpilot.flower.warm: one process that serves all its messages, the model loaded once);
 # FEDPILOT_WARM=0: Flower's default instead, a fresh ClientApp process per message.
+# The warm executors share this machine's cores: FEDPILOT_CPU_SLOTS (default 1) of them compute at a time,
+# each with cores / slots torch threads (1: the nodes take turns with every core, as the simulator's clients
+# do, and give its numbers exactly; 0: every node computes at once with every core, oversubscribing them).
 # Work folder (logs, FLWR_HOME, the SuperLink's database, pids): $FLOWER_LOCAL_DIR, or a new temporary one.
 # Every process the script starts runs in its own process group, and every group is stopped when the
 # script ends: on success, on error, on Ctrl-C (SIGINT) and on SIGTERM.
@@ -26,6 +29,8 @@ BIN=${FEDPILOT_BIN:-$ROOT/.venv/bin}
 export PATH=$BIN:$PATH HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} PYTHONUNBUFFERED=1
 WARM=${FEDPILOT_WARM:-1}
 [[ $WARM == 0 || $WARM == 1 ]] || { echo "flower-local.sh: FEDPILOT_WARM must be 0 or 1, got '$WARM'" >&2; exit 2; }
+SLOTS=${FEDPILOT_CPU_SLOTS:-1}
+[[ $SLOTS =~ ^[0-9]+$ ]] || { echo "flower-local.sh: FEDPILOT_CPU_SLOTS must be a whole number >= 0, got '$SLOTS'" >&2; exit 2; }
 read -r -a BUDGETS <<< "${FEDPILOT_BUDGETS:-150MiB 190MiB 256MiB}"
 
 WORK=${FLOWER_LOCAL_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/fedpilot-flower.XXXXXX")}
@@ -144,6 +149,8 @@ start superlink "$BIN/flower-superlink" --insecure --disable-runtime-dependency-
 wait_for_port "$LINK" "${PIDS[-1]}" superlink
 ISOLATION=()
 ((WARM)) && ISOLATION=(--isolation process)
+SHARING=()
+((SLOTS)) && SHARING=(--cpu-slots "$SLOTS" --slot-dir "$WORK/cpu-slots" --torch-threads "$(( $(nproc) / SLOTS > 0 ? $(nproc) / SLOTS : 1 ))")
 for ((i = 0; i < N; i++)); do
     budget=${BUDGETS[i % ${#BUDGETS[@]}]}
     start "supernode-$i" "$BIN/flower-supernode" --insecure --superlink "127.0.0.1:$LINK" --port "${PORTS[i + 1]}" \
@@ -152,7 +159,7 @@ for ((i = 0; i < N; i++)); do
     wait_for_port "${PORTS[i + 1]}" "$node" "supernode-$i"
     if ((WARM)); then  # the executor imports fedpilot from this repository, the code the run's app carries
         start "warm-$i" env "PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$BIN/python" -m fedpilot.flower.warm \
-            --runtime-api-address "127.0.0.1:${PORTS[i + 1]}" --insecure --watch-pid "$node"
+            --runtime-api-address "127.0.0.1:${PORTS[i + 1]}" --insecure --watch-pid "$node" "${SHARING[@]}"
     fi
     echo "flower-local.sh: SuperNode $i of $N, budget $budget, on port ${PORTS[i + 1]}$( ((WARM)) && echo ", warm ClientApp executor")" >&2
 done

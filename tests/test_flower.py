@@ -63,6 +63,25 @@ def test_tensors_round_trip_exactly() -> None:
     same_tensors(codec.tensors_from_record(wire(RecordDict({"t": codec.tensors_to_record(sent)})).array_records["t"]), sent)
 
 
+def test_tensors_travel_as_one_array_and_a_record_of_named_arrays_still_decodes() -> None:
+    """One object on the wire, whatever the number of tensors (the SuperLink's cost is per object); a
+    record of one Array per tensor, as older senders sent, decodes to the same tensors; a blob whose key
+    order does not name its tensors is an error, not a quietly reordered adapter."""
+    from flwr.app import Array, ArrayRecord
+    from safetensors.numpy import save
+
+    sent = tensors()
+    record = codec.tensors_to_record(sent)
+    assert list(record.keys()) == [codec.PACKED] and record[codec.PACKED].dtype == "uint8"
+    older = ArrayRecord({key: Array(np.asarray(value)) for key, value in sent.items()})
+    same_tensors(codec.tensors_from_record(wire(RecordDict({"t": older})).array_records["t"]), sent)
+    decoded = codec.tensors_from_record(record)
+    decoded["0.query/lora_A"] += 1  # the client may update what it received in place
+    blob = save({"a": np.zeros(2, np.float32)}, metadata={codec.ORDER: '["a", "b"]'})
+    with pytest.raises(ValueError, match="corrupt"):
+        codec.tensors_from_record(ArrayRecord({codec.PACKED: Array(np.frombuffer(blob, dtype=np.uint8))}))
+
+
 @pytest.mark.parametrize(
     "assignment",
     [

@@ -136,3 +136,65 @@ def test_the_warm_executor_runs_a_fab_of_its_own_fedpilot_only() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text().replace('"fedpilot.flower.client_app:app"', '"other.client:app"')
     ref, why = inspect_fab(build_fab_from_files({**files, "pyproject.toml": pyproject.encode()})[0], ROOT)
     assert ref == "other.client:app" and why == "the run's ClientApp is 'other.client:app'; this executor runs fedpilot's only"
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_cpu_slots_let_at_most_their_count_compute_at_once(tmp_path, count) -> None:
+    """Executors sharing a slot folder: of six tasks started together, never more than ``count`` hold a slot
+    at once, and every task gets one."""
+    import threading
+    import time
+
+    from fedpilot.flower.warm import CpuSlots
+
+    slots, lock, holding, peak, done = CpuSlots(tmp_path / "slots", count), threading.Lock(), [0], [0], []
+
+    def task(i: int) -> None:
+        with CpuSlots(tmp_path / "slots", count).hold():  # each executor opens the folder itself
+            with lock:
+                holding[0] += 1
+                peak[0] = max(peak[0], holding[0])
+            time.sleep(0.05)
+            with lock:
+                holding[0] -= 1
+        done.append(i)
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(done) == list(range(6)) and peak[0] == count
+    assert len(slots.paths) == count
+
+
+def test_a_slot_is_free_again_once_its_holder_dies(tmp_path) -> None:
+    """The kernel drops a killed holder's lock: the slot is not lost with the process."""
+    import subprocess
+    import sys
+    import time
+
+    from fedpilot.flower.warm import CpuSlots
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+                               "from fedpilot.flower.warm import CpuSlots\nwith CpuSlots(Path(sys.argv[2]), 1).hold():\n"
+                               " print('held', flush=True); time.sleep(60)", str(ROOT), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    got = []
+    waiter = __import__("threading").Thread(target=lambda: got.append(CpuSlots(tmp_path, 1).hold().__enter__()))
+    waiter.start()
+    time.sleep(0.3)
+    assert not got  # the one slot is held
+    holder.kill()
+    holder.wait()
+    waiter.join(10)
+    assert got == [tmp_path / "slot-0.lock"]
+
+
+@pytest.mark.parametrize("argv", [["--cpu-slots", "2"], ["--slot-dir", "x"], ["--cpu-slots", "0", "--slot-dir", "x"], ["--torch-threads", "0"]])
+def test_the_warm_executor_refuses_half_or_bad_sharing_options_in_one_line(argv, capsys) -> None:
+    from fedpilot.flower.warm import main
+
+    assert main(["--runtime-api-address", "127.0.0.1:1", "--insecure", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("--cpu-slots" in err or "--torch-threads" in err)

@@ -2,8 +2,12 @@
 
 A RecordDict holds at most these records:
 
-- ``"tensors"``: an ArrayRecord of named numpy arrays (a :data:`~fedpilot.core.tensors.TensorDict`;
-  dtype, shape and key order kept);
+- ``"tensors"``: an ArrayRecord holding one uint8 Array, ``"safetensors"``: the named numpy arrays (a
+  :data:`~fedpilot.core.tensors.TensorDict`) as one safetensors blob, dtype, shape and key order kept (the
+  order in the blob's metadata). One object on the wire instead of one or more per array: a SuperLink
+  stores, and a SuperNode pulls, every object with its own requests and database transactions, which
+  cost more than training a client (benchmarks/flower_overhead.py). A record of named arrays, one per
+  tensor (what older senders sent), decodes too;
 - ``"assignment"``: a ConfigRecord (``modules``, ``rank_modules`` / ``rank_values``, ``parts``,
   ``own_tensors``: whether the assignment carries its own tensors, which then travel as ``"tensors"``,
   ``checkpointing``: absent in messages from before it, read as False);
@@ -42,12 +46,29 @@ CONFIG = "config"  # the run's fedpilot config, as JSON, in a QUERY message
 
 
 # -- tensors -------------------------------------------------------------------------------------------
+PACKED = "safetensors"  # the one Array of a tensors record
+ORDER = "fedpilot-order"  # the blob's metadata key: the keys in the sender's order, as JSON
+
+
 def tensors_to_record(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({key: Array(np.asarray(value)) for key, value in tensors.items()})
+    from safetensors.numpy import save
+
+    blob = save({key: np.ascontiguousarray(value) for key, value in tensors.items()}, metadata={ORDER: json.dumps(list(tensors))})
+    return ArrayRecord({PACKED: Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
 def tensors_from_record(record: ArrayRecord) -> TensorDict:
-    return {key: array.numpy() for key, array in record.items()}
+    if list(record.keys()) != [PACKED]:  # one Array per tensor
+        return {key: array.numpy() for key, array in record.items()}
+    from safetensors.numpy import load
+
+    blob = record[PACKED].numpy().tobytes()
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])  # the safetensors header: u64 length, then JSON
+    loaded = load(blob)
+    order = json.loads(header.get("__metadata__", {}).get(ORDER, "null")) or sorted(loaded)
+    if sorted(order) != sorted(loaded):
+        raise ValueError(f"a tensors record's key order names {len(order)} keys, its blob holds {len(loaded)}: the record is corrupt")
+    return {key: loaded[key] for key in order}
 
 
 # -- assignment and instructions -----------------------------------------------------------------------

@@ -19,11 +19,19 @@ The process runs the fedpilot it imported, so it checks that each run's FAB carr
 source (file by file, against the FAB's manifest); a run whose app differs gets an error reply naming
 the first differing file (restart the executor from that fedpilot). A task that raises is answered
 with an error reply, as ``flwr-clientapp`` answers, and the executor goes on to the next task.
+
+SuperNodes that share one machine (a loopback federation, several nodes on one host) would otherwise all
+compute at once, each with every core: ``--cpu-slots N --slot-dir DIR`` lets at most N of their executors
+(those given the same DIR) run a ClientApp at a time, and ``--torch-threads T`` gives each T threads; N x T
+= the machine's cores keeps them from oversubscribing it (benchmarks/flower_overhead.py measures the
+choices). A task waiting for a slot keeps its heartbeat.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -39,6 +47,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CLIENTAPP_PREFIX = "fedpilot."  # the only ClientApps this executor runs
 FIRST_POLL = 0.05  # seconds before the first claim after a task; each empty claim waits 1.5 x longer, up to --poll
+
+
+class CpuSlots:
+    """At most ``count`` holders at a time across processes: an exclusive ``flock`` on one of ``count``
+    files in ``folder`` (released by the kernel if the holder dies)."""
+
+    def __init__(self, folder: Path, count: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.paths = [folder / f"slot-{i}.lock" for i in range(count)]
+
+    @contextlib.contextmanager
+    def hold(self):
+        """A free slot if one is, else this process's own slot (by pid) once its holder lets go: a blocking
+        wait in the kernel, so the executors that wait for the cores do not spend them polling."""
+        handle = None
+        for path in self.paths:
+            handle = open(path, "a")  # noqa: SIM115 - closed on release
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.close()
+                handle = None
+        if handle is None:
+            path = self.paths[os.getpid() % len(self.paths)]
+            handle = open(path, "a")  # noqa: SIM115
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            handle.close()
 
 
 def _log(line: str) -> None:
@@ -84,7 +123,8 @@ def load_clientapp(ref: str) -> Any:
 class WarmExecutor:
     """Claims ClientApp tasks from one SuperNode's Runtime API and runs them in this process."""
 
-    def __init__(self, address: str, insecure: bool, root_certificates: str | None, poll: float, auth_secret: bytes | None = None) -> None:
+    def __init__(self, address: str, insecure: bool, root_certificates: str | None, poll: float, auth_secret: bytes | None = None,
+                 slots: CpuSlots | None = None) -> None:
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
         from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -95,7 +135,7 @@ class WarmExecutor:
         if auth_secret:
             interceptors.append(SuperExecAuthHttpInterceptor(master_secret=auth_secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
         self.client = RuntimeHttpClient.from_server_address(address, insecure, root_certificates, interceptors, retry_invoker=self._retrier(None))
-        self.tasks = 0
+        self.tasks, self.slots = 0, slots
 
     @staticmethod
     def _retrier(max_tries: int | None):
@@ -129,7 +169,7 @@ class WarmExecutor:
 
     def run_task(self, token: str) -> None:
         """One task, as ``flwr-clientapp`` runs it, without leaving the process."""
-        from flwr.app import Error, Message
+        from flwr.app import Error, Message, MessageType
         from flwr.common.constant import ErrorCode, SubStatus
         from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
         from flwr.supercore.heartbeat import HeartbeatSender
@@ -155,6 +195,7 @@ class WarmExecutor:
         beats.start()
         message = context = reply = None
         status, details, start = SubStatus.FAILED, "ClientApp task failed", time.perf_counter()
+        waited = ran = None
         self.tasks += 1
         try:
             message, context, run, fab = pull_task_input(client)
@@ -163,7 +204,13 @@ class WarmExecutor:
             ref, why = self.checked[fab.hash_str]
             if why is not None:
                 raise RuntimeError(f"this SuperNode's warm executor runs fedpilot from {self.package_root}: {why}; restart it from the run's fedpilot")
-            reply = load_clientapp(ref)(message=message, context=context)
+            claimed = time.perf_counter()
+            # a query (the node's facts; the first loads its model and data) runs at once: its phase trains nothing
+            computes = message.metadata.message_type != MessageType.QUERY
+            with self.slots.hold() if self.slots and computes else contextlib.nullcontext():
+                waited, began = time.perf_counter() - claimed, time.perf_counter()
+                reply = load_clientapp(ref)(message=message, context=context)
+                ran = time.perf_counter() - began
             status, details = SubStatus.COMPLETED, ""
         except Exception as err:  # noqa: BLE001 - the task's failure, answered as flwr-clientapp answers it
             details = f"{type(err)}:<'{err}'>"
@@ -180,7 +227,9 @@ class WarmExecutor:
             beats.stop()
             client.close()
         kind = message.metadata.message_type if message is not None else "?"
-        _log(f"task {self.tasks} ({kind}, run {context.run_id if context else '?'}): {status} in {time.perf_counter() - start:.2f} s")
+        parts = "" if ran is None else f" (the ClientApp {ran:.2f} s" + (f", after {waited:.2f} s waiting for a CPU slot)" if self.slots and waited else ")")
+        _log(f"task {self.tasks} ({kind}, run {context.run_id if context else '?'}): {status} in {time.perf_counter() - start:.2f} s{parts}"
+             f", at {time.strftime('%H:%M:%S')}")
 
 
 def watch(pid: int, stop: threading.Event) -> None:
@@ -210,6 +259,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--watch-pid", type=int, help="exit when this process (the SuperNode) is gone")
     parser.add_argument("--poll", type=float, default=1.0, help="the longest wait between two task claims when idle, in seconds (default 1; "
                         "right after a task it polls every 0.05 s, 1.5 x longer each time)")
+    parser.add_argument("--cpu-slots", type=int, help="with --slot-dir: at most this many executors sharing that folder run a ClientApp at a time")
+    parser.add_argument("--slot-dir", type=Path, help="the folder of the shared slots' lock files (one per machine)")
+    parser.add_argument("--torch-threads", type=int, help="torch's threads in this process (default: torch's, every core)")
     return parser.parse_args(argv)
 
 
@@ -217,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not FIRST_POLL <= args.poll <= 60:
         print(f"--poll {args.poll}: give seconds between {FIRST_POLL} and 60", file=sys.stderr)
+        return 2
+    if (args.cpu_slots is None) != (args.slot_dir is None) or (args.cpu_slots is not None and args.cpu_slots < 1):
+        print("--cpu-slots and --slot-dir: give both (a count of at least 1 and a folder), or neither", file=sys.stderr)
+        return 2
+    if args.torch_threads is not None and args.torch_threads < 1:
+        print(f"--torch-threads {args.torch_threads}: give at least 1", file=sys.stderr)
         return 2
     secret = None
     if args.superexec_auth_secret_file:
@@ -239,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     import fedpilot.federation  # noqa: F401
     import fedpilot.flower.client_app  # noqa: F401
 
-    WarmExecutor(args.runtime_api_address, args.insecure, args.root_certificates, args.poll, secret).serve(stop)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    slots = CpuSlots(args.slot_dir, args.cpu_slots) if args.cpu_slots else None
+    WarmExecutor(args.runtime_api_address, args.insecure, args.root_certificates, args.poll, secret, slots).serve(stop)
     return 0
 
 
