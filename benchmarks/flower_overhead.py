@@ -17,7 +17,9 @@ actors' model loads counted (it starts afresh for each run). ``--cold`` adds a r
 SuperNodes (a ClientApp process per message). Times are from start to finished results; starting the loopback
 federation is not counted (it is long-lived), loading the model and data on the nodes is (first run); the memory model is
 calibrated (``fedpilot profile``, cached on disk) before anything is timed. Prints one JSON line: the
-seconds, the ratios to the simulator, and whether every round's accuracy and loss equal the simulator's.
+seconds, the ratios to the simulator, whether every round's accuracy and loss equal the simulator's, and the CPU
+seconds each side spent (the simulator's process; on the loopback by role: the executors, the SuperNodes, the
+SuperLink, the ServerApp; read from /proc four times a second, so it needs Linux).
 Run it on idle cores: the loopback federation shares them with the simulator's one process.
 """
 
@@ -26,11 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +57,56 @@ def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 300) -> No
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listens on {port} after {seconds} s")
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds (user + system) spent by the processes of some process groups while it runs, by role: each
+    live process is read from /proc every ``every`` seconds, so one that exits in between (the ServerApp)
+    counts up to its last reading."""
+
+    def __init__(self, roles: dict[int, str], marker: bytes, every: float = 0.25) -> None:
+        """``roles``: process group -> role; ``marker``: an environment entry (``FLWR_HOME=...``) that the
+        processes those start in sessions of their own (the SuperLink's ServerApp) inherit."""
+        self.roles, self.marker, self.every, self.seen, self.start = roles, marker, every, {}, {}
+        self.stopped, self.strangers, self.adopted = threading.Event(), set(), {}  # pids known not to be ours, and ours by environment
+        self.read(self.start)
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def read(self, into: dict) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                role = self.roles.get(int(fields[2])) or self.adopted.get(entry.name)  # after the name: state, ppid, pgrp, ...
+                if role is None and entry.name not in self.strangers:
+                    if self.marker in (entry / "environ").read_bytes().split(b"\0"):
+                        role = "serverapp" if b"flwr-serverapp" in (entry / "cmdline").read_bytes() else "other"
+                        self.adopted[entry.name] = role
+                    else:
+                        self.strangers.add(entry.name)
+                if role is None:
+                    continue
+                into[int(entry.name)] = (role, (int(fields[11]) + int(fields[12])) / TICK)  # utime, stime
+            except (OSError, IndexError, ValueError):
+                continue
+
+    def loop(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.read(self.seen)
+
+    def stop(self) -> dict[str, float]:
+        self.stopped.set()
+        self.thread.join()
+        self.read(self.seen)
+        out: dict[str, float] = {}
+        for pid, (role, cpu) in self.seen.items():
+            out[role] = out.get(role, 0.0) + cpu - self.start.get(pid, (role, 0.0))[1]
+        return {role: round(cpu, 1) for role, cpu in sorted(out.items())}
 
 
 class Federation:
@@ -106,9 +160,12 @@ class Federation:
         app = self.folder / "app"
         if not app.is_dir():  # what the FAB carries (flwr run walks every file it is given, .venv included)
             stage_app(app)
+        roles = {proc.pid: name.split("-")[0].replace("supernode", "supernodes").replace("warm", "executors") for name, proc in self.procs}
+        meter = CpuMeter(roles, f"FLWR_HOME={self.folder / 'flwr-home'}".encode())
         done = subprocess.run([str(BIN / "flwr"), "run", str(app), "loop", "--run-config", f'config="{config}"', "--stream"],
                               cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=3600)
         seconds = time.perf_counter() - start
+        self.cpu_seconds = meter.stop()
         (self.folder / f"flwr-run-{config.stem}.log").write_text(done.stdout + done.stderr)
         if done.returncode:
             raise RuntimeError(f"flwr run exited {done.returncode}; see {self.folder}")
@@ -174,22 +231,28 @@ def main() -> int:
         subprocess.run([str(BIN / "fedpilot"), "profile", "--config", str(config_for("sim"))], check=True, cwd=work,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         load_before = os.getloadavg()[0]
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run([str(BIN / "fedpilot"), "run", "--config", str(config_for("sim"))], check=True, cwd=work,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
         sim = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sim_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         expected = rounds(work / "sim")
         out: dict[str, object] = {"config": "small" if args.small else str(args.config or "default"), "clients": len(budgets),
-                                  "rounds": settings["federation"]["rounds"], "slots": args.slots, "simulator_s": round(sim, 1)}
+                                  "rounds": settings["federation"]["rounds"], "slots": args.slots, "simulator_s": round(sim, 1),
+                                  "simulator_cpu_s": round(sim_cpu, 1)}
         federation = Federation(work / "warm", budgets, warm=True, slots=args.slots)
         try:
             first = federation.run(config_for("first"))
+            first_cpu = federation.cpu_seconds
             second = federation.run(config_for("second"))
         finally:
             federation.stop()
         out |= {"flower_first_run_s": round(first, 1), "flower_warm_run_s": round(second, 1),
                 "first_run_ratio": round(first / sim, 2), "warm_run_ratio": round(second / sim, 2),
-                "equal_to_simulator": rounds(work / "first") == expected and rounds(work / "second") == expected}
+                "equal_to_simulator": rounds(work / "first") == expected and rounds(work / "second") == expected,
+                "flower_first_run_cpu_s": first_cpu, "flower_warm_run_cpu_s": federation.cpu_seconds}
         if not args.no_engine:
             start = time.perf_counter()
             engine = run_local_simulation(config_for("engine"), work / "engine-home")

@@ -195,7 +195,7 @@ class WarmExecutor:
         beats.start()
         message = context = reply = None
         status, details, start = SubStatus.FAILED, "ClientApp task failed", time.perf_counter()
-        waited = ran = None
+        waited = ran = cpu = None
         self.tasks += 1
         try:
             message, context, run, fab = pull_task_input(client)
@@ -208,9 +208,9 @@ class WarmExecutor:
             # a query (the node's facts; the first loads its model and data) runs at once: its phase trains nothing
             computes = message.metadata.message_type != MessageType.QUERY
             with self.slots.hold() if self.slots and computes else contextlib.nullcontext():
-                waited, began = time.perf_counter() - claimed, time.perf_counter()
+                waited, began, cpu = time.perf_counter() - claimed, time.perf_counter(), time.process_time()
                 reply = load_clientapp(ref)(message=message, context=context)
-                ran = time.perf_counter() - began
+                ran, cpu = time.perf_counter() - began, time.process_time() - cpu
             status, details = SubStatus.COMPLETED, ""
         except Exception as err:  # noqa: BLE001 - the task's failure, answered as flwr-clientapp answers it
             details = f"{type(err)}:<'{err}'>"
@@ -227,7 +227,7 @@ class WarmExecutor:
             beats.stop()
             client.close()
         kind = message.metadata.message_type if message is not None else "?"
-        parts = "" if ran is None else f" (the ClientApp {ran:.2f} s" + (f", after {waited:.2f} s waiting for a CPU slot)" if self.slots and waited else ")")
+        parts = "" if ran is None else f" (the ClientApp {ran:.2f} s, {cpu:.2f} s of CPU" + (f", after {waited:.2f} s waiting for a CPU slot)" if self.slots and waited else ")")
         _log(f"task {self.tasks} ({kind}, run {context.run_id if context else '?'}): {status} in {time.perf_counter() - start:.2f} s{parts}"
              f", at {time.strftime('%H:%M:%S')}")
 
