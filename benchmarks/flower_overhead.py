@@ -113,7 +113,7 @@ class Federation:
     """A SuperLink and one SuperNode per budget on 127.0.0.1 (warm: with their executors); every process
     in a session of its own, each group stopped by :meth:`stop`."""
 
-    def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None) -> None:
+    def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None, shared: bool = False) -> None:
         self.folder, self.procs = folder, []
         folder.mkdir(parents=True)
         self.env = {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
@@ -131,9 +131,13 @@ class Federation:
             declared = f'partition-id={cid} num-partitions={len(budgets)}' + ("" if budget is None else f' memory-budget="{budget}B"')
             node = self.start(f"supernode-{cid}", [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", ports[-1],
                                                    *(["--isolation", "process"] if warm else []), "--node-config", declared])
-            if warm:
+            if warm and not shared:
                 self.start(f"warm-{cid}", [sys.executable, "-m", "fedpilot.flower.warm", "--runtime-api-address", f"127.0.0.1:{ports[-1]}",
                                            "--insecure", "--watch-pid", node.pid, *self.sharing(slots)])
+        if warm and shared:  # one executor process for every node
+            nodes = [proc for name, proc in self.procs if name.startswith("supernode-")]
+            self.start("warm-shared", [sys.executable, "-m", "fedpilot.flower.warm", "--insecure",
+                                       *[a for port, node in zip(ports, nodes) for a in ("--runtime-api-address", f"127.0.0.1:{port}", "--watch-pid", node.pid)]])
         for port, (_, node) in zip(ports, [p for p in self.procs if p[0].startswith("supernode-")]):
             wait_for_port(port, node)
         if warm:  # every executor has imported torch and fedpilot and serves its node
@@ -203,6 +207,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="federation.rounds instead of the config's")
     parser.add_argument("--slots", type=int, default=1, help="ClientApps the warm nodes run at a time, each with cores / slots torch threads "
                         "(default 1; 0: every node computes at once with every core)")
+    parser.add_argument("--shared", action="store_true", help="one warm executor process serves every SuperNode (instead of one each, --slots)")
     parser.add_argument("--no-engine", action="store_true", help="skip the run on Flower's simulation engine")
     parser.add_argument("--cold", action="store_true", help="also run on Flower's default SuperNodes (a ClientApp process per message)")
     args = parser.parse_args()
@@ -240,9 +245,9 @@ def main() -> int:
         sim_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         expected = rounds(work / "sim")
         out: dict[str, object] = {"config": "small" if args.small else str(args.config or "default"), "clients": len(budgets),
-                                  "rounds": settings["federation"]["rounds"], "slots": args.slots, "simulator_s": round(sim, 1),
+                                  "rounds": settings["federation"]["rounds"], "slots": None if args.shared else args.slots, "shared_executor": args.shared, "simulator_s": round(sim, 1),
                                   "simulator_cpu_s": round(sim_cpu, 1)}
-        federation = Federation(work / "warm", budgets, warm=True, slots=args.slots)
+        federation = Federation(work / "warm", budgets, warm=True, slots=args.slots, shared=args.shared)
         try:
             first = federation.run(config_for("first"))
             first_cpu = federation.cpu_seconds

@@ -369,7 +369,7 @@ class Loopback:
         self.procs.append((name, proc))
         return proc
 
-    def start_federation(self, budgets: list[int], tls: Certificates | None = None, warm: bool = True) -> None:
+    def start_federation(self, budgets: list[int], tls: Certificates | None = None, warm: bool = True, shared: bool = False) -> None:
         """A SuperLink on a free port and one SuperNode per budget (partition i of len(budgets)).
 
         ``tls``: HTTPS with these certificates (the SuperLink's, the CA the nodes and ``flwr`` trust), and
@@ -377,7 +377,7 @@ class Loopback:
         before it starts with its private key. None: ``--insecure``.
         ``warm``: each SuperNode runs with ``--isolation process`` next to its own warm ClientApp executor
         (``python -m fedpilot.flower.warm``, importing this repository's fedpilot); False: Flower's default,
-        a ClientApp process per message.
+        a ClientApp process per message. ``shared``: one warm executor process serves every SuperNode instead.
         """
         self.port = port = free_port()
         home = Path(self.env["FLWR_HOME"])
@@ -411,12 +411,16 @@ class Loopback:
                  *(["--isolation", "process"] if warm else []),
                  "--node-config", f'partition-id={cid} num-partitions={len(budgets)} memory-budget="{budget}B"'],
             ))
-            if warm:  # it waits for its SuperNode's Runtime API by itself
+            if warm and not shared:  # it waits for its SuperNode's Runtime API by itself
                 self.executors.append(self.start(
                     f"warm-{cid}",
                     [sys.executable, "-m", "fedpilot.flower.warm", "--runtime-api-address", f"127.0.0.1:{node_ports[-1]}", "--insecure",
                      "--watch-pid", str(self.nodes[-1].pid)],
                 ))
+        if shared:
+            served = [a for node_port, node in zip(node_ports, self.nodes) for a in
+                      ("--runtime-api-address", f"127.0.0.1:{node_port}", "--watch-pid", str(node.pid))]
+            self.executors.append(self.start("warm-shared", [sys.executable, "-m", "fedpilot.flower.warm", "--insecure", *served]))
         for node_port, node in zip(node_ports, self.nodes):
             wait_for_port(node_port, node)
 
@@ -776,6 +780,29 @@ def processes_with(variable: str) -> list[int]:
 
 
 @NEEDS_FLOWER
+@NEEDS_FLOWER
+def test_one_warm_executor_serves_every_supernode_of_a_machine_as_the_simulator(loopback: Loopback, simulated, fast_cost_model, tmp_path: Path) -> None:
+    """One executor process for the three SuperNodes (``--runtime-api-address`` and ``--watch-pid`` repeated): the run
+    ends as the simulator, every node's messages ran in that process on one model (the first node loaded it, the
+    others found it warm), and the executor outlives a stopped SuperNode while another remains, then exits."""
+    budgets, _, config_path = fast_flower_config(fast_cost_model, tmp_path, evaluate="both")
+    loopback.start_federation(budgets, shared=True)
+    loopback.flwr_run(config_path)
+    results = finished_flower_run(loopback, tmp_path / "flower-run")
+    assert_ends_as_simulated(results, simulated[0], budgets)
+    assert_client_2_cannot_evaluate(assert_client_evaluations_as_simulated(results, simulated[0]), rounds=2)
+    (executor,) = loopback.executors
+    assert [(c["node_process"], c["node_warm"]) for c in results["clients"]] == [(executor.pid, False), (executor.pid, True), (executor.pid, True)]
+    for node in loopback.nodes[:2]:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
+    time.sleep(1.5)  # the watcher looks every 0.5 s
+    assert executor.poll() is None, loopback.logs()
+    os.killpg(loopback.nodes[2].pid, signal.SIGKILL)  # not reaped: a zombie counts as gone
+    assert executor.wait(timeout=30) is not None
+    assert "SuperNode process" in (tmp_path / "warm-shared.log").read_text()
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists() or shutil.which("setsid") is None, reason="needs Linux /proc and setsid")
 def test_flower_local_sh_stops_every_process_it_started_on_ctrl_c(tmp_path: Path) -> None:
     """The launcher starts a SuperLink, N SuperNodes with their warm executors and `flwr run`; Ctrl-C while the run is under way

@@ -198,3 +198,32 @@ def test_the_warm_executor_refuses_half_or_bad_sharing_options_in_one_line(argv,
     assert main(["--runtime-api-address", "127.0.0.1:1", "--insecure", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("--cpu-slots" in err or "--torch-threads" in err)
+
+
+def test_one_executor_takes_the_tasks_of_several_nodes_one_at_a_time_each_node_s_waiting_tasks_first() -> None:
+    """``serve`` over several SuperNodes: every task of every node runs, one at a time, in claim order: a node's
+    waiting tasks before the next node's; nothing runs after the stop."""
+    import threading
+
+    from fedpilot.flower.warm import serve
+
+    stop, ran, running = threading.Event(), [], [0]
+
+    class Node:
+        def __init__(self, name: str, tasks: list[str]) -> None:
+            self.address, self.tasks = name, tasks
+
+        def claim(self):
+            return self.tasks.pop(0) if self.tasks else None
+
+        def run_task(self, token: str) -> None:
+            running[0] += 1
+            assert running[0] == 1  # one at a time
+            ran.append(token)
+            running[0] -= 1
+            if token == "b2":
+                stop.set()
+
+    a, b, c = Node("a", ["a1", "a2"]), Node("b", ["b1", "b2", "b3"]), Node("c", ["c1"])
+    serve([a, b, c], stop, poll=0.1)
+    assert ran == ["a1", "a2", "b1", "b2"] and b.tasks == ["b3"] and c.tasks == ["c1"]

@@ -20,6 +20,9 @@ source (file by file, against the FAB's manifest); a run whose app differs gets 
 the first differing file (restart the executor from that fedpilot). A task that raises is answered
 with an error reply, as ``flwr-clientapp`` answers, and the executor goes on to the next task.
 
+One process may serve several SuperNodes of one machine (``--runtime-api-address`` and ``--watch-pid`` repeated):
+it takes their tasks one at a time, all on one model in memory, and exits once every watched SuperNode is gone.
+
 SuperNodes that share one machine (a loopback federation, several nodes on one host) would otherwise all
 compute at once, each with every core: ``--cpu-slots N --slot-dir DIR`` lets at most N of their executors
 (those given the same DIR) run a ClientApp at a time, and ``--torch-threads T`` gives each T threads; N x T
@@ -145,27 +148,21 @@ class WarmExecutor:
 
         return RetryInvoker(lambda: exponential(base_delay=0.2, max_delay=5), httpx.TransportError, max_tries=max_tries, max_time=None)
 
-    def serve(self, stop: threading.Event) -> None:
+    def claim(self) -> str | None:
+        """A task's token if the SuperNode has one for this executor, else None (a refused claim is logged)."""
         import httpx
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
         from flwr.supercore.constant import TaskType
 
-        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
-        _log(f"serving ClientApp tasks of the SuperNode at {self.address} (pid {os.getpid()})")
-        idle = 0  # claims that found nothing since the last task: the wait grows from FIRST_POLL to --poll
-        while not stop.is_set():
-            try:
-                claimed = self.client.AcquireTask(request)
-            except httpx.HTTPStatusError as err:  # the SuperNode refused this claim; the next may pass
-                _log(f"the SuperNode refused a task claim: {err.response.status_code} {err.response.text[:200]}")
-                stop.wait(self.poll)
-                continue
-            if claimed.HasField("task") and claimed.token:
-                self.run_task(claimed.token)
-                idle = 0
-                continue  # the next task may be waiting already
-            stop.wait(min(FIRST_POLL * 1.5**idle, self.poll))
-            idle = min(idle + 1, 64)
+        try:
+            claimed = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+        except httpx.HTTPStatusError as err:  # the SuperNode refused this claim; the next may pass
+            _log(f"the SuperNode at {self.address} refused a task claim: {err.response.status_code} {err.response.text[:200]}")
+            return None
+        return claimed.token if claimed.HasField("task") and claimed.token else None
+
+    def serve(self, stop: threading.Event) -> None:
+        serve([self], stop, self.poll)
 
     def run_task(self, token: str) -> None:
         """One task, as ``flwr-clientapp`` runs it, without leaving the process."""
@@ -232,31 +229,66 @@ class WarmExecutor:
              f", at {time.strftime('%H:%M:%S')}")
 
 
-def watch(pid: int, stop: threading.Event) -> None:
-    """Stop this process once ``pid`` (its SuperNode) is gone."""
+def serve(executors: list[WarmExecutor], stop: threading.Event, poll: float) -> None:
+    """Take the tasks of every executor's SuperNode, one at a time, in this process: after a task, the same
+    node's next claim first (the next task may be waiting already), then the others in turn; when none has a
+    task, wait from FIRST_POLL up to ``poll`` seconds between rounds of claims."""
+    for executor in executors:
+        _log(f"serving ClientApp tasks of the SuperNode at {executor.address} (pid {os.getpid()})")
+    idle = 0  # rounds of claims that found nothing since the last task
+    while not stop.is_set():
+        ran = False
+        for executor in executors:
+            while not stop.is_set() and (token := executor.claim()) is not None:
+                executor.run_task(token)
+                ran = True
+        if ran:
+            idle = 0
+            continue
+        stop.wait(min(FIRST_POLL * 1.5**idle, poll))
+        idle = min(idle + 1, 64)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: it exists and is not a zombie (exited, not yet reaped by its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux): what kill says
+        return True
+
+
+def watch(pids: list[int], stop: threading.Event) -> None:
+    """Stop this process once every one of ``pids`` (its SuperNodes) is gone."""
 
     def loop() -> None:
+        alive = set(pids)
         while not stop.wait(0.5):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                _log(f"SuperNode process {pid} is gone; exiting")
+            for pid in [p for p in alive if not running(p)]:
+                alive.discard(pid)
+                _log(f"SuperNode process {pid} is gone" + ("; exiting" if not alive else ""))
+            if not alive:
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
-            except PermissionError:
-                pass
 
     threading.Thread(target=loop, name="watch-supernode", daemon=True).start()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fedpilot.flower.warm", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, host:port (its --port)")
+    parser.add_argument("--runtime-api-address", required=True, action="append",
+                        help="the SuperNode's Runtime API, host:port (its --port); repeat it to serve several SuperNodes of this "
+                        "machine from this one process, one task at a time (one model in memory for all)")
     security = parser.add_mutually_exclusive_group(required=True)
     security.add_argument("--insecure", action="store_true", help="plain HTTP to the Runtime API (a SuperNode without --ssl-certfile)")
     security.add_argument("--root-certificates", help="CA certificate that signed the Runtime API's --ssl-certfile")
     parser.add_argument("--superexec-auth-secret-file", help="the SuperNode's --superexec-auth-secret-file, if it has one")
-    parser.add_argument("--watch-pid", type=int, help="exit when this process (the SuperNode) is gone")
+    parser.add_argument("--watch-pid", type=int, action="append", help="exit when this process (the SuperNode) is gone; repeated: when all are")
     parser.add_argument("--poll", type=float, default=1.0, help="the longest wait between two task claims when idle, in seconds (default 1; "
                         "right after a task it polls every 0.05 s, 1.5 x longer each time)")
     parser.add_argument("--cpu-slots", type=int, help="with --slot-dir: at most this many executors sharing that folder run a ClientApp at a time")
@@ -302,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.torch_threads)
     slots = CpuSlots(args.slot_dir, args.cpu_slots) if args.cpu_slots else None
-    WarmExecutor(args.runtime_api_address, args.insecure, args.root_certificates, args.poll, secret, slots).serve(stop)
+    executors = [WarmExecutor(address, args.insecure, args.root_certificates, args.poll, secret, slots) for address in args.runtime_api_address]
+    if len(executors) > fedpilot.flower.client_app.MAX_NODES:
+        fedpilot.flower.client_app.MAX_NODES = len(executors)  # each node's client stays built
+    serve(executors, stop, args.poll)
     return 0
 
 
