@@ -19,7 +19,8 @@ the last-K mean between two strategies, ``--last K``, default 5) and its sanity 
 above every memory-aware strategy; with ``--exclusive-below``, for the levels where the poor clients hold
 data the rich lack, ``exclusive`` clearly below ``fedavg``), and says "cannot rank methods" where either
 fails (fedpilot.comparison.resolution); both are printed here too. ``--reference`` is the strategy every
-row is paired with (default ``fedavg`` if compared).
+row is paired with (default ``fedavg`` if compared). ``--report`` runs nothing: the table of the finished runs of a
+level under way (across sessions, or while its comparison still runs), the unfinished ones named above it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def main() -> int:
     parser.add_argument("--reference", help="pair every strategy with this one in the table (default: fedavg if compared)")
     parser.add_argument("--exclusive-below", action="store_true",
                         help="a level where the poor clients hold data the rich lack: exclusive must be clearly below fedavg")
+    parser.add_argument("--report", action="store_true", help="run nothing: tabulate the finished runs, name the others (see `fedpilot compare --help`)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     try:
@@ -116,6 +118,7 @@ def main() -> int:
             late=args.last,
             reference=args.reference,
             exclusive_below=args.exclusive_below,
+            report_only=args.report,
         )
         path = update_docs(result.out_dir, args.docs, args.block)
     except FedpilotError as err:

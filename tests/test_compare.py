@@ -131,6 +131,34 @@ def test_an_unfinished_run_is_rerun(comparison: Path, config_file: Path, tmp_pat
     assert rerun["status"] == "finished" and len(rerun["rounds"]) == TINY["federation"]["rounds"] + 1
 
 
+def test_report_tabulates_the_finished_runs_only_runs_nothing_and_names_the_others(comparison: Path, config_file: Path, tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture) -> None:
+    """``--report`` on a comparison under way: the unfinished run is neither run nor tabulated but named; the
+    table holds the finished one with the same numbers as the full comparison's; with nothing finished, one line and exit 2."""
+    out = tmp_path / "copy"
+    shutil.copytree(comparison, out)
+    path = out / "fedavg-seed0" / "results.json"
+    results = json.loads(path.read_text())
+    results["status"], results["rounds"] = "running", results["rounds"][:1]
+    path.write_text(json.dumps(results))
+    before = mtimes(out)
+    assert compare(config_file, out, "--report") == 0
+    assert mtimes(out) == before  # nothing ran
+    data, full = json.loads((out / "comparison.json").read_text()), json.loads((comparison / "comparison.json").read_text())
+    assert data["missing"] == ["fedavg-seed0"] and data["executed"] == [] and data["strategies"] == ["fedpilot"]
+    assert data["summary"]["fedpilot"]["late_accuracy"] == full["summary"]["fedpilot"]["late_accuracy"]
+    table = (out / "comparison.md").read_text()
+    assert "**Partial: 1 runs have not finished and are not in this table** (fedavg-seed0)" in table
+    assert "| `fedpilot` |" in table and "| `fedavg`" not in table
+    results["status"] = "running"
+    path = out / "fedpilot-seed0" / "results.json"
+    path.write_text(json.dumps(results))
+    capsys.readouterr()
+    assert compare(config_file, out, "--report") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--report: no run in" in err
+
+
 def test_an_interrupted_run_continues_from_its_checkpoint_to_the_same_end(
         comparison: Path, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run stopped after round 1 continues there when the comparison runs again (no round is redone)

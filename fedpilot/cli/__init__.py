@@ -62,7 +62,7 @@ def _compare(args: argparse.Namespace) -> int:
     result = comparison.run_comparison(
         config, strategies, seeds, out, preset=args.preset, target=target, progress=not args.quiet,
         config_source=None if args.config is None else str(args.config), jobs=jobs,
-        late=last, reference=reference, exclusive_below=args.exclusive_below,
+        late=last, reference=reference, exclusive_below=args.exclusive_below, report_only=args.report,
     )
     print(f"runs: {len(result.executed)} run now, {len(result.skipped)} skipped (already finished) in {result.out_dir}")
     print("outputs: " + "  ".join(str(path) for path in result.paths))
@@ -120,6 +120,8 @@ def _add_compare(verb) -> None:
     compare.add_argument("--last", metavar="K", help="the end point: the mean of each run's last K evaluated rounds (default 5); "
                          "the table states the resolution (the standard error of a seed-paired difference) at this end point")
     compare.add_argument("--reference", metavar="STRATEGY", help="pair every strategy with this one in the table (default: fedavg if compared)")
+    compare.add_argument("--report", action="store_true", help="run nothing: tabulate the finished runs in --out, name the others "
+                         "(a comparison under way; it may still be running)")
     compare.add_argument("--exclusive-below", action="store_true", help="a level where the poor clients hold data the rich lack: "
                          "its sanity order also needs exclusive clearly below fedavg (docs/protocol.md, \"Resolution\")")
     compare.add_argument("--device", help=DEVICE_HELP)

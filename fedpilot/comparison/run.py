@@ -76,6 +76,7 @@ def run_comparison(
     late: int = LATE_EVALUATIONS,
     exclusive_below: bool = False,
     reference: str | None = None,
+    report_only: bool = False,
 ) -> ComparisonResult:
     """Run what is not done yet, then summarise every run and write the outputs to ``out_dir``.
 
@@ -87,7 +88,11 @@ def run_comparison(
     ``late``: the evaluated rounds the late accuracy averages (the end point); ``reference``: the strategy
     the table pairs every other one with (default :func:`~fedpilot.comparison.resolution.default_reference`);
     ``exclusive_below``: the level is one where ``exclusive`` must be clearly below ``fedavg`` (its sanity
-    order, :mod:`fedpilot.comparison.resolution`)."""
+    order, :mod:`fedpilot.comparison.resolution`).
+
+    ``report_only``: run nothing; the outputs tabulate the finished runs only (a level under way, in pieces
+    across sessions), name the others, and pair strategies on the seeds both finished. It takes no lock (it
+    only reads finished runs), so it may report on a folder whose comparison is still running."""
     from tqdm.auto import tqdm
 
     chosen = parse_preset(preset)
@@ -106,6 +111,36 @@ def run_comparison(
         raise FedpilotError(f"--out {out_dir} is a file; give a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     say = tqdm.write if progress else (lambda _message: None)
+
+    def summary_of(done: Sequence[PlannedRun], executed: list[str], skipped: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The summary of the finished runs ``done`` that the outputs are written from, and their results."""
+        results = {run.name: json.loads((run.dir / "results.json").read_text()) for run in done}
+        summary = summarise(done, results, target, late)
+        summary["resolution"] = assess_summary(summary, reference=reference, configured=config.strategy, exclusive_below=exclusive_below)
+        summary.update(
+            command=command or default_command(config_source, strategies, seeds, out_dir, preset, target),
+            config_source=config_source or "the embedded default.yaml",
+            preset=None if chosen is None else {"name": chosen.name, "description": chosen.description,
+                                                "changes": {k: list(v) for k, v in preset_changes.items()}},
+            config={k: v for k, v in comparable_config(config.model_dump(mode="json")).items() if k not in ("strategy", "seed")},
+            executed=executed,
+            skipped=skipped,
+        )
+        for entry in summary["runs"]:
+            entry["skipped"] = entry["name"] in skipped
+        return summary, results
+
+    if report_only:
+        states = {run.name: run_state(run) for run in runs}
+        missing = [run.name for run in runs if states[run.name] != "finished"]
+        done = [run for run in runs if states[run.name] == "finished"]
+        if not done:
+            raise FedpilotError(f"--report: no run in {out_dir} has finished yet; run the comparison without --report first")
+        summary, results = summary_of(done, executed=[], skipped=[run.name for run in done])
+        summary["missing"] = missing
+        say(f"{len(done)} finished runs in {out_dir} tabulated; {len(missing)} not finished: {', '.join(missing) or 'none'}")
+        write_outputs(out_dir, summary, results)
+        return ComparisonResult(out_dir, summary, [], summary["skipped"])
     with _exclusive(out_dir):
         states = {run.name: run_state(run) for run in runs}  # every refusal before any work
         todo = [run for run in runs if states[run.name] != "finished"]
@@ -143,20 +178,7 @@ def run_comparison(
             _run_parallel(todo, jobs, finished)
         executed.sort(key=[run.name for run in todo].index)
         bar.close()
-        results = {run.name: json.loads((run.dir / "results.json").read_text()) for run in runs}
-        summary = summarise(runs, results, target, late)
-        summary["resolution"] = assess_summary(summary, reference=reference, configured=config.strategy, exclusive_below=exclusive_below)
-        summary.update(
-            command=command or default_command(config_source, strategies, seeds, out_dir, preset, target),
-            config_source=config_source or "the embedded default.yaml",
-            preset=None if chosen is None else {"name": chosen.name, "description": chosen.description,
-                                                "changes": {k: list(v) for k, v in preset_changes.items()}},
-            config={k: v for k, v in comparable_config(config.model_dump(mode="json")).items() if k not in ("strategy", "seed")},
-            executed=executed,
-            skipped=skipped,
-        )
-        for entry in summary["runs"]:
-            entry["skipped"] = entry["name"] in skipped
+        summary, results = summary_of(runs, executed=executed, skipped=skipped)
         write_outputs(out_dir, summary, results)
     return ComparisonResult(out_dir, summary, executed, skipped)
 

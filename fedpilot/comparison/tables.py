@@ -148,6 +148,9 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
         + (f", with preset `{preset['name']}` ({preset['description']})" if preset else "")
         + f". {describe_config(summary['config'])}.",
         f"Seeds {seeds}: for each seed every strategy ran on the same data split, partition, budgets and seed.",
+        *([f"**Partial: {len(summary['missing'])} runs have not finished and are not in this table** ({', '.join(summary['missing'])}); "
+           "a strategy with fewer seeds names them, and each paired difference is over the seeds both strategies finished."]
+          if summary.get("missing") else []),
         "",
         f"Made by: `{summary['command']}`.",
         "",
@@ -161,6 +164,8 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
     unaware, spread = [], len(summary["seeds"]) > 1
     for strategy, row in summary["summary"].items():
         mark = "" if row["memory_aware"] else " †"
+        if summary.get("missing") and row["seeds"] != summary["seeds"]:  # a partial report: this strategy has not finished every seed
+            mark += f" (seed{'s' if len(row['seeds']) > 1 else ''} {', '.join(map(str, row['seeds']))})"
         if not row["memory_aware"]:
             unaware.append(strategy)
         reach = row["rounds_to_target"]
