@@ -177,10 +177,11 @@ def render_markdown(summary: dict[str, Any], allocations: dict[str, Any] | None 
             to_target = f"{reach['mean']:.1f}" + ("" if reach["reached"] == reach["runs"] else f" ({reach['reached']} of {reach['runs']} seeds)")
         cr = row["client_rounds"]
         covered = row.get("coverage", {}).get("mean")
+        spread_here = spread and (len(row["seeds"]) > 1 or not summary.get("missing"))  # a partial report's one-seed row: no spread
         lines.append(
-            f"| `{strategy}`{mark} | {_pm(row['final_accuracy'], spread)} | {_pm(row['best_accuracy'], spread)} "
-            f"| {_pm(row['late_accuracy'], spread)} | {_paired(vs_reference.get(strategy)) if assessed else 'n/a'} "
-            f"| {_pm(row['final_macro_f1'], spread)} "
+            f"| `{strategy}`{mark} | {_pm(row['final_accuracy'], spread_here)} | {_pm(row['best_accuracy'], spread_here)} "
+            f"| {_pm(row['late_accuracy'], spread_here)} | {_paired(vs_reference.get(strategy)) if assessed else 'n/a'} "
+            f"| {_pm(row['final_macro_f1'], spread_here)} "
             f"| {to_target} | {cr['trained']} / {cr['planned']} ({cr['lost']}) | {_ratio(covered)} "
             f"| {_ratio(row['peak_over_budget']['mean'])} "
             f"| {_ratio(row['peak_over_budget']['max'])} | {row['budget_violations']} | {row['upload_mib_per_round']:.2f} "
