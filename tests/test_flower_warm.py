@@ -211,7 +211,7 @@ def test_one_executor_takes_the_tasks_of_several_nodes_one_at_a_time_each_node_s
 
     class Node:
         def __init__(self, name: str, tasks: list[str]) -> None:
-            self.address, self.tasks = name, tasks
+            self.address, self.tasks, self.refused = name, tasks, False
 
         def claim(self):
             return self.tasks.pop(0) if self.tasks else None
@@ -227,3 +227,24 @@ def test_one_executor_takes_the_tasks_of_several_nodes_one_at_a_time_each_node_s
     a, b, c = Node("a", ["a1", "a2"]), Node("b", ["b1", "b2", "b3"]), Node("c", ["c1"])
     serve([a, b, c], stop, poll=0.1)
     assert ran == ["a1", "a2", "b1", "b2"] and b.tasks == ["b3"] and c.tasks == ["c1"]
+
+
+def test_after_a_refused_claim_the_executor_waits_its_poll_before_claiming_again() -> None:
+    """A SuperNode that refuses claims is asked again only every ``poll`` seconds, not at the fast post-task pace."""
+    import threading
+
+    from fedpilot.flower.warm import serve
+
+    stop, claims = threading.Event(), []
+
+    class Refusing:
+        address, refused = "r", False
+
+        def claim(self):
+            claims.append(1)
+            self.refused = True
+            return None
+
+    threading.Timer(0.5, stop.set).start()
+    serve([Refusing()], stop, poll=0.3)
+    assert len(claims) == 2  # at 0 s and 0.3 s; without the refusal's wait, 0.05 s apart and growing: five or more

@@ -138,7 +138,7 @@ class WarmExecutor:
         if auth_secret:
             interceptors.append(SuperExecAuthHttpInterceptor(master_secret=auth_secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
         self.client = RuntimeHttpClient.from_server_address(address, insecure, root_certificates, interceptors, retry_invoker=self._retrier(None))
-        self.tasks, self.slots = 0, slots
+        self.tasks, self.slots, self.refused = 0, slots, False
 
     @staticmethod
     def _retrier(max_tries: int | None):
@@ -149,20 +149,20 @@ class WarmExecutor:
         return RetryInvoker(lambda: exponential(base_delay=0.2, max_delay=5), httpx.TransportError, max_tries=max_tries, max_time=None)
 
     def claim(self) -> str | None:
-        """A task's token if the SuperNode has one for this executor, else None (a refused claim is logged)."""
+        """A task's token if the SuperNode has one for this executor, else None (a refused claim is logged and
+        sets ``refused``, so that :func:`serve` waits ``--poll`` before the next round of claims)."""
         import httpx
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
         from flwr.supercore.constant import TaskType
 
+        self.refused = False
         try:
             claimed = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
         except httpx.HTTPStatusError as err:  # the SuperNode refused this claim; the next may pass
             _log(f"the SuperNode at {self.address} refused a task claim: {err.response.status_code} {err.response.text[:200]}")
+            self.refused = True
             return None
         return claimed.token if claimed.HasField("task") and claimed.token else None
-
-    def serve(self, stop: threading.Event) -> None:
-        serve([self], stop, self.poll)
 
     def run_task(self, token: str) -> None:
         """One task, as ``flwr-clientapp`` runs it, without leaving the process."""
@@ -232,7 +232,7 @@ class WarmExecutor:
 def serve(executors: list[WarmExecutor], stop: threading.Event, poll: float) -> None:
     """Take the tasks of every executor's SuperNode, one at a time, in this process: after a task, the same
     node's next claim first (the next task may be waiting already), then the others in turn; when none has a
-    task, wait from FIRST_POLL up to ``poll`` seconds between rounds of claims."""
+    task, wait from FIRST_POLL up to ``poll`` seconds between rounds of claims (``poll`` after a refused claim)."""
     for executor in executors:
         _log(f"serving ClientApp tasks of the SuperNode at {executor.address} (pid {os.getpid()})")
     idle = 0  # rounds of claims that found nothing since the last task
@@ -245,7 +245,8 @@ def serve(executors: list[WarmExecutor], stop: threading.Event, poll: float) -> 
         if ran:
             idle = 0
             continue
-        stop.wait(min(FIRST_POLL * 1.5**idle, poll))
+        refused = any(executor.refused for executor in executors)
+        stop.wait(poll if refused else min(FIRST_POLL * 1.5**idle, poll))
         idle = min(idle + 1, 64)
 
 
