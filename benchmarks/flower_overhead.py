@@ -125,20 +125,20 @@ class Federation:
         superlink = self.start("superlink", [BIN / "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
                                              "--database", folder / "state.db", "--host", "127.0.0.1", "--port", link])
         wait_for_port(link, superlink)
-        ports = []
+        ports, nodes = [], []
         for cid, budget in enumerate(budgets):
             ports.append(free_port())
             declared = f'partition-id={cid} num-partitions={len(budgets)}' + ("" if budget is None else f' memory-budget="{budget}B"')
             node = self.start(f"supernode-{cid}", [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", ports[-1],
                                                    *(["--isolation", "process"] if warm else []), "--node-config", declared])
+            nodes.append(node)
             if warm and not shared:
                 self.start(f"warm-{cid}", [sys.executable, "-m", "fedpilot.flower.warm", "--runtime-api-address", f"127.0.0.1:{ports[-1]}",
                                            "--insecure", "--watch-pid", node.pid, *self.sharing(slots)])
         if warm and shared:  # one executor process for every node
-            nodes = [proc for name, proc in self.procs if name.startswith("supernode-")]
             self.start("warm-shared", [sys.executable, "-m", "fedpilot.flower.warm", "--insecure",
                                        *[a for port, node in zip(ports, nodes) for a in ("--runtime-api-address", f"127.0.0.1:{port}", "--watch-pid", node.pid)]])
-        for port, (_, node) in zip(ports, [p for p in self.procs if p[0].startswith("supernode-")]):
+        for port, node in zip(ports, nodes):
             wait_for_port(port, node)
         if warm:  # every executor has imported torch and fedpilot and serves its node
             for name, proc in self.procs:
