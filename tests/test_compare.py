@@ -294,12 +294,12 @@ def test_a_finished_run_from_before_a_new_config_field_still_counts_as_done(tmp_
         run_state(PlannedRun("fedpilot", 0, config, run_dir))
 
 
-def state_with_settings(tmp_path: Path, strategy: str, changes: dict, drop: str | None = None) -> str:
-    """run_state of a finished run of ``strategy`` whose recorded settings are this code's with ``changes``
-    (and without the option ``drop``, as made before it existed)."""
+def state_with_settings(tmp_path: Path, strategy: str, changes: dict, drop: str | None = None, options: dict | None = None) -> str:
+    """run_state of a finished run of ``strategy`` (with ``options`` set in the config) whose recorded settings are
+    this code's with ``changes`` (and without the option ``drop``, as made before it existed)."""
     from fedpilot.comparison import PlannedRun, run_state
 
-    config = parse_config({"strategy": strategy, "federation": {"rounds": 2}, "output_dir": str(tmp_path / "run")})
+    config = parse_config({"strategy": strategy, "federation": {"rounds": 2}, "strategy_options": options or {}, "output_dir": str(tmp_path / "run")})
     settings = {**config.strategy_settings().model_dump(mode="json"), **changes}
     settings.pop(drop, None)
     run_dir = tmp_path / "run"
@@ -316,6 +316,16 @@ def test_a_finished_run_made_under_other_strategy_defaults_is_refused(tmp_path: 
     with pytest.raises(FedpilotError, match="ig_weight is 0.25 there, 0.5 here"):
         state_with_settings(tmp_path, "fedpilot", {"ig_weight": 0.25})
     assert state_with_settings(tmp_path, "fedpilot", {}, drop="keep_margin") == "finished"  # made before that option existed
+
+
+@pytest.mark.parametrize("strategy", ["fedpilot", "fedpilot-noig"])
+def test_a_run_made_before_an_option_existed_ran_what_the_code_did_then(tmp_path: Path, strategy: str) -> None:
+    """spatial did not exist before runs scaled a module's step by its coverage: a record without it ran ``trainers``,
+    whatever today's default, and is a finished run only for a config that asks for that."""
+    assert state_with_settings(tmp_path, strategy, {}, drop="spatial", options={"spatial": "trainers"}) == "finished"
+    with pytest.raises(FedpilotError, match="spatial is \"trainers\" there, \"coverage\" here"):
+        state_with_settings(tmp_path, strategy, {}, drop="spatial", options={"spatial": "coverage"})
+    assert state_with_settings(tmp_path, "fedpilot-nostagg", {}, drop="spatial", options={"spatial": "coverage"}) == "finished"  # inert there
 
 
 def test_a_finished_run_differing_only_in_options_the_strategy_never_reads_is_kept(tmp_path: Path) -> None:

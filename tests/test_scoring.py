@@ -51,6 +51,26 @@ def test_stagg_with_full_coverage_is_fedavg() -> None:
     np.testing.assert_allclose(result["head/w"], np.full(2, 0.25, dtype=np.float32))
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_stagg_spatial_coverage_scales_a_module_step_by_the_rows_that_trained_it(eta: float) -> None:
+    """spatial: coverage: theta <- theta + c D + w h, c the share of the round's rows that trained the key (numpy reference)."""
+    beta, tau = 0.9, 3
+    stagg = TemporalCompensation(KEYS, MODULES, eta=eta, beta=beta, tau=tau, spatial="coverage")
+    start = {"0.q/A": np.zeros(3, dtype=np.float32), "1.q/A": np.full(3, 2.0, dtype=np.float32), "head/w": np.zeros(2, dtype=np.float32)}
+    rich = {"0.q/A": np.array([1.0, 2.0, 3.0], dtype=np.float32), "1.q/A": np.array([4.0, 2.0, 0.0], dtype=np.float32), "head/w": np.ones(2, dtype=np.float32)}
+    poor = {"0.q/A": np.array([3.0, 2.0, 1.0], dtype=np.float32), "head/w": np.full(2, 5.0, dtype=np.float32)}
+    result = stagg.aggregate(start, [update(0, 1, rich), update(1, 3, poor)])
+    # 0.q: both trained it (c = 1): the plain sample-weighted mean, whatever eta
+    np.testing.assert_allclose(result["0.q/A"], (1 * rich["0.q/A"] + 3 * poor["0.q/A"]) / 4, rtol=1e-6)
+    # 1.q: only the 1-row client of 4 rows trained it: c = 1/4 of its update, plus eta (1 - c) min(1, 1/tau) of the history (1 - beta) D
+    delta = rich["1.q/A"].astype(np.float64) - start["1.q/A"]
+    expected = start["1.q/A"] + 0.25 * delta + eta * 0.75 * (1 / tau) * (1 - beta) * delta
+    np.testing.assert_allclose(result["1.q/A"], expected, rtol=1e-6)
+    np.testing.assert_allclose(result["head/w"], np.full(2, 4.0), rtol=1e-6)  # the head: the plain mean, unscaled
+    trainers = TemporalCompensation(KEYS, MODULES, eta=0.0, beta=beta, tau=tau).aggregate(start, [update(0, 1, rich), update(1, 3, poor)])
+    np.testing.assert_allclose(trainers["1.q/A"], rich["1.q/A"], rtol=1e-6)  # the default: the trainers' mean, the whole update
+
+
 def test_stagg_moves_untrained_modules_on_their_history_more_as_they_grow_stale() -> None:
     eta, beta, tau = 0.5, 0.9, 3
     stagg = TemporalCompensation(KEYS, MODULES, eta=eta, beta=beta, tau=tau)
@@ -134,6 +154,8 @@ def test_fedpilot_options_refuse_an_option_of_the_other_stagg() -> None:
 
     with pytest.raises(ValidationError, match="dwa_temperature weights stagg momentum"):
         FedPilotOptions(stagg="memory", dwa_temperature=2.0)
+    with pytest.raises(ValidationError, match="spatial: coverage scales stagg momentum"):
+        FedPilotOptions(stagg="memory", spatial="coverage")
     with pytest.raises(ValidationError, match="memory_horizon belongs to stagg: memory"):
         FedPilotOptions(memory_horizon=3)
     assert FedPilotOptions(dwa_temperature=2.0).dwa_temperature == 2.0

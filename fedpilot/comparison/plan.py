@@ -263,8 +263,11 @@ def _settings_difference(run: PlannedRun, stored: Any) -> str | None:
     declares inert aside); None when they agree or the run recorded none (made before runs recorded them)."""
     if not isinstance(stored, dict):
         return None
-    current = run.config.strategy_settings().model_dump(mode="json")
+    settings = run.config.strategy_settings()
+    current = settings.model_dump(mode="json")
     inert = set(current) - accepted_options(run.config.strategy)
+    # an option added since, whose default is not what the code ran before it existed: a record without it ran that
+    stored = {**getattr(type(settings), "before_recorded", {}), **stored}
     current = {k: current.get(k, "<absent>") for k in stored if k not in inert}
     stored = {k: v for k, v in stored.items() if k not in inert}
     return None if current == stored else _first_difference(current, stored)

@@ -31,9 +31,13 @@ class TemporalCompensation:
         staleness  s_m = 0 if any client trained a tensor of m, else s_m + 1
         history    h_x = beta * h_x + (1 - beta) * D_x   if K_x is non-empty, else beta * h_x
         weight     w_x = eta * (1 - c_x) * min(1, (s_m + 1) / tau)
-        update     theta_x <- theta_x + lambda_m * D_x + w_x * h_x
+        update     theta_x <- theta_x + lambda_m * g_x * D_x + w_x * h_x
 
-    lambda_m is 1 unless a DWA temperature T is given. Dynamic weight adjustment (DWA, the rule of
+    g_x is 1 (``spatial: trainers``, the default: a module moves by the mean update of the clients that
+    trained it) or c_x (``spatial: coverage``: the mean over every client of the round, a client that left x
+    out counting as a zero update, so a module one client of nine trained moves by that client's share of
+    the round's rows, not by its whole update; docs/protocol.md, the rt-few-rich diagnosis). The history
+    keeps the unscaled D_x. lambda_m is 1 unless a DWA temperature T is given. Dynamic weight adjustment (DWA, the rule of
     Liu et al., CVPR 2019, "End-to-End Multi-Task Learning with Attention", with modules as tasks and
     the norm of a module's spatial update in place of a task's loss): with u_m(t) = ||D_m(t)|| over the
     keys of m in the t-th round that trained m (the rounds m sat out do not count),
@@ -57,8 +61,11 @@ class TemporalCompensation:
     """
 
     def __init__(self, module_keys: Mapping[str, Sequence[str]], modules: Sequence[str], eta: float, beta: float, tau: int,
-                 temperature: float | None = None) -> None:
+                 temperature: float | None = None, spatial: str = "trainers") -> None:
+        if spatial not in ("trainers", "coverage"):
+            raise ValueError(f"spatial must be trainers or coverage, got {spatial!r}")
         self.module_keys = module_keys
+        self.scale_by_coverage = spatial == "coverage"
         self.modules = list(modules)
         self.eta, self.beta, self.tau = eta, beta, tau
         self.temperature = temperature
@@ -106,7 +113,8 @@ class TemporalCompensation:
                     history = self.beta * history
                 self.history[key] = history
                 compensated = weight * history if np.isscalar(weight) else (weight * history).astype(current.dtype)
-                result[key] = current + (lambdas[m] * mean_delta).astype(current.dtype) + compensated
+                step = lambdas[m] * coverage * mean_delta if self.scale_by_coverage else lambdas[m] * mean_delta
+                result[key] = current + step.astype(current.dtype) + compensated
             if touched and self.temperature is not None:
                 self.update_norms[m] = [*self.update_norms.get(m, []), float(np.sqrt(module_squares))][-2:]
         return result

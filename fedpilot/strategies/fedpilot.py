@@ -31,7 +31,7 @@ The ablations subclass this and override one hook each.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -53,6 +53,9 @@ from fedpilot.strategies.fedavg import FedAvg
 
 
 class FedPilotOptions(StrictModel):
+    # what a run recorded before an option existed ran with, where that is not the option's default (fedpilot.comparison.plan)
+    before_recorded: ClassVar[dict[str, Any]] = {"spatial": "trainers"}
+
     ig_weight: float = Field(0.5, ge=0, le=1, description="lambda: weight of the local (Fisher) term")
     refresh_rounds: int = Field(2, ge=1, description="R: clients rescore every R rounds")
     score_batches: int = Field(2, ge=1, description="batches of squared gradients per local score")
@@ -68,6 +71,10 @@ class FedPilotOptions(StrictModel):
     staleness_horizon: int = Field(3, ge=1, description="tau: rounds of staleness until full compensation")
     stagg: Literal["momentum", "memory"] = Field(
         "momentum", description="momentum: coverage-weighted update history (TemporalCompensation); memory: every client's latest update (UpdateMemory)"
+    )
+    spatial: Literal["trainers", "coverage"] = Field(
+        "trainers", description="stagg momentum's step of a module: trainers, the mean update of the clients that trained it; coverage, "
+        "that mean times the share of the round's rows that trained it (a client that left the module out counts as a zero update)"
     )
     memory_horizon: int | None = Field(None, ge=1, description="stagg memory: forget an update this many rounds after it was made (None: never)")
     dwa_temperature: float | None = Field(
@@ -116,6 +123,8 @@ class FedPilotOptions(StrictModel):
         """An option of the other stagg would be silently ignored: an error instead."""
         if self.stagg == "memory" and self.dwa_temperature is not None:
             raise ValueError("dwa_temperature weights stagg momentum's steps; with stagg: memory leave it out (or set stagg: momentum)")
+        if self.stagg == "memory" and self.spatial != "trainers":
+            raise ValueError("spatial: coverage scales stagg momentum's steps; with stagg: memory leave it out (or set stagg: momentum)")
         if self.stagg == "momentum" and self.memory_horizon is not None:
             raise ValueError("memory_horizon belongs to stagg: memory; with stagg: momentum leave it out (or set stagg: memory)")
         if self.nesting != "off" and self.checkpointing != "off":
@@ -149,7 +158,7 @@ class FedPilot(FedAvg):
             UpdateMemory(opts.memory_horizon)
             if opts.stagg == "memory"
             else TemporalCompensation(context.module_keys, context.modules, opts.compensation, opts.history_decay, opts.staleness_horizon,
-                                      opts.dwa_temperature)
+                                      opts.dwa_temperature, opts.spatial)
         )
         self.allocations: dict[int, Allocation] = {}
         self.trained: dict[int, tuple[str, ...]] = {}  # every client's last assigned set (keep_margin compares with it)

@@ -17,7 +17,7 @@ class FedPilotNoIG(FedPilot):
     # it reads stagg's options, the stability rule's margin, nesting and checkpointing only
     capabilities = Capabilities(
         memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
-        options=frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature", "keep_margin",
+        options=frozenset({"compensation", "history_decay", "staleness_horizon", "stagg", "spatial", "memory_horizon", "dwa_temperature", "keep_margin",
                            "nesting", "checkpointing", "micro_batching"}),
     )
 

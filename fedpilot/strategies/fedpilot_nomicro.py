@@ -15,7 +15,7 @@ class FedPilotNoMicro(FedPilot):
     capabilities = Capabilities(
         memory_aware=True, per_client_assignment=True, rank_heterogeneous=False,
         options=frozenset({"ig_weight", "refresh_rounds", "score_batches", "global_decay", "local_term", "global_term", "compensation",
-                           "history_decay", "staleness_horizon", "stagg", "memory_horizon", "dwa_temperature", "local_scope", "score_loss",
+                           "history_decay", "staleness_horizon", "stagg", "spatial", "memory_horizon", "dwa_temperature", "local_scope", "score_loss",
                            "keep_margin", "nesting", "checkpointing"}),
     )
 
