@@ -154,7 +154,7 @@ def test_fedpilot_options_refuse_an_option_of_the_other_stagg() -> None:
 
     with pytest.raises(ValidationError, match="dwa_temperature weights stagg momentum"):
         FedPilotOptions(stagg="memory", dwa_temperature=2.0)
-    with pytest.raises(ValidationError, match="spatial: coverage scales stagg momentum"):
+    with pytest.raises(ValidationError, match="spatial sets stagg momentum"):
         FedPilotOptions(stagg="memory", spatial="coverage")
     with pytest.raises(ValidationError, match="memory_horizon belongs to stagg: memory"):
         FedPilotOptions(memory_horizon=3)

@@ -138,6 +138,7 @@ INERT_CHANGES = [  # every option a strategy accepts but does not read, set to a
                        "local_term": "per-module", "global_term": "coverage", "local_scope": "client", "score_loss": "trained"}),
     ("fedpilot-nostagg", {"compensation": 0.9, "history_decay": 0.1, "staleness_horizon": 1, "dwa_temperature": 0.1}),
     ("fedpilot-nostagg", {"stagg": "memory", "memory_horizon": 1}),
+    ("fedpilot-nostagg", {"spatial": "trainers"}),
     ("fedpilot-nomicro", {"micro_batching": "planned"}),
 ]
 

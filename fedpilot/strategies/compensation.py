@@ -33,8 +33,8 @@ class TemporalCompensation:
         weight     w_x = eta * (1 - c_x) * min(1, (s_m + 1) / tau)
         update     theta_x <- theta_x + lambda_m * g_x * D_x + w_x * h_x
 
-    g_x is 1 (``spatial: trainers``, the default: a module moves by the mean update of the clients that
-    trained it) or c_x (``spatial: coverage``: the mean over every client of the round, a client that left x
+    g_x is 1 (``spatial: trainers``: a module moves by the mean update of the clients that trained it) or
+    c_x (``spatial: coverage``, fedpilot's default: the mean over every client of the round, a client that left x
     out counting as a zero update, so a module one client of nine trained moves by that client's share of
     the round's rows, not by its whole update; docs/protocol.md, the rt-few-rich diagnosis). The history
     keeps the unscaled D_x. lambda_m is 1 unless a DWA temperature T is given. Dynamic weight adjustment (DWA, the rule of

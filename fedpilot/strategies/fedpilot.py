@@ -23,7 +23,10 @@ its memory budget, and the server compensates the modules few clients trained.
   keeps a previous set only when it lies within the set the client is restricted to;
 - aggregation: spatial-temporal compensation (``stagg``: compensation.TemporalCompensation, the
   coverage-weighted update history, with dynamic weight adjustment of each module's step when
-  ``dwa_temperature`` is set, or compensation.UpdateMemory, every client's latest update).
+  ``dwa_temperature`` is set, or compensation.UpdateMemory, every client's latest update); by default
+  (``spatial: coverage``, chosen on validation: docs/protocol.md, "rt-few-rich: why fedpilot collapsed")
+  a module's step is its trainers' mean update times their share of the round's rows, so a module that
+  one rich client trained alone moves by that client's share, not by its whole update.
 
 The ablations subclass this and override one hook each.
 """
@@ -73,7 +76,7 @@ class FedPilotOptions(StrictModel):
         "momentum", description="momentum: coverage-weighted update history (TemporalCompensation); memory: every client's latest update (UpdateMemory)"
     )
     spatial: Literal["trainers", "coverage"] = Field(
-        "trainers", description="stagg momentum's step of a module: trainers, the mean update of the clients that trained it; coverage, "
+        "coverage", description="stagg momentum's step of a module (stagg memory has its own): trainers, the mean update of the clients that trained it; coverage, "
         "that mean times the share of the round's rows that trained it (a client that left the module out counts as a zero update)"
     )
     memory_horizon: int | None = Field(None, ge=1, description="stagg memory: forget an update this many rounds after it was made (None: never)")
@@ -123,8 +126,8 @@ class FedPilotOptions(StrictModel):
         """An option of the other stagg would be silently ignored: an error instead."""
         if self.stagg == "memory" and self.dwa_temperature is not None:
             raise ValueError("dwa_temperature weights stagg momentum's steps; with stagg: memory leave it out (or set stagg: momentum)")
-        if self.stagg == "memory" and self.spatial != "trainers":
-            raise ValueError("spatial: coverage scales stagg momentum's steps; with stagg: memory leave it out (or set stagg: momentum)")
+        if self.stagg == "memory" and "spatial" in self.model_fields_set:
+            raise ValueError("spatial sets stagg momentum's steps; with stagg: memory leave it out (or set stagg: momentum)")
         if self.stagg == "momentum" and self.memory_horizon is not None:
             raise ValueError("memory_horizon belongs to stagg: memory; with stagg: momentum leave it out (or set stagg: memory)")
         if self.nesting != "off" and self.checkpointing != "off":
