@@ -1,14 +1,11 @@
 """Wall time of a Flower loopback deployment, and of Flower's simulation engine, against the in-process simulator, on the same config.
 
-Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--slots N] [--node-poll S] [--memory-state]
-                                                     [--no-engine] [--cold]
+Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--slots N] [--no-engine] [--cold]
 
 Runs the config (default: the embedded default, 8 clients, 5 rounds; ``--small``: the default cut to
 3 clients, 3 rounds, 600 samples of 32 tokens, 4 local steps, for busy cores) with ``fedpilot run`` in a fresh
 process, then on a loopback federation on this machine: a SuperLink and one SuperNode per client
-(``--isolation process``, budgets from the config's tiers through each node's ``memory-budget``; started by
-:mod:`fedpilot.flower.supernode`, which pulls every ``--node-poll`` seconds when idle, default 1, where Flower's
-``flower-supernode`` waits 3 s: ``--node-poll 0`` runs that), each
+(``--isolation process``, budgets from the config's tiers through each node's ``memory-budget``), each
 with its warm ClientApp executor (``python -m fedpilot.flower.warm``; ``--slots N``, default 1: N executors
 compute at a time, each with cores / N torch threads, so that eight nodes do not oversubscribe two cores;
 0: all at once with every core), and ``flwr run`` twice: the first
@@ -116,8 +113,7 @@ class Federation:
     """A SuperLink and one SuperNode per budget on 127.0.0.1 (warm: with their executors); every process
     in a session of its own, each group stopped by :meth:`stop`."""
 
-    def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None, shared: bool = False,
-                 node_poll: float = 1.0, memory_state: bool = False) -> None:
+    def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None, shared: bool = False) -> None:
         self.folder, self.procs = folder, []
         folder.mkdir(parents=True)
         self.env = {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
@@ -127,13 +123,13 @@ class Federation:
         (folder / "flwr-home").mkdir()
         (folder / "flwr-home" / "config.toml").write_text(f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
         superlink = self.start("superlink", [BIN / "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-                                             *([] if memory_state else ["--database", folder / "state.db"]), "--host", "127.0.0.1", "--port", link])
+                                             "--database", folder / "state.db", "--host", "127.0.0.1", "--port", link])
         wait_for_port(link, superlink)
         ports, nodes = [], []
         for cid, budget in enumerate(budgets):
             ports.append(free_port())
             declared = f'partition-id={cid} num-partitions={len(budgets)}' + ("" if budget is None else f' memory-budget="{budget}B"')
-            node = self.start(f"supernode-{cid}", [*self.supernode(node_poll), "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", ports[-1],
+            node = self.start(f"supernode-{cid}", [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", ports[-1],
                                                    *(["--isolation", "process"] if warm else []), "--node-config", declared])
             nodes.append(node)
             if warm and not shared:
@@ -150,13 +146,6 @@ class Federation:
                     if proc.poll() is not None:
                         raise RuntimeError(f"{name} exited; see {folder / name}.log")
                     time.sleep(0.2)
-
-    @staticmethod
-    def supernode(node_poll: float) -> list:
-        """The command that starts a SuperNode: fedpilot's launcher with its idle poll, or Flower's own (``node_poll`` 0)."""
-        if not node_poll:
-            return [BIN / "flower-supernode"]
-        return [sys.executable, "-m", "fedpilot.flower.supernode", "--idle-poll", node_poll]
 
     def sharing(self, slots: int | None) -> list:
         """The executors' share of this machine's cores: ``slots`` ClientApps at a time, each with cores / slots threads."""
@@ -219,9 +208,6 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=1, help="ClientApps the warm nodes run at a time, each with cores / slots torch threads "
                         "(default 1; 0: every node computes at once with every core)")
     parser.add_argument("--shared", action="store_true", help="one warm executor process serves every SuperNode (instead of one each, --slots)")
-    parser.add_argument("--node-poll", type=float, default=1.0, help="seconds an idle SuperNode waits between two pulls "
-                        "(fedpilot.flower.supernode; default 1; 0: Flower's flower-supernode, 3 s)")
-    parser.add_argument("--memory-state", action="store_true", help="the SuperLink keeps its state in memory (Flower's default) instead of a database file")
     parser.add_argument("--no-engine", action="store_true", help="skip the run on Flower's simulation engine")
     parser.add_argument("--cold", action="store_true", help="also run on Flower's default SuperNodes (a ClientApp process per message)")
     args = parser.parse_args()
@@ -259,11 +245,9 @@ def main() -> int:
         sim_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         expected = rounds(work / "sim")
         out: dict[str, object] = {"config": "small" if args.small else str(args.config or "default"), "clients": len(budgets),
-                                  "rounds": settings["federation"]["rounds"], "slots": None if args.shared else args.slots, "shared_executor": args.shared,
-                                  "node_poll_s": args.node_poll or 3.0, "superlink_state": "memory" if args.memory_state else "file", "simulator_s": round(sim, 1),
+                                  "rounds": settings["federation"]["rounds"], "slots": None if args.shared else args.slots, "shared_executor": args.shared, "simulator_s": round(sim, 1),
                                   "simulator_cpu_s": round(sim_cpu, 1)}
-        federation = Federation(work / "warm", budgets, warm=True, slots=args.slots, shared=args.shared, node_poll=args.node_poll,
-                                memory_state=args.memory_state)
+        federation = Federation(work / "warm", budgets, warm=True, slots=args.slots, shared=args.shared)
         try:
             first = federation.run(config_for("first"))
             first_cpu = federation.cpu_seconds
@@ -284,7 +268,7 @@ def main() -> int:
             out |= {"flower_simulation_engine_s": round(engine_s, 1), "simulation_engine_ratio": round(engine_s / sim, 2),
                     "simulation_engine_equal_to_simulator": rounds(work / "engine") == expected}
         if args.cold:
-            federation = Federation(work / "cold", budgets, warm=False, node_poll=args.node_poll, memory_state=args.memory_state)
+            federation = Federation(work / "cold", budgets, warm=False)
             try:
                 cold = federation.run(config_for("cold"))
             finally:

@@ -13,8 +13,6 @@
 # The warm executors share this machine's cores: FEDPILOT_CPU_SLOTS (default 1) of them compute at a time,
 # each with cores / slots torch threads (1: the nodes take turns with every core, as the simulator's clients
 # do, and give its numbers exactly; 0: every node computes at once with every core, oversubscribing them).
-# SuperNodes start through python -m fedpilot.flower.supernode: an idle one pulls every FEDPILOT_NODE_POLL seconds
-# (default 1; Flower's flower-supernode waits 3 s).
 # Work folder (logs, FLWR_HOME, the SuperLink's database, pids): $FLOWER_LOCAL_DIR, or a new temporary one.
 # Every process the script starts runs in its own process group, and every group is stopped when the
 # script ends: on success, on error, on Ctrl-C (SIGINT) and on SIGTERM.
@@ -32,8 +30,6 @@ export PATH=$BIN:$PATH HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} PYTHONUNBUFFERED=1
 WARM=${FEDPILOT_WARM:-1}
 [[ $WARM == 0 || $WARM == 1 ]] || { echo "flower-local.sh: FEDPILOT_WARM must be 0 or 1, got '$WARM'" >&2; exit 2; }
 SLOTS=${FEDPILOT_CPU_SLOTS:-1}
-NODE_POLL=${FEDPILOT_NODE_POLL:-1}
-[[ $NODE_POLL =~ ^[0-9]*\.?[0-9]+$ && ! $NODE_POLL =~ ^0*\.?0*$ ]] || { echo "flower-local.sh: FEDPILOT_NODE_POLL must be seconds above 0, got '$NODE_POLL'" >&2; exit 2; }
 [[ $SLOTS =~ ^[0-9]+$ ]] || { echo "flower-local.sh: FEDPILOT_CPU_SLOTS must be a whole number >= 0, got '$SLOTS'" >&2; exit 2; }
 read -r -a BUDGETS <<< "${FEDPILOT_BUDGETS:-150MiB 190MiB 256MiB}"
 
@@ -157,9 +153,7 @@ SHARING=()
 ((SLOTS)) && SHARING=(--cpu-slots "$SLOTS" --slot-dir "$WORK/cpu-slots" --torch-threads "$(( $(nproc) / SLOTS > 0 ? $(nproc) / SLOTS : 1 ))")
 for ((i = 0; i < N; i++)); do
     budget=${BUDGETS[i % ${#BUDGETS[@]}]}
-    # fedpilot's launcher of flower-supernode: an idle node pulls every FEDPILOT_NODE_POLL seconds (default 1; Flower's: 3)
-    start "supernode-$i" env "PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$BIN/python" -m fedpilot.flower.supernode \
-        --idle-poll "$NODE_POLL" --insecure --superlink "127.0.0.1:$LINK" --port "${PORTS[i + 1]}" \
+    start "supernode-$i" "$BIN/flower-supernode" --insecure --superlink "127.0.0.1:$LINK" --port "${PORTS[i + 1]}" \
         "${ISOLATION[@]}" --node-config "partition-id=$i num-partitions=$N memory-budget=\"$budget\""
     node=${PIDS[-1]}
     wait_for_port "${PORTS[i + 1]}" "$node" "supernode-$i"

@@ -407,7 +407,7 @@ class Loopback:
             node_ports.append(free_port())
             self.nodes.append(self.start(
                 f"supernode-{cid}",
-                [sys.executable, "-m", "fedpilot.flower.supernode", *node_security, "--superlink", f"127.0.0.1:{port}", "--port", str(node_ports[-1]),
+                [str(bin_dir / "flower-supernode"), *node_security, "--superlink", f"127.0.0.1:{port}", "--port", str(node_ports[-1]),
                  *(["--isolation", "process"] if warm else []),
                  "--node-config", f'partition-id={cid} num-partitions={len(budgets)} memory-budget="{budget}B"'],
             ))
@@ -779,6 +779,7 @@ def processes_with(variable: str) -> list[int]:
     return found
 
 
+@NEEDS_FLOWER
 @NEEDS_FLOWER
 def test_one_warm_executor_serves_every_supernode_of_a_machine_as_the_simulator(loopback: Loopback, simulated, fast_cost_model, tmp_path: Path) -> None:
     """One executor process for the three SuperNodes (``--runtime-api-address`` and ``--watch-pid`` repeated): the run

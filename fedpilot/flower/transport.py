@@ -1,5 +1,5 @@
 """The :class:`~fedpilot.runtime.transport.Transport` of a Flower deployment: one Message per node per
-task, sent through the ServerApp's Grid with a per-round timeout (replies pulled 0.05 s to 0.5 s apart).
+task, sent through the ServerApp's Grid with a per-round timeout (replies pulled 0.05 s to 1 s apart).
 
 A node that does not answer in time, answers with an error, or answers with a message that does not
 decode becomes a :class:`~fedpilot.runtime.messages.Failure` naming why; the round goes on with the
@@ -29,7 +29,7 @@ from fedpilot.strategies.base import ClientScores, ClientUpdate
 TRAIN_TYPE = "train"  # ClientApp @app.train()
 SCORE_TYPE = "train.score"  # ClientApp @app.train("score"): backpropagation, like training
 EVALUATE_TYPE = MessageType.EVALUATE  # ClientApp @app.evaluate(): "evaluate"
-FIRST_POLL, POLL_SECONDS = 0.05, 0.5  # wait before the first pull of replies, and the longest between two (Flower's: 3 s)
+FIRST_POLL, POLL_SECONDS = 0.05, 1.0  # wait before the first pull of replies, and the longest between two (Flower's: 3 s)
 
 
 def send_and_receive(grid: Any, messages: Sequence[Message], timeout: float | None, poll: float = POLL_SECONDS) -> list[Message]:
