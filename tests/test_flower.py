@@ -780,7 +780,6 @@ def processes_with(variable: str) -> list[int]:
 
 
 @NEEDS_FLOWER
-@NEEDS_FLOWER
 def test_one_warm_executor_serves_every_supernode_of_a_machine_as_the_simulator(loopback: Loopback, simulated, fast_cost_model, tmp_path: Path) -> None:
     """One executor process for the three SuperNodes (``--runtime-api-address`` and ``--watch-pid`` repeated): the run
     ends as the simulator, every node's messages ran in that process on one model (the first node loaded it, the
