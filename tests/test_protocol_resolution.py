@@ -285,16 +285,47 @@ def test_each_screen_variant_is_the_screen_with_only_its_knobs_changed() -> None
     compact = {("federation", "clients_per_round"): None, ("federation", "budgets"): knobs["rt-screen-floor"][("federation", "budgets")],
                ("train", "micro_batch"): 1}
     knobs |= {"compact-12x4": {**compact, ("train", "local_steps"): 4}, "compact-9x8": {**compact, ("federation", "num_clients"): 9}}
-    for path in sorted((ROOT / "benchmarks" / "configs" / "screens").glob("*.yaml")):
+    assert_variants(screen, knobs)
+
+
+def assert_variants(base: dict, knobs: dict) -> None:
+    """Each benchmarks/configs/screens/<name>.yaml of ``knobs`` is ``base`` with exactly the knobs ``knobs[name]`` changed
+    (``(section, key): value``, or ``strategy_options``) and its own output folder, runs/<name>."""
+    for name, expected in knobs.items():
+        path = ROOT / "benchmarks" / "configs" / "screens" / f"{name}.yaml"
         variant = load_config(path).model_dump(mode="json")
         changed = {(section, key): value for section, fields in variant.items() if isinstance(fields, dict) and section != "strategy_options"
-                   for key, value in fields.items() if screen[section][key] != value}
-        if variant["strategy_options"] != screen["strategy_options"]:
+                   for key, value in fields.items() if base[section][key] != value}
+        if variant["strategy_options"] != base["strategy_options"]:
             changed["strategy_options"] = variant["strategy_options"]
-        assert changed == knobs[path.stem], path.name
-        assert variant["output_dir"] == f"runs/{path.stem}" != screen["output_dir"]
+        assert changed == expected, path.name
+        assert variant["output_dir"] == f"runs/{path.stem}" != base["output_dir"]
         assert {k: v for k, v in variant.items() if not isinstance(v, dict) and k != "output_dir"} == {
-            k: v for k, v in screen.items() if not isinstance(v, dict) and k != "output_dir"}
+            k: v for k, v in base.items() if not isinstance(v, dict) and k != "output_dir"}
+
+
+COMPACT_LEVEL_SCREENS = ("compact-few-rich-val", "compact-few-rich-val-nest", "compact-few-rich-val-slr05", "compact-few-rich-val-coverage",
+                         "compact-tier-skew-val-coverage")
+
+
+def test_the_compact_level_screens_are_their_level_on_validation_with_only_their_knobs_changed() -> None:
+    """The rt-few-rich screens (docs/protocol.md, "rt-few-rich: why fedpilot collapsed"): compact/rt-few-rich.yaml on the
+    validation split, then each with one knob; the tier-skew check of the chosen knob is screens/compact-9x8.yaml with it."""
+    level = load_config(ROOT / "benchmarks" / "configs" / "compact" / "rt-few-rich.yaml").model_dump(mode="json")
+    assert_variants(level, {"compact-few-rich-val": {("train", "evaluate_on"): "validation"}})
+    on_validation = load_config(ROOT / "benchmarks" / "configs" / "screens" / "compact-few-rich-val.yaml").model_dump(mode="json")
+    assert_variants(on_validation, {"compact-few-rich-val-nest": {"strategy_options": {"nesting": "round"}},
+                                    "compact-few-rich-val-slr05": {("federation", "server_lr"): 0.5},
+                                    "compact-few-rich-val-coverage": {"strategy_options": {"spatial": "coverage"}}})
+    tier_skew = load_config(ROOT / "benchmarks" / "configs" / "screens" / "compact-9x8.yaml").model_dump(mode="json")
+    assert_variants(tier_skew, {"compact-tier-skew-val-coverage": {"strategy_options": {"spatial": "coverage"}}})
+
+
+def test_every_screen_config_is_checked_by_a_test_above() -> None:
+    rt_screen = {"rt-screen-slr05", "rt-screen-ckpt", "rt-screen-low", "rt-screen-low-ckpt", "rt-screen-low-mb", "rt-screen-floor",
+                 "compact-12x4", "compact-9x8"}
+    assert {p.stem for p in (ROOT / "benchmarks" / "configs" / "screens").glob("*.yaml")} == rt_screen | set(COMPACT_LEVEL_SCREENS)
+
 
 def test_resolution_py_replays_a_cadence_and_an_end_point_from_runs_evaluated_every_round(tmp_path, capsys) -> None:
     import sys
