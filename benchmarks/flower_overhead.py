@@ -113,8 +113,9 @@ class Federation:
     """A SuperLink and one SuperNode per budget on 127.0.0.1 (warm: with their executors); every process
     in a session of its own, each group stopped by :meth:`stop`."""
 
-    def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None, shared: bool = False) -> None:
-        self.folder, self.procs = folder, []
+    def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None, shared: bool = False,
+                 state: str = "file", executor_env: dict[str, str] | None = None) -> None:
+        self.folder, self.procs, self.executor_env = folder, [], executor_env or {}
         folder.mkdir(parents=True)
         self.env = {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                     "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),  # the SuperLink starts flower-superexec by name
@@ -123,7 +124,7 @@ class Federation:
         (folder / "flwr-home").mkdir()
         (folder / "flwr-home" / "config.toml").write_text(f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
         superlink = self.start("superlink", [BIN / "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-                                             "--database", folder / "state.db", "--host", "127.0.0.1", "--port", link])
+                                             *(["--database", folder / "state.db"] if state == "file" else []), "--host", "127.0.0.1", "--port", link])
         wait_for_port(link, superlink)
         ports, nodes = [], []
         for cid, budget in enumerate(budgets):
@@ -155,7 +156,8 @@ class Federation:
 
     def start(self, name: str, args: list) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([str(a) for a in args], cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**self.env, **self.executor_env} if name.startswith("warm-") else self.env
+        proc = subprocess.Popen([str(a) for a in args], cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append((name, proc))
         return proc
 
@@ -208,9 +210,16 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=1, help="ClientApps the warm nodes run at a time, each with cores / slots torch threads "
                         "(default 1; 0: every node computes at once with every core)")
     parser.add_argument("--shared", action="store_true", help="one warm executor process serves every SuperNode (instead of one each, --slots)")
+    parser.add_argument("--superlink-state", choices=["file", "memory"], default="file",
+                        help="the SuperLink's state in a SQLite file (as a deployment keeps it) or in memory (Flower's default)")
+    parser.add_argument("--executor-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable of the warm executors only (e.g. GOMP_SPINCOUNT=10000); repeatable")
     parser.add_argument("--no-engine", action="store_true", help="skip the run on Flower's simulation engine")
     parser.add_argument("--cold", action="store_true", help="also run on Flower's default SuperNodes (a ClientApp process per message)")
     args = parser.parse_args()
+    if bad := [item for item in args.executor_env if "=" not in item.strip("=")]:
+        parser.error(f"--executor-env takes NAME=VALUE, got {bad[0]!r}")
+    executor_env = dict(item.split("=", 1) for item in args.executor_env)
     from fedpilot.config import load_config
 
     settings = load_config(args.config).model_dump(mode="json")
@@ -245,9 +254,12 @@ def main() -> int:
         sim_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         expected = rounds(work / "sim")
         out: dict[str, object] = {"config": "small" if args.small else str(args.config or "default"), "clients": len(budgets),
-                                  "rounds": settings["federation"]["rounds"], "slots": None if args.shared else args.slots, "shared_executor": args.shared, "simulator_s": round(sim, 1),
+                                  "rounds": settings["federation"]["rounds"], "slots": None if args.shared else args.slots, "shared_executor": args.shared,
+                                  "superlink_state": args.superlink_state, **({"executor_env": executor_env} if executor_env else {}),
+                                  "simulator_s": round(sim, 1),
                                   "simulator_cpu_s": round(sim_cpu, 1)}
-        federation = Federation(work / "warm", budgets, warm=True, slots=args.slots, shared=args.shared)
+        federation = Federation(work / "warm", budgets, warm=True, slots=args.slots, shared=args.shared, state=args.superlink_state,
+                                executor_env=executor_env)
         try:
             first = federation.run(config_for("first"))
             first_cpu = federation.cpu_seconds
