@@ -1,6 +1,7 @@
 """Wall time of a Flower loopback deployment, and of Flower's simulation engine, against the in-process simulator, on the same config.
 
 Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--slots N] [--no-engine] [--cold]
+       [--superlink-state memory|file] [--executor-env NAME=VALUE]...
 
 Runs the config (default: the embedded default, 8 clients, 5 rounds; ``--small``: the default cut to
 3 clients, 3 rounds, 600 samples of 32 tokens, 4 local steps, for busy cores) with ``fedpilot run`` in a fresh
@@ -114,7 +115,7 @@ class Federation:
     in a session of its own, each group stopped by :meth:`stop`."""
 
     def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None, shared: bool = False,
-                 state: str = "file", executor_env: dict[str, str] | None = None) -> None:
+                 state: str = "memory", executor_env: dict[str, str] | None = None) -> None:
         self.folder, self.procs, self.executor_env = folder, [], executor_env or {}
         folder.mkdir(parents=True)
         self.env = {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
@@ -210,8 +211,9 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=1, help="ClientApps the warm nodes run at a time, each with cores / slots torch threads "
                         "(default 1; 0: every node computes at once with every core)")
     parser.add_argument("--shared", action="store_true", help="one warm executor process serves every SuperNode (instead of one each, --slots)")
-    parser.add_argument("--superlink-state", choices=["file", "memory"], default="file",
-                        help="the SuperLink's state in a SQLite file (as a deployment keeps it) or in memory (Flower's default)")
+    parser.add_argument("--superlink-state", choices=["file", "memory"], default="memory",
+                        help="the SuperLink's state in memory (default, Flower's own, as scripts/flower-local.sh runs it) or in a SQLite "
+                        "file (as a deployment keeps it; about 2.5 x the SuperLink's CPU)")
     parser.add_argument("--executor-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable of the warm executors only (e.g. GOMP_SPINCOUNT=10000); repeatable")
     parser.add_argument("--no-engine", action="store_true", help="skip the run on Flower's simulation engine")

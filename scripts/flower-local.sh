@@ -13,7 +13,9 @@
 # The warm executors share this machine's cores: FEDPILOT_CPU_SLOTS (default 1) of them compute at a time,
 # each with cores / slots torch threads (1: the nodes take turns with every core, as the simulator's clients
 # do, and give its numbers exactly; 0: every node computes at once with every core, oversubscribing them).
-# Work folder (logs, FLWR_HOME, the SuperLink's database, pids): $FLOWER_LOCAL_DIR, or a new temporary one.
+# The SuperLink keeps its state in memory (Flower's default: a SQLite file costs it about 2.5 x the CPU, which
+# the nodes' training would share; docs/flower.md).
+# Work folder (logs, FLWR_HOME, pids): $FLOWER_LOCAL_DIR, or a new temporary one.
 # Every process the script starts runs in its own process group, and every group is stopped when the
 # script ends: on success, on error, on Ctrl-C (SIGINT) and on SIGTERM.
 set -euo pipefail
@@ -144,8 +146,7 @@ mkdir -p "$FLWR_HOME"
 printf '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:%s"\ninsecure = true\n' "$LINK" > "$FLWR_HOME/config.toml"
 
 echo "flower-local.sh: work folder $WORK (logs, FLWR_HOME)" >&2
-start superlink "$BIN/flower-superlink" --insecure --disable-runtime-dependency-installation \
-    --database "$WORK/state.db" --host 127.0.0.1 --port "$LINK"
+start superlink "$BIN/flower-superlink" --insecure --disable-runtime-dependency-installation --host 127.0.0.1 --port "$LINK"
 wait_for_port "$LINK" "${PIDS[-1]}" superlink
 ISOLATION=()
 ((WARM)) && ISOLATION=(--isolation process)
