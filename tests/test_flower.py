@@ -226,6 +226,19 @@ def test_replies_are_pulled_until_every_node_answered() -> None:
     assert grid.pushes == 1 and grid.pulls == 4 and not grid.ready
 
 
+def test_work_given_as_meanwhile_runs_after_the_push_and_before_the_first_pull() -> None:
+    """The ServerApp loads its model while the nodes pick up the query: between the push and the pulls."""
+    from fedpilot.flower.transport import send_and_receive
+
+    grid = FakeGrid({100: "ok", 101: "ok"}, late={101: 2})
+    seen: list[tuple[int, int]] = []
+    messages = [Message(codec.encode_score_task(["0.query"], tensors(), ScoreInstructions(1, 2, 3)), dst_node_id=node,
+                        message_type=SCORE_TYPE) for node in (100, 101)]
+    replies = send_and_receive(grid, messages, timeout=60.0, poll=0.001, meanwhile=lambda: seen.append((grid.pushes, grid.pulls)))
+    assert seen == [(1, 0)]
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["message-0", "message-1"] and grid.pulls == 3
+
+
 def test_a_silent_node_an_error_and_garbage_become_failures_with_reasons() -> None:
     grid = FakeGrid({100: "ok", 101: "silent", 102: "error", 103: "garbage", 105: "unavailable"})
     transport = FlowerTransport(grid, {0: 100, 1: 101, 2: 102, 3: 103, 5: 105}, timeout=0.2, run_config="{}")

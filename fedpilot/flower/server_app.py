@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +71,16 @@ def wait_for_nodes(grid: Any, count: int, wait: float) -> list[int]:
         time.sleep(0.5)
 
 
-def query_nodes(grid: Any, node_ids: list[int], config_json: str, timeout: float) -> dict[int, dict[str, Any]]:
-    """Ask every node who it is; partition id -> what it said (and its ``node_id``)."""
+def query_nodes(grid: Any, node_ids: list[int], config_json: str, timeout: float,
+                meanwhile: Callable[[], None] | None = None) -> dict[int, dict[str, Any]]:
+    """Ask every node who it is; partition id -> what it said (and its ``node_id``). ``meanwhile`` runs
+    while the nodes answer (the server's own loading: a node picks a message up seconds after it is sent)."""
     messages = [
         Message(RecordDict({CONFIG: ConfigRecord({CONFIG: config_json})}), dst_node_id=node, message_type=MessageType.QUERY)
         for node in node_ids
     ]
     infos: dict[int, dict[str, Any]] = {}
-    for reply in send_and_receive(grid, messages, timeout):
+    for reply in send_and_receive(grid, messages, timeout, meanwhile=meanwhile):
         node = reply.metadata.src_node_id
         if reply.has_error():
             _log(f"node {node} did not describe itself: {reply.error.reason}")
@@ -126,7 +129,14 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait
     node_ids = wait_for_nodes(grid, wanted, node_wait)
     _log(f"{len(node_ids)} nodes connected: {node_ids}")
     config_json = config.model_dump_json()
-    described = query_nodes(grid, node_ids, config_json, round_timeout)
+    loaded: dict[str, Any] = {}
+
+    def load() -> None:  # the server's data, model and cost model, built while the nodes answer the query
+        loaded["data"] = data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction(), config.task)
+        loaded["model"] = make_model(config, data)
+        loaded["cost"] = calibration_cost_model(config, data, loaded["model"])
+
+    described = query_nodes(grid, node_ids, config_json, round_timeout, meanwhile=load)
     bad = [cid for cid, info in described.items() if info["num_partitions"] != wanted]
     if bad:
         raise FedpilotError(f"nodes of partitions {bad} declare num-partitions other than federation.num_clients={wanted}")
@@ -135,9 +145,7 @@ def run_flower(grid: Any, config: Config, out_dir: Path | None = None, node_wait
     if not described:
         raise FedpilotError("no node described itself; check the SuperNodes' --node-config")
 
-    data = load_split(config.data, config.model.name, config.seed, config.proxy_fraction(), config.task)
-    model = make_model(config, data)
-    cost_model, cached = calibration_cost_model(config, data, model)
+    data, model, (cost_model, cached) = loaded["data"], loaded["model"], loaded["cost"]
     for cid in sorted(described):
         check_node_cost_model(cid, described[cid]["cost_model"], cost_model)
     if config.train.evaluate != "server":

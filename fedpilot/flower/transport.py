@@ -32,13 +32,17 @@ EVALUATE_TYPE = MessageType.EVALUATE  # ClientApp @app.evaluate(): "evaluate"
 FIRST_POLL, POLL_SECONDS = 0.05, 1.0  # wait before the first pull of replies, and the longest between two (Flower's: 3 s)
 
 
-def send_and_receive(grid: Any, messages: Sequence[Message], timeout: float | None, poll: float = POLL_SECONDS) -> list[Message]:
+def send_and_receive(grid: Any, messages: Sequence[Message], timeout: float | None, poll: float = POLL_SECONDS,
+                     meanwhile: Callable[[], None] | None = None) -> list[Message]:
     """What ``Grid.send_and_receive`` does, polling sooner: push the messages, then pull their replies
     until each has one or ``timeout`` seconds have passed (None: no limit). The first pull comes after
     0.05 s, each next one 1.5 x later than the last, up to ``poll`` seconds apart (a pull costs the
-    SuperLink a query)."""
+    SuperLink a query). ``meanwhile``: work of the caller's that runs once the messages are out, while
+    the nodes pick them up (the timeout counts from the push, so it includes that work)."""
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
+    if meanwhile is not None:
+        meanwhile()
     replies: list[Message] = []
     wait = min(FIRST_POLL, poll)
     while pending:
