@@ -1,7 +1,7 @@
 """Wall time of a Flower loopback deployment, and of Flower's simulation engine, against the in-process simulator, on the same config.
 
 Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--slots N] [--no-engine] [--cold]
-       [--superlink-state memory|file] [--executor-env NAME=VALUE]...
+       [--superlink-state memory|file] [--executor-env NAME=VALUE]... [--flower-policy normal|idle]
 
 Runs the config (default: the embedded default, 8 clients, 5 rounds; ``--small``: the default cut to
 3 clients, 3 rounds, 600 samples of 32 tokens, 4 local steps, for busy cores) with ``fedpilot run`` in a fresh
@@ -115,8 +115,8 @@ class Federation:
     in a session of its own, each group stopped by :meth:`stop`."""
 
     def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None, shared: bool = False,
-                 state: str = "memory", executor_env: dict[str, str] | None = None) -> None:
-        self.folder, self.procs, self.executor_env = folder, [], executor_env or {}
+                 state: str = "memory", executor_env: dict[str, str] | None = None, flower_policy: str = "normal") -> None:
+        self.folder, self.procs, self.executor_env, self.flower_policy = folder, [], executor_env or {}, flower_policy
         folder.mkdir(parents=True)
         self.env = {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                     "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),  # the SuperLink starts flower-superexec by name
@@ -158,7 +158,9 @@ class Federation:
     def start(self, name: str, args: list) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         env = {**self.env, **self.executor_env} if name.startswith("warm-") else self.env
-        proc = subprocess.Popen([str(a) for a in args], cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        idle = self.flower_policy == "idle" and not name.startswith("warm-")  # Flower's processes (and the ServerApp the SuperLink starts)
+        proc = subprocess.Popen([str(a) for a in args], cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=sched_idle if idle else None)
         self.procs.append((name, proc))
         return proc
 
@@ -196,6 +198,12 @@ class Federation:
             proc.wait()
 
 
+def sched_idle() -> None:
+    """This process (and what it starts) at Linux's SCHED_IDLE: it runs only on a core nothing else wants, and
+    waking it never preempts a normal process (a training executor's threads)."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def rounds(path: Path) -> list[tuple[float | None, float | None]]:
     results = json.loads((path / "results.json").read_text())
     if results.get("status") != "finished":
@@ -216,6 +224,9 @@ def main() -> int:
                         "file (as a deployment keeps it; about 2.5 x the SuperLink's CPU)")
     parser.add_argument("--executor-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable of the warm executors only (e.g. GOMP_SPINCOUNT=10000); repeatable")
+    parser.add_argument("--flower-policy", choices=["normal", "idle"], default="normal",
+                        help="the scheduling policy of Flower's processes (SuperLink, its ServerApp, SuperNodes): normal (default) or idle "
+                             "(Linux SCHED_IDLE: they never preempt the executors' threads; the executors stay normal)")
     parser.add_argument("--no-engine", action="store_true", help="skip the run on Flower's simulation engine")
     parser.add_argument("--cold", action="store_true", help="also run on Flower's default SuperNodes (a ClientApp process per message)")
     args = parser.parse_args()
@@ -257,11 +268,11 @@ def main() -> int:
         expected = rounds(work / "sim")
         out: dict[str, object] = {"config": "small" if args.small else str(args.config or "default"), "clients": len(budgets),
                                   "rounds": settings["federation"]["rounds"], "slots": None if args.shared else args.slots, "shared_executor": args.shared,
-                                  "superlink_state": args.superlink_state, **({"executor_env": executor_env} if executor_env else {}),
+                                  "superlink_state": args.superlink_state, "flower_policy": args.flower_policy, **({"executor_env": executor_env} if executor_env else {}),
                                   "simulator_s": round(sim, 1),
                                   "simulator_cpu_s": round(sim_cpu, 1)}
         federation = Federation(work / "warm", budgets, warm=True, slots=args.slots, shared=args.shared, state=args.superlink_state,
-                                executor_env=executor_env)
+                                executor_env=executor_env, flower_policy=args.flower_policy)
         try:
             first = federation.run(config_for("first"))
             first_cpu = federation.cpu_seconds
