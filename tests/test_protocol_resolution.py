@@ -305,12 +305,13 @@ def assert_variants(base: dict, knobs: dict) -> None:
 
 
 COMPACT_LEVEL_SCREENS = ("compact-few-rich-val", "compact-few-rich-val-nest", "compact-few-rich-val-slr05", "compact-few-rich-val-coverage",
-                         "compact-tier-skew-val-coverage")
+                         "compact-tier-skew-val-coverage", "compact-strong-val", "compact-strong-val-slr05", "compact-strong-val-la0")
 
 
 def test_the_compact_level_screens_are_their_level_on_validation_with_only_their_knobs_changed() -> None:
     """The rt-few-rich screens (docs/protocol.md, "rt-few-rich: why fedpilot collapsed"): compact/rt-few-rich.yaml on the
-    validation split, then each with one knob; the tier-skew check of the chosen knob is screens/compact-9x8.yaml with it."""
+    validation split, then each with one knob; the tier-skew check of the chosen knob is screens/compact-9x8.yaml with it;
+    the rt-strong screens ("Compact rt-strong: the swing") the same from compact/rt-strong.yaml."""
     level = load_config(ROOT / "benchmarks" / "configs" / "compact" / "rt-few-rich.yaml").model_dump(mode="json")
     assert_variants(level, {"compact-few-rich-val": {("train", "evaluate_on"): "validation"}})
     on_validation = load_config(ROOT / "benchmarks" / "configs" / "screens" / "compact-few-rich-val.yaml").model_dump(mode="json")
@@ -319,6 +320,11 @@ def test_the_compact_level_screens_are_their_level_on_validation_with_only_their
                                     "compact-few-rich-val-coverage": {"strategy_options": {"spatial": "coverage"}}})
     tier_skew = load_config(ROOT / "benchmarks" / "configs" / "screens" / "compact-9x8.yaml").model_dump(mode="json")
     assert_variants(tier_skew, {"compact-tier-skew-val-coverage": {"strategy_options": {"spatial": "coverage"}}})
+    strong = load_config(ROOT / "benchmarks" / "configs" / "compact" / "rt-strong.yaml").model_dump(mode="json")
+    assert_variants(strong, {"compact-strong-val": {("train", "evaluate_on"): "validation"}})
+    strong_on_validation = load_config(ROOT / "benchmarks" / "configs" / "screens" / "compact-strong-val.yaml").model_dump(mode="json")
+    assert_variants(strong_on_validation, {"compact-strong-val-slr05": {("federation", "server_lr"): 0.5},
+                                           "compact-strong-val-la0": {("train", "logit_adjustment"): 0.0}})
 
 
 def test_every_screen_config_is_checked_by_a_test_above() -> None:
