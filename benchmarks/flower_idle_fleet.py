@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flower_overhead import BIN, TICK, Federation  # noqa: E402
+from flower_overhead import BIN, Federation, benchmark_settings, finished_results, stat_cpu_seconds  # noqa: E402
 
 ROLES = {"superlink": "superlink", "supernode": "supernodes", "warm": "executors"}
 
@@ -42,7 +42,7 @@ def fleet_activity(fleet: Federation, seconds: float = 10.0) -> dict[str, dict[s
             role = ROLES.get(name.split("-")[0], "other")
             try:
                 fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                cpu = (int(fields[11]) + int(fields[12])) / TICK
+                cpu = stat_cpu_seconds(fields)
                 switches = 0
                 for task in Path(f"/proc/{proc.pid}/task").iterdir():
                     for line in (task / "status").read_text().splitlines():
@@ -63,30 +63,19 @@ def fleet_activity(fleet: Federation, seconds: float = 10.0) -> dict[str, dict[s
 
 
 def client_seconds(path: Path) -> float:
-    results = json.loads((path / "results.json").read_text())
-    if results.get("status") != "finished":
-        raise RuntimeError(f"{path}: the run did not finish")
-    return statistics.mean(c["seconds"] for r in results["rounds"] for c in r.get("clients", []))
+    return statistics.mean(c["seconds"] for r in finished_results(path)["rounds"] for c in r.get("clients", []))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help="a fedpilot YAML (default: the embedded default)")
-    parser.add_argument("--small", action="store_true", help="the default cut to 3 clients, 600 samples of 32 tokens, 4 local steps (a quick check)")
+    parser.add_argument("--small", action="store_true", help="the default cut as flower_overhead.py --small cuts it (a quick check; --rounds still applies)")
     parser.add_argument("--rounds", type=int, default=3, help="federation.rounds (default 3)")
     parser.add_argument("--pairs", type=int, default=1, help="runs with the fleet, each after a run without (default 1)")
     args = parser.parse_args()
     if args.rounds < 1 or args.pairs < 1:
         parser.error("--rounds and --pairs take a positive number")
-    from fedpilot.config import load_config
-
-    settings = load_config(args.config).model_dump(mode="json")
-    if args.small:
-        settings["data"] |= {"max_samples": 600, "max_length": 32}
-        settings["federation"] |= {"num_clients": 3, "budgets": {"tiers": [
-            {"fraction": 0.34, "memory": "150MiB"}, {"fraction": 0.33, "memory": "190MiB"}, {"fraction": 0.33, "memory": "256MiB"}]}}
-        settings["train"]["local_steps"] = 4
-    settings["federation"]["rounds"] = args.rounds
+    settings = benchmark_settings(args.config, args.small, args.rounds)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="flower-idle-fleet-") as tmp:
         work = Path(tmp)

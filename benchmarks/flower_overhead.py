@@ -63,6 +63,11 @@ def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 300) -> No
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_cpu_seconds(fields: list[str]) -> float:
+    """User + system CPU seconds from /proc/PID/stat's fields after the process name (state, ppid, pgrp, ...)."""
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 class CpuMeter:
     """CPU seconds (user + system) spent by the processes of some process groups while it runs, by role: each
     live process is read from /proc every ``every`` seconds, so one that exits in between (the ServerApp)
@@ -92,7 +97,7 @@ class CpuMeter:
                         self.strangers.add(entry.name)
                 if role is None:
                     continue
-                into[int(entry.name)] = (role, (int(fields[11]) + int(fields[12])) / TICK)  # utime, stime
+                into[int(entry.name)] = (role, stat_cpu_seconds(fields))
             except (OSError, IndexError, ValueError):
                 continue
 
@@ -204,11 +209,32 @@ def sched_idle() -> None:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
-def rounds(path: Path) -> list[tuple[float | None, float | None]]:
+def finished_results(path: Path) -> dict:
+    """The results.json of the run in ``path``, which must have finished."""
     results = json.loads((path / "results.json").read_text())
     if results.get("status") != "finished":
         raise RuntimeError(f"{path}: the run did not finish")
-    return [(r.get("accuracy"), r.get("loss")) for r in results["rounds"]]
+    return results
+
+
+def rounds(path: Path) -> list[tuple[float | None, float | None]]:
+    return [(r.get("accuracy"), r.get("loss")) for r in finished_results(path)["rounds"]]
+
+
+def benchmark_settings(config: Path | None, small: bool, rounds: int | None) -> dict:
+    """The config's settings as a dict (default: the embedded default); ``small``: cut to 3 clients, 3 rounds, 600
+    samples of 32 tokens, 4 local steps; ``rounds``: federation.rounds instead of the config's."""
+    from fedpilot.config import load_config
+
+    settings = load_config(config).model_dump(mode="json")
+    if small:
+        settings["data"] |= {"max_samples": 600, "max_length": 32}
+        settings["federation"] |= {"num_clients": 3, "rounds": 3, "budgets": {"tiers": [
+            {"fraction": 0.34, "memory": "150MiB"}, {"fraction": 0.33, "memory": "190MiB"}, {"fraction": 0.33, "memory": "256MiB"}]}}
+        settings["train"]["local_steps"] = 4
+    if rounds:
+        settings["federation"]["rounds"] = rounds
+    return settings
 
 
 def main() -> int:
@@ -233,16 +259,7 @@ def main() -> int:
     if bad := [item for item in args.executor_env if "=" not in item.strip("=")]:
         parser.error(f"--executor-env takes NAME=VALUE, got {bad[0]!r}")
     executor_env = dict(item.split("=", 1) for item in args.executor_env)
-    from fedpilot.config import load_config
-
-    settings = load_config(args.config).model_dump(mode="json")
-    if args.small:
-        settings["data"] |= {"max_samples": 600, "max_length": 32}
-        settings["federation"] |= {"num_clients": 3, "rounds": 3, "budgets": {"tiers": [
-            {"fraction": 0.34, "memory": "150MiB"}, {"fraction": 0.33, "memory": "190MiB"}, {"fraction": 0.33, "memory": "256MiB"}]}}
-        settings["train"]["local_steps"] = 4
-    if args.rounds:
-        settings["federation"]["rounds"] = args.rounds
+    settings = benchmark_settings(args.config, args.small, args.rounds)
     with tempfile.TemporaryDirectory(prefix="flower-overhead-") as tmp:
         work = Path(tmp)
 

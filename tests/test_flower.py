@@ -20,7 +20,7 @@ import yaml
 from fedpilot.flower import codec
 from fedpilot.flower.simulation import free_port
 from fedpilot.flower.stage import stage_app
-from fedpilot.flower.transport import SCORE_TYPE, TRAIN_TYPE, FlowerTransport
+from fedpilot.flower.transport import SCORE_TYPE, TRAIN_TYPE, FlowerTransport, send_and_receive
 from fedpilot.planning.costmodel import CostModel
 from fedpilot.runtime.messages import Failure, ScoreInstructions, ScoreTask, TrainInstructions, TrainTask
 from fedpilot.strategies.base import Assignment, ClientScores, ClientUpdate
@@ -228,8 +228,6 @@ def test_replies_are_pulled_until_every_node_answered() -> None:
 
 def test_work_given_as_meanwhile_runs_after_the_push_and_before_the_first_pull() -> None:
     """The ServerApp loads its model while the nodes pick up the query: between the push and the pulls."""
-    from fedpilot.flower.transport import send_and_receive
-
     grid = FakeGrid({100: "ok", 101: "ok"}, late={101: 2})
     seen: list[tuple[int, int]] = []
     messages = [Message(codec.encode_score_task(["0.query"], tensors(), ScoreInstructions(1, 2, 3)), dst_node_id=node,
