@@ -2,10 +2,11 @@
 runs of one or more comparison folders.
 
 Usage: .venv/bin/python benchmarks/ablation_gap.py runs/rt-strong [runs/rt-mild ...] [--reference fedpilot]
-       [--against fedpilot-noig fedpilot-nostagg ...]
+       [--against fedpilot-noig fedpilot-nostagg ...] [--last K]
 
 For each strategy B against the reference A, on the seeds both finished, for the final accuracy and the
-last-3 mean (fedpilot.comparison.summarise_run): the per-seed differences A - B, their mean and sample
+last-K mean (fedpilot.comparison.summarise_run; K = 3, the 40-client levels' end point, or --last 5 for the
+compact levels'): the per-seed differences A - B, their mean and sample
 standard deviation, and the seed spread (sample std over seeds) of A and of B. "gap > spread" says
 whether |mean difference| exceeds the larger of the two spreads, the issue's criterion. A seed that
 only one of the two finished is named on stderr, never silently left out.
@@ -29,25 +30,28 @@ from pathlib import Path
 
 from fedpilot.comparison.records import _std, summarise_run  # _std: the sample std over seeds of the compare tables (0 for one)
 
-METRICS = {"final": "final_accuracy", "last-3": "late_accuracy"}
+def metrics(late: int) -> dict[str, str]:
+    """Label -> summary key of the two end points compared."""
+    return {"final": "final_accuracy", f"last-{late}": "late_accuracy"}
 
 
-def finished_runs(out: Path) -> dict[str, dict[int, dict]]:
-    """strategy -> seed -> summary of every finished run in a comparison folder."""
+def finished_runs(out: Path, late: int = 3) -> dict[str, dict[int, dict]]:
+    """strategy -> seed -> summary of every finished run in a comparison folder, its late accuracy the mean of the
+    last ``late`` evaluated rounds."""
     runs: dict[str, dict[int, dict]] = {}
     for results_path in sorted(out.glob("*-seed*/results.json")):
         match = re.fullmatch(r"(.+)-seed(\d+)", results_path.parent.name)
         results = json.loads(results_path.read_text())
         if match and results.get("status") == "finished":
-            runs.setdefault(match[1], {})[int(match[2])] = summarise_run(results, late=3)  # its tables are of the last-3 mean
+            runs.setdefault(match[1], {})[int(match[2])] = summarise_run(results, late=late)
     return runs
 
 
-def gaps(runs: dict[str, dict[int, dict]], reference: str, against: str) -> dict[str, dict]:
+def gaps(runs: dict[str, dict[int, dict]], reference: str, against: str, late: int = 3) -> dict[str, dict]:
     """Per metric: seeds, per-seed differences reference - against, their mean and std, both spreads."""
     seeds = sorted(set(runs.get(reference, {})) & set(runs.get(against, {})))
     table = {}
-    for label, key in METRICS.items():
+    for label, key in metrics(late).items():
         a = [runs[reference][s][key] for s in seeds]
         b = [runs[against][s][key] for s in seeds]
         diffs = [x - y for x, y in zip(a, b)]
@@ -67,7 +71,8 @@ def sign_test(diffs: list[float]) -> tuple[int, int, float]:
     return ahead, n, min(1.0, 2 * tail)
 
 
-def print_table(runs: dict[str, dict[int, dict]], reference: str, against: list[str], where: Path) -> dict[str, dict[str, list[float]]]:
+def print_table(runs: dict[str, dict[int, dict]], reference: str, against: list[str], where: Path,
+                late: int = 3) -> dict[str, dict[str, list[float]]]:
     """One folder's table; returns its paired differences, strategy -> metric -> differences."""
     print(f"{where}:\n")
     print(f"| {reference} - strategy | metric | seeds | per-seed difference | mean ± std | spread ({reference}; strategy) | gap > spread |")
@@ -77,7 +82,7 @@ def print_table(runs: dict[str, dict[int, dict]], reference: str, against: list[
         unpaired = set(runs[reference]) ^ set(runs[name])
         if unpaired:
             print(f"ablation_gap.py: {where}: seeds {sorted(unpaired)} finished for only one of {reference}, {name}: left out", file=sys.stderr)
-        for label, g in gaps(runs, reference, name).items():
+        for label, g in gaps(runs, reference, name, late).items():
             paired.setdefault(name, {})[label] = g["diffs"]
             diffs = ", ".join(f"{d:+.3f}" for d in g["diffs"])
             print(f"| {name} | {label} | {','.join(map(str, g['seeds']))} | {diffs} | {g['mean']:+.3f} ± {g['std']:.3f} | "
@@ -91,11 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, nargs="+", help="fedpilot compare folders (one per protocol)")
     parser.add_argument("--reference", default="fedpilot")
     parser.add_argument("--against", nargs="+", default=["fedpilot-noig", "fedpilot-nostagg"])
+    parser.add_argument("--last", type=int, default=3, help="K: the late end point, the mean of the last K evaluated rounds (default 3)")
     args = parser.parse_args(argv)
+    if args.last < 1:
+        parser.error("--last takes a positive number of rounds")
     folders = {}
     for out in args.out:
         try:
-            folders[out] = finished_runs(out)
+            folders[out] = finished_runs(out, args.last)
         except (OSError, ValueError, KeyError, TypeError) as error:
             print(f"ablation_gap.py: {out}: cannot read its runs ({error!r}); give a fedpilot compare folder", file=sys.stderr)
             return 2
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
     pooled: dict[str, dict[str, list[float]]] = {}
     for out, runs in folders.items():
-        for name, metrics in print_table(runs, args.reference, args.against, out).items():
+        for name, metrics in print_table(runs, args.reference, args.against, out, args.last).items():
             for label, diffs in metrics.items():
                 pooled.setdefault(name, {}).setdefault(label, []).extend(diffs)
     print("all folders, pairs (folder, seed) pooled:\n")

@@ -325,6 +325,13 @@ def test_ablation_gap_pools_pairs_over_folders(tmp_path, capsys) -> None:
     pooled = out.split("pooled")[1]
     assert "| fedpilot-noig | final | 6 | 6 of 6 | +0.075 ± 0.027 | 0.031 |" in pooled  # 2 / 2**6
     assert ablation_gap.main([str(tmp_path / "strong"), str(tmp_path / "absent")]) == 2
+    # --last K (the compact levels' end point is K = 5): the mean of the last K evaluated rounds
+    assert ablation_gap.main([str(tmp_path / "strong"), "--against", "fedpilot-noig", "--last", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| fedpilot-noig | last-2 | 0,1,2 | +0.050, +0.050, +0.050 |" in out  # the gap of 0.1 in one of two rounds
+    assert "last-3" not in out
+    with pytest.raises(SystemExit):
+        ablation_gap.main([str(tmp_path / "strong"), "--last", "0"])
 
 
 def test_centralised_ceiling_chooses_its_learning_rate_on_validation_and_resumes(tiny_config, tmp_path, monkeypatch, capsys) -> None:
