@@ -1,7 +1,7 @@
 """Wall time of a Flower loopback deployment, and of Flower's simulation engine, against the in-process simulator, on the same config.
 
 Usage: .venv/bin/python benchmarks/flower_overhead.py [--config FILE | --small] [--rounds R] [--slots N] [--no-engine] [--cold]
-       [--superlink-state memory|file] [--executor-env NAME=VALUE]... [--flower-policy normal|idle]
+       [--superlink-state memory|file] [--executor-env NAME=VALUE]... [--flower-policy normal|idle] [--perf DIR]
 
 Runs the config (default: the embedded default, 8 clients, 5 rounds; ``--small``: the default cut to
 3 clients, 3 rounds, 600 samples of 32 tokens, 4 local steps, for busy cores) with ``fedpilot run`` in a fresh
@@ -22,6 +22,11 @@ seconds, the ratios to the simulator, whether every round's accuracy and loss eq
 seconds each side spent (the simulator's process; on the loopback by role: the executors, the SuperNodes, the
 SuperLink, the ServerApp; read from /proc four times a second, so it needs Linux).
 Run it on idle cores: the loopback federation shares them with the simulator's one process.
+
+``--perf DIR`` runs the simulator and every warm executor under ``perf record`` (a CPU-clock sample every 5 ms of
+each thread, user and kernel), keeps the recordings in DIR and adds to the JSON line where each side's CPU went:
+seconds by shared object (libtorch, libgomp's barrier waits, the interpreter, the kernel, ...) and by function, for
+the simulator's run and the executors' part of the warm loopback run.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -120,8 +126,10 @@ class Federation:
     in a session of its own, each group stopped by :meth:`stop`."""
 
     def __init__(self, folder: Path, budgets: list[int | None], warm: bool, slots: int | None = None, shared: bool = False,
-                 state: str = "memory", executor_env: dict[str, str] | None = None, flower_policy: str = "normal") -> None:
-        self.folder, self.procs, self.executor_env, self.flower_policy = folder, [], executor_env or {}, flower_policy
+                 state: str = "memory", executor_env: dict[str, str] | None = None, flower_policy: str = "normal",
+                 perf: Path | None = None) -> None:
+        self.folder, self.procs, self.executor_env, self.flower_policy, self.perf = folder, [], executor_env or {}, flower_policy, perf
+        self.windows: dict[str, tuple[float, float]] = {}  # config stem -> its run's time.monotonic() start and end
         folder.mkdir(parents=True)
         self.env = {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                     "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),  # the SuperLink starts flower-superexec by name
@@ -164,13 +172,15 @@ class Federation:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         env = {**self.env, **self.executor_env} if name.startswith("warm-") else self.env
         idle = self.flower_policy == "idle" and not name.startswith("warm-")  # Flower's processes (and the ServerApp the SuperLink starts)
+        if self.perf is not None and name.startswith("warm-"):
+            args = perf_record(self.perf / f"{name}.data", args)
         proc = subprocess.Popen([str(a) for a in args], cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=sched_idle if idle else None)
         self.procs.append((name, proc))
         return proc
 
     def run(self, config: Path) -> float:
-        start = time.perf_counter()
+        start, began = time.perf_counter(), time.monotonic()
         app = self.folder / "app"
         if not app.is_dir():  # what the FAB carries (flwr run walks every file it is given, .venv included)
             stage_app(app)
@@ -179,6 +189,7 @@ class Federation:
         done = subprocess.run([str(BIN / "flwr"), "run", str(app), "loop", "--run-config", f'config="{config}"', "--stream"],
                               cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=3600)
         seconds = time.perf_counter() - start
+        self.windows[config.stem] = (began, time.monotonic())
         self.cpu_seconds = meter.stop()
         (self.folder / f"flwr-run-{config.stem}.log").write_text(done.stdout + done.stderr)
         if done.returncode:
@@ -186,6 +197,16 @@ class Federation:
         return seconds
 
     def stop(self) -> None:
+        if self.perf is not None:  # perf record writes its file on SIGINT (and ends its command), not on SIGTERM
+            for name, proc in self.procs:
+                if name.startswith("warm-") and proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            for name, proc in self.procs:
+                if name.startswith("warm-"):
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        pass
         for _, proc in reversed(self.procs):
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -201,6 +222,49 @@ class Federation:
             except ProcessLookupError:
                 pass
             proc.wait()
+        if self.perf is not None:  # the processes' logs (each task's times) beside the recordings
+            for log in self.folder.glob("*.log"):
+                shutil.copy(log, self.perf / f"{self.folder.name}-{log.name}")
+
+
+PERF_HZ = 200
+
+
+def perf_record(data: Path, args: list) -> list:
+    """``args`` run under ``perf record`` (CPU-clock samples of every thread at PERF_HZ), the samples in ``data``."""
+    data.parent.mkdir(parents=True, exist_ok=True)
+    return ["perf", "record", "-q", "-k", "mono", "-e", "cpu-clock", "-F", PERF_HZ, "-o", data, "--", *args]
+
+
+def perf_seconds(data: Path, sort: str, window: tuple[float, float] | None = None, top: int = 12) -> dict[str, float]:
+    """CPU seconds by ``sort`` (``dso``, ``dso,sym``) in a ``perf record`` file: samples / PERF_HZ, the ``top`` largest;
+    ``window``: only the samples between these two ``time.monotonic()`` readings."""
+    cmd = ["perf", "report", "-i", str(data), "--stdio", "--sort", sort, "-F", "sample," + sort, "-q"]
+    if window:
+        cmd += ["--time", f"{window[0]:.6f},{window[1]:.6f}"]
+    return perf_report_seconds(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout, top)
+
+
+def perf_report_seconds(text: str, top: int = 12) -> dict[str, float]:
+    """``perf report -q -F sample,...`` lines (a sample count, then the key) as CPU seconds by key, the ``top`` largest."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0].isdigit():
+            key = " ".join(parts[1].replace("[.] ", "").replace("[k] ", "").split())
+            out[key] = out.get(key, 0.0) + int(parts[0]) / PERF_HZ
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])[:top]}
+
+
+def perf_summary(files: list[Path], window: tuple[float, float] | None = None) -> dict[str, dict[str, float]]:
+    """Seconds by shared object and by function (the largest; libgomp's are unnamed addresses), summed over ``files``
+    (``window``: between two ``time.monotonic()`` readings)."""
+    summary: dict[str, dict[str, float]] = {"by_dso": {}, "by_function": {}}
+    for data in files:
+        for part, sort in (("by_dso", "dso"), ("by_function", "dso,sym")):
+            for key, seconds in perf_seconds(data, sort, window).items():
+                summary[part][key] = round(summary[part].get(key, 0.0) + seconds, 1)
+    return {part: dict(sorted(d.items(), key=lambda kv: -kv[1])) for part, d in summary.items()}
 
 
 def sched_idle() -> None:
@@ -253,6 +317,8 @@ def main() -> int:
     parser.add_argument("--flower-policy", choices=["normal", "idle"], default="normal",
                         help="the scheduling policy of Flower's processes (SuperLink, its ServerApp, SuperNodes): normal (default) or idle "
                              "(Linux SCHED_IDLE: they never preempt the executors' threads; the executors stay normal)")
+    parser.add_argument("--perf", type=Path, metavar="DIR", help="run the simulator and the warm executors under perf record, "
+                        "the recordings in DIR, and print where their CPU went (needs Linux perf)")
     parser.add_argument("--no-engine", action="store_true", help="skip the run on Flower's simulation engine")
     parser.add_argument("--cold", action="store_true", help="also run on Flower's default SuperNodes (a ClientApp process per message)")
     args = parser.parse_args()
@@ -277,7 +343,8 @@ def main() -> int:
         load_before = os.getloadavg()[0]
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run([str(BIN / "fedpilot"), "run", "--config", str(config_for("sim"))], check=True, cwd=work,
+        simulate = [str(BIN / "fedpilot"), "run", "--config", str(config_for("sim"))]
+        subprocess.run([str(a) for a in perf_record(args.perf / "simulator.data", simulate)] if args.perf else simulate, check=True, cwd=work,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
         sim = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -289,7 +356,7 @@ def main() -> int:
                                   "simulator_s": round(sim, 1),
                                   "simulator_cpu_s": round(sim_cpu, 1)}
         federation = Federation(work / "warm", budgets, warm=True, slots=args.slots, shared=args.shared, state=args.superlink_state,
-                                executor_env=executor_env, flower_policy=args.flower_policy)
+                                executor_env=executor_env, flower_policy=args.flower_policy, perf=args.perf)
         try:
             first = federation.run(config_for("first"))
             first_cpu = federation.cpu_seconds
@@ -317,6 +384,9 @@ def main() -> int:
                 federation.stop()
             out |= {"flower_cold_s": round(cold, 1), "cold_ratio": round(cold / sim, 2), "cold_equal_to_simulator": rounds(work / "cold") == expected}
         out["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+        if args.perf:
+            out["perf_cpu_s"] = {"simulator": perf_summary([args.perf / "simulator.data"]),
+                                 "executors_warm_run": perf_summary(sorted(args.perf.glob("warm-*.data")), federation.windows["second"])}
     print(json.dumps(out))
     return 0
 

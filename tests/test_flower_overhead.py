@@ -1,0 +1,61 @@
+"""benchmarks/flower_overhead.py's ``--perf`` accounting: perf report lines to CPU seconds, and a real recording."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def overhead():
+    spec = importlib.util.spec_from_file_location("flower_overhead_benchmark", ROOT / "benchmarks" / "flower_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_lines_become_seconds_summed_by_key(overhead):
+    hz = overhead.PERF_HZ
+    text = "\n".join([
+        f"   {3 * hz}  libgomp.so.1          [.] 0x000000000001e02a",
+        f"   {hz}  libtorch_cpu.so       [.] mkl_blas_avx512_sgemm_kernel_0",
+        f"   {hz // 2}  libgomp.so.1          [.] 0x000000000001e02a",  # the same key again: summed
+        "",
+        "# a comment line",
+        f"   {hz // 10}  [kernel.kallsyms]     [k] clear_page_erms",
+    ])
+    seconds = overhead.perf_report_seconds(text)
+    assert seconds == {"libgomp.so.1 0x000000000001e02a": 3.5, "libtorch_cpu.so mkl_blas_avx512_sgemm_kernel_0": 1.0,
+                       "[kernel.kallsyms] clear_page_erms": 0.1}
+    assert list(seconds) == sorted(seconds, key=lambda k: -seconds[k])  # largest first
+    assert overhead.perf_report_seconds(text, top=1) == {"libgomp.so.1 0x000000000001e02a": 3.5}
+
+
+def test_perf_record_wraps_the_command_on_the_monotonic_clock(overhead, tmp_path):
+    command = overhead.perf_record(tmp_path / "x" / "a.data", ["python", "-c", "pass"])
+    assert command[:2] == ["perf", "record"] and command[-4:] == ["--", "python", "-c", "pass"]
+    assert command[command.index("-k") + 1] == "mono" and (tmp_path / "x").is_dir()
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="needs Linux perf")
+def test_a_recorded_busy_loop_is_counted_in_its_window_only(overhead, tmp_path):
+    """One second of a busy Python loop after half a second of sleep: about a second of CPU in the interpreter,
+    none of it in the window of the sleep."""
+    data = tmp_path / "loop.data"
+    began = time.monotonic()
+    loop = "import time; time.sleep(0.5); t = time.monotonic()\nwhile time.monotonic() - t < 1.0: pass"
+    done = subprocess.run([str(a) for a in overhead.perf_record(data, [sys.executable, "-c", loop])], capture_output=True, text=True)
+    if done.returncode or not data.exists():
+        pytest.skip(f"perf record cannot sample here: {done.stderr.strip()[:200]}")
+    total = sum(overhead.perf_summary([data])["by_dso"].values())
+    assert 0.7 <= total <= 1.5, total
+    asleep = overhead.perf_summary([data], (began, began + 0.3))["by_dso"]
+    assert sum(asleep.values()) <= 0.2, asleep
