@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from benchmark_scripts import load_benchmark
 from checkpoints import ENCODERS, MODEL_TYPES, tiny_checkpoint_factory  # noqa: F401 (a fixture)
 
 from fedpilot.cli import main
@@ -200,12 +201,7 @@ def test_a_given_test_file_is_the_test_split_row_for_row(tmp_path, tiny_checkpoi
 def test_both_memory_models_hold_on_every_tiny_family(model_type, all_targets, tmp_path):
     """benchmarks/memory_families.py's check: on 8 random sets the calibrated model within 5 % of the measured
     peak and the analytic one within 25 % (its stage terms, and DeBERTa's forward floor, included)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "memory_families.py"
-    spec = importlib.util.spec_from_file_location("memory_families", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("memory_families")
     seq = 32 if model_type not in ENCODERS else 16
     errors = bench.check_model_type(model_type, tmp_path, sets=8, batch_size=16, seq=seq, all_targets=all_targets)
     assert max(errors["calibrated"]) <= 0.05, errors

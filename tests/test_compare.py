@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import statistics
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from benchmark_scripts import load_benchmark
 
 from fedpilot.cli import main
 from fedpilot.comparison import PRESETS
@@ -18,7 +18,6 @@ from fedpilot.core.errors import FedpilotError
 from tests.conftest import FAST, TINY, interrupted_at_round
 
 STRATEGIES = ["fedpilot", "fedavg"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -251,9 +250,7 @@ def test_the_quick_preset_caps_rounds_steps_and_samples() -> None:
 
 
 def test_the_benchmark_rewrites_only_the_generated_block(comparison: Path, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("compare")
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "results.md").write_text(f"# Title\n\n{benchmark.BEGIN}\nold table\n{benchmark.END}\n\n## Findings\n\nhand-written\n")
@@ -440,9 +437,7 @@ def test_the_cores_are_shared_equally_between_jobs() -> None:
 
 def test_a_tuning_comparison_never_replaces_the_main_table(config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:
-    spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("compare")
     tuning = yaml.safe_load(config_file.read_text())
     tuning.setdefault("data", {})["validation_fraction"] = 0.1
     tuning.setdefault("train", {})["evaluate_on"] = "validation"
@@ -460,9 +455,7 @@ def test_a_tuning_comparison_never_replaces_the_main_table(config_file: Path, tm
 @pytest.mark.parametrize(("flag", "value", "fix"), [("--block", "rt strong/x", "rt-strong"), ("--docs", "results.md", "e.g. docs")])
 def test_a_bad_block_or_docs_folder_is_refused_before_any_run(flag: str, value: str, fix: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("compare")
     (tmp_path / "results.md").write_text("kept\n")  # a file given as --docs: it used to end in a traceback after the runs
     arguments = {"--out": str(tmp_path / "out"), "--docs": str(tmp_path / "docs"), "--block": "rt-strong"}
     arguments[flag] = value if flag == "--block" else str(tmp_path / value)

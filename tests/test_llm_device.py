@@ -4,12 +4,10 @@ the CUDA path itself is exercised only where torch sees a GPU)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from test_llama_family import TINY, tiny_spec, tiny_split  # noqa: F401 (fixture)
 
 from fedpilot.config import parse_config
@@ -21,7 +19,6 @@ from fedpilot.runtime.device import base_dtype, build_model, resolve_device
 from fedpilot.runtime.messages import TrainInstructions
 from fedpilot.strategies.base import Assignment
 
-ROOT = Path(__file__).resolve().parent.parent
 STEP = TrainInstructions(local_steps=2, batch_size=4, optimizer="adamw", lr=0.01, weight_decay=0.0, seed=0)
 
 
@@ -86,17 +83,10 @@ def test_bfloat16_is_refused_for_a_family_that_does_not_price_it():
         parse_config({"model": {"device": "tpu"}})
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("cuda_memory", ROOT / "benchmarks" / "cuda_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cuda_memory_benchmark_without_a_gpu_says_so_in_one_line(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
-    assert load_benchmark().main(["--device", "cuda"]) == 2
+    assert load_benchmark("cuda_memory").main(["--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA device here" in err and "--device cpu" in err
 
@@ -110,7 +100,7 @@ def test_cuda_memory_benchmark_cpu_path_on_both_families(tiny_spec, tmp_path, mo
         "llama-instruct": parse_config({**small, "model": {"name": TINY}, "data": {**small["data"], "max_length": 28}}),
         "bert-classifier": parse_config(small),
     }
-    code = load_benchmark().main(["--device", "cpu", "--sets", "3", "--rounds", "1"], configs=configs)
+    code = load_benchmark("cuda_memory").main(["--device", "cpu", "--sets", "3", "--rounds", "1"], configs=configs)
     out = capsys.readouterr().out
     assert code == 0
     for label in ("bert-classifier", "llama-instruct float32", "llama-instruct bfloat16"):

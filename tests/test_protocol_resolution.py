@@ -4,7 +4,6 @@ and the protocol levels that use them."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 from collections import Counter
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 from fedpilot.comparison import (
     RESOLUTION_LIMIT,
@@ -193,9 +193,7 @@ def test_the_table_shows_the_paired_column_the_coverage_and_the_verdict() -> Non
 
 
 def test_compare_py_passes_the_end_point_and_the_level_mark_and_prints_the_verdict(tmp_path, monkeypatch, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("compare_benchmark", ROOT / "benchmarks" / "compare.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("compare")
     from fedpilot import comparison
     from fedpilot.comparison.run import ComparisonResult
 
