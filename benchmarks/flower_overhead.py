@@ -20,7 +20,8 @@ federation is not counted (it is long-lived), loading the model and data on the 
 calibrated (``fedpilot profile``, cached on disk) before anything is timed. Prints one JSON line: the
 seconds, the ratios to the simulator, whether every round's accuracy and loss equal the simulator's, and the CPU
 seconds each side spent (the simulator's process; on the loopback by role: the executors, the SuperNodes, the
-SuperLink, the ServerApp; read from /proc four times a second, so it needs Linux).
+SuperLink, the ServerApp; read from /proc four times a second, so it needs Linux), and where each run's time went
+(``time_split_s``: every round's seconds as its server recorded them, and the rest: start, loading, round 0).
 Run it on idle cores: the loopback federation shares them with the simulator's one process.
 
 ``--perf DIR`` runs the simulator and every warm executor under ``perf record`` (a CPU-clock sample every 5 ms of
@@ -285,6 +286,14 @@ def rounds(path: Path) -> list[tuple[float | None, float | None]]:
     return [(r.get("accuracy"), r.get("loss")) for r in finished_results(path)["rounds"]]
 
 
+def time_split(path: Path, total: float) -> dict[str, object]:
+    """Where a run's ``total`` seconds (start of its command to finished results) went: each round's seconds as the
+    server recorded them (its clients' work, the transport and the round's evaluation), and the rest (``outside_rounds``:
+    the process's start and imports, loading the model and data, the round-0 evaluation, writing the results)."""
+    rounds_s = [float(r["seconds"]) for r in finished_results(path)["rounds"] if r["round"] > 0]
+    return {"rounds": [round(s, 1) for s in rounds_s], "outside_rounds": round(total - sum(rounds_s), 1)}
+
+
 def benchmark_settings(config: Path | None, small: bool, rounds: int | None) -> dict:
     """The config's settings as a dict (default: the embedded default); ``small``: cut to 3 clients, 3 rounds, 600
     samples of 32 tokens, 4 local steps; ``rounds``: federation.rounds instead of the config's."""
@@ -366,7 +375,9 @@ def main() -> int:
         out |= {"flower_first_run_s": round(first, 1), "flower_warm_run_s": round(second, 1),
                 "first_run_ratio": round(first / sim, 2), "warm_run_ratio": round(second / sim, 2),
                 "equal_to_simulator": rounds(work / "first") == expected and rounds(work / "second") == expected,
-                "flower_first_run_cpu_s": first_cpu, "flower_warm_run_cpu_s": federation.cpu_seconds}
+                "flower_first_run_cpu_s": first_cpu, "flower_warm_run_cpu_s": federation.cpu_seconds,
+                "time_split_s": {"simulator": time_split(work / "sim", sim), "flower_first_run": time_split(work / "first", first),
+                                 "flower_warm_run": time_split(work / "second", second)}}
         if not args.no_engine:
             start = time.perf_counter()
             engine = run_local_simulation(config_for("engine"), work / "engine-home")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -53,3 +54,12 @@ def test_a_recorded_busy_loop_is_counted_in_its_window_only(overhead, tmp_path):
     assert 0.7 <= total <= 1.5, total
     asleep = overhead.perf_summary([data], (began, began + 0.3))["by_dso"]
     assert sum(asleep.values()) <= 0.2, asleep
+
+
+def test_time_split_puts_what_no_round_recorded_outside_the_rounds(overhead, tmp_path):
+    rounds = [{"round": 0, "seconds": 0.0}, {"round": 1, "seconds": 20.04}, {"round": 2, "seconds": 14.96}]
+    (tmp_path / "results.json").write_text(json.dumps({"status": "finished", "rounds": rounds}))
+    assert overhead.time_split(tmp_path, 50.0) == {"rounds": [20.0, 15.0], "outside_rounds": 15.0}
+    (tmp_path / "results.json").write_text(json.dumps({"status": "interrupted", "rounds": rounds}))
+    with pytest.raises(RuntimeError, match="did not finish"):
+        overhead.time_split(tmp_path, 50.0)
